@@ -1,0 +1,180 @@
+"""Callbacks with Keras's hooks, ``History`` and ``EarlyStopping``.
+
+Callbacks see ``self.model``: the Keras model for the Keras front end, the ``Trainer`` for the
+native API. Both offer ``stop_training``, ``get_weights`` and ``set_weights``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hpctrain.errors import ConfigError, warn
+
+_HOOKS = (
+    "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
+    "on_train_batch_begin", "on_train_batch_end", "on_test_begin", "on_test_end",
+    "on_test_batch_begin", "on_test_batch_end", "on_predict_begin", "on_predict_end",
+    "on_predict_batch_begin", "on_predict_batch_end",
+)
+
+
+class Callback:
+    """Base class: override the hooks you need. ``logs`` is a dict of metric name -> float."""
+
+    def __init__(self):
+        self.model = None
+        self.params = {}
+
+    def set_model(self, model) -> None:
+        self.model = model
+
+    def set_params(self, params: dict) -> None:
+        self.params = params
+
+    def on_train_begin(self, logs=None): ...
+    def on_train_end(self, logs=None): ...
+    def on_epoch_begin(self, epoch, logs=None): ...
+    def on_epoch_end(self, epoch, logs=None): ...
+    def on_train_batch_begin(self, batch, logs=None): ...
+    def on_train_batch_end(self, batch, logs=None): ...
+    def on_test_begin(self, logs=None): ...
+    def on_test_end(self, logs=None): ...
+    def on_test_batch_begin(self, batch, logs=None): ...
+    def on_test_batch_end(self, batch, logs=None): ...
+    def on_predict_begin(self, logs=None): ...
+    def on_predict_end(self, logs=None): ...
+    def on_predict_batch_begin(self, batch, logs=None): ...
+    def on_predict_batch_end(self, batch, logs=None): ...
+
+    # Keras 2 names for the train-batch hooks.
+    def on_batch_begin(self, batch, logs=None): ...
+    def on_batch_end(self, batch, logs=None): ...
+
+
+def _overrides(callback: Callback, hook: str) -> bool:
+    return getattr(type(callback), hook, None) is not getattr(Callback, hook)
+
+
+class CallbackList:
+    """Fans each hook out to the callbacks; knows which per-batch hooks anyone listens to.
+
+    Per-batch logs cost a host sync each, so they are computed only when some callback
+    overrides a batch hook.
+    """
+
+    def __init__(self, callbacks, *, model, params: dict):
+        self.callbacks = list(callbacks)
+        for callback in self.callbacks:
+            if not isinstance(callback, Callback):
+                raise ConfigError(
+                    f"callbacks must be Callback instances; got {type(callback).__name__}. "
+                    "Subclass hpctrain.keras.callbacks.Callback."
+                )
+            callback.set_model(model)
+            callback.set_params(params)
+        self.wants_train_batch_logs = any(
+            _overrides(cb, hook) for cb in self.callbacks for hook in ("on_train_batch_end", "on_batch_end")
+        )
+        self.wants_train_batch_begin = any(
+            _overrides(cb, hook) for cb in self.callbacks for hook in ("on_train_batch_begin", "on_batch_begin")
+        )
+
+    def call(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args)
+
+    def train_batch_begin(self, batch: int) -> None:
+        for callback in self.callbacks:
+            callback.on_train_batch_begin(batch, {})
+            callback.on_batch_begin(batch, {})
+
+    def train_batch_end(self, batch: int, logs: dict) -> None:
+        for callback in self.callbacks:
+            callback.on_train_batch_end(batch, logs)
+            callback.on_batch_end(batch, logs)
+
+
+class History(Callback):
+    """Records each epoch's logs: ``history.history["loss"]`` and so on, ``history.epoch``."""
+
+    def __init__(self):
+        super().__init__()
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+
+    def on_train_begin(self, logs=None):
+        self.epoch = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(value)
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs (Keras's rules)."""
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, verbose=0, mode="auto",
+                 baseline=None, restore_best_weights=False, start_from_epoch=0):
+        super().__init__()
+        if mode not in ("auto", "min", "max"):
+            raise ConfigError(f"EarlyStopping mode must be 'auto', 'min' or 'max'; got {mode!r}.")
+        self.monitor = monitor
+        self.min_delta = abs(min_delta)
+        self.patience = patience
+        self.verbose = verbose
+        self.baseline = baseline
+        self.restore_best_weights = restore_best_weights
+        self.start_from_epoch = start_from_epoch
+        self.higher_is_better = mode == "max" or (mode == "auto" and _sounds_like_a_score(monitor))
+        self.stopped_epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best = -np.inf if self.higher_is_better else np.inf
+        self.best_weights = None
+        self.best_epoch = 0
+
+    def _improves_on(self, value: float, reference: float) -> bool:
+        if self.higher_is_better:
+            return value - self.min_delta > reference
+        return value + self.min_delta < reference
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            warn(
+                f"EarlyStopping monitors {self.monitor!r}, which is not in the logs "
+                f"(available: {', '.join(sorted(logs or {}))}); it does nothing this epoch."
+            )
+            return
+        if epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = self.model.get_weights()
+        self.wait += 1
+        if self._improves_on(value, self.best):
+            self.best, self.best_epoch = value, epoch
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            # A baseline keeps the patience running until the monitor beats it.
+            if self.baseline is None or self._improves_on(value, self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch and self.verbose:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose:
+                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+            self.model.set_weights(self.best_weights)
+
+
+def _sounds_like_a_score(monitor: str) -> bool:
+    name = monitor.removeprefix("val_")
+    return "acc" in name or name.startswith("fmeasure") or name.startswith("auc")

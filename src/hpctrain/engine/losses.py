@@ -1,0 +1,189 @@
+"""Losses in PyTorch's argument order ``loss(prediction, target)``, each with its label rules.
+
+Every loss here returns the mean over the batch of per-sample losses, as Keras's default
+``sum_over_batch_size`` reduction does. ``prepare_targets`` runs once before training: it checks
+the labels against the model's output and converts them to the cheapest exact form.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hpctrain.errors import InputError, warn
+
+# Keras clips probabilities to [eps, 1 - eps] before taking logs.
+KERAS_EPSILON = 1e-7
+
+
+class Loss:
+    """Base class: subclasses set ``name`` and implement ``__call__`` and ``prepare_targets``."""
+
+    name = "loss"
+    from_logits = False
+
+    def __call__(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prepare_targets(self, y: torch.Tensor, output_shape: tuple[int, ...]) -> torch.Tensor:
+        return y
+
+    def with_logits(self) -> "Loss":
+        """The same loss computed from pre-activation logits (only for losses that have one)."""
+        raise NotImplementedError(f"{self.name} has no logits form")
+
+
+class CrossEntropy(Loss):
+    """Categorical cross-entropy with class-index or one-hot/soft targets.
+
+    ``sparse=True`` is Keras's ``sparse_categorical_crossentropy``. Exactly one-hot targets are
+    turned into class indices once, before training: the same loss, a tenth of the label memory
+    and a cheaper kernel per step.
+    """
+
+    def __init__(self, *, sparse: bool, from_logits: bool = False):
+        self.sparse = sparse
+        self.from_logits = from_logits
+        self.name = "sparse_categorical_crossentropy" if sparse else "categorical_crossentropy"
+
+    def with_logits(self) -> "CrossEntropy":
+        return CrossEntropy(sparse=self.sparse, from_logits=True)
+
+    def __call__(self, prediction, target):
+        if self.from_logits:
+            return F.cross_entropy(prediction, target)
+        log_probs = _clipped_log_probs(prediction)
+        if target.dtype == torch.int64:
+            return F.nll_loss(log_probs, target)
+        return -(target * log_probs).sum(dim=-1).mean()
+
+    def prepare_targets(self, y, output_shape):
+        classes = output_shape[-1]
+        if y.dim() >= 2 and y.shape[-1] == classes and classes > 1:
+            y = y.to(torch.float32)  # integer one-hot rows are one-hot rows too
+            if self.sparse:
+                raise InputError(
+                    f"sparse_categorical_crossentropy expects integer class labels shaped (N,) or (N, 1); "
+                    f"got labels shaped {tuple(y.shape)} (one-hot?). Use loss='categorical_crossentropy' "
+                    "for one-hot labels, or pass y.argmax(-1)."
+                )
+            return _one_hot_to_indices(y)
+        if y.dim() == 2 and y.shape[-1] == 1 or y.dim() == 1:
+            indices = y.reshape(-1)
+            if indices.is_floating_point():
+                if not torch.equal(indices, indices.round()):
+                    raise InputError(_float_label_shape_message(self.name, y, classes))
+                indices = indices.to(torch.int64)
+            if not self.sparse:
+                warn(
+                    f"categorical_crossentropy was given integer labels shaped {tuple(y.shape)}, not one-hot "
+                    f"rows of width {classes}; treating them as class indices (as "
+                    "sparse_categorical_crossentropy would). Pass one-hot labels (utils.to_categorical) "
+                    "or use loss='sparse_categorical_crossentropy' to silence this warning."
+                )
+            _check_class_range(indices, classes)
+            return indices
+        raise InputError(_float_label_shape_message(self.name, y, classes))
+
+
+class BinaryCrossentropy(Loss):
+    name = "binary_crossentropy"
+
+    def __init__(self, *, from_logits: bool = False):
+        self.from_logits = from_logits
+
+    def with_logits(self) -> "BinaryCrossentropy":
+        return BinaryCrossentropy(from_logits=True)
+
+    def __call__(self, prediction, target):
+        if self.from_logits:
+            return F.binary_cross_entropy_with_logits(prediction, target)
+        probs = prediction.clamp(KERAS_EPSILON, 1.0 - KERAS_EPSILON)
+        return F.binary_cross_entropy(probs, target)
+
+    def prepare_targets(self, y, output_shape):
+        y = _match_output_shape(self.name, y.to(torch.float32), output_shape)
+        outside = (y < 0) | (y > 1)
+        if bool(outside.any()):
+            bad = y[outside][0].item()
+            raise InputError(
+                f"binary_crossentropy needs labels between 0 and 1; found {bad}. "
+                "Map the labels to 0/1 (or probabilities) first."
+            )
+        return y
+
+
+class MeanSquaredError(Loss):
+    name = "mean_squared_error"
+
+    def __call__(self, prediction, target):
+        return F.mse_loss(prediction, target)
+
+    def prepare_targets(self, y, output_shape):
+        return _match_output_shape(self.name, y.to(torch.float32), output_shape)
+
+
+class MeanAbsoluteError(Loss):
+    name = "mean_absolute_error"
+
+    def __call__(self, prediction, target):
+        return F.l1_loss(prediction, target)
+
+    def prepare_targets(self, y, output_shape):
+        return _match_output_shape(self.name, y.to(torch.float32), output_shape)
+
+
+class CallableLoss(Loss):
+    """Any ``fn(prediction, target) -> scalar`` (a ``torch.nn`` loss module, a function)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.name = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, prediction, target):
+        return self.fn(prediction, target)
+
+
+def _clipped_log_probs(probs: torch.Tensor) -> torch.Tensor:
+    # Keras renormalises the rows and clips before the log, so a saturated softmax gives a
+    # large finite loss rather than inf.
+    probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs.clamp(KERAS_EPSILON, 1.0 - KERAS_EPSILON).log()
+
+
+def _one_hot_to_indices(y: torch.Tensor) -> torch.Tensor:
+    is_one_hot = bool(((y == 0) | (y == 1)).all()) and bool((y.sum(dim=-1) == 1).all())
+    return y.argmax(dim=-1) if is_one_hot and y.dim() == 2 else y
+
+
+def _check_class_range(indices: torch.Tensor, classes: int) -> None:
+    if indices.numel() == 0:
+        return
+    low, high = int(indices.min()), int(indices.max())
+    if low < 0 or high >= classes:
+        bad = low if low < 0 else high
+        raise InputError(
+            f"label {bad} is out of range for a model with {classes} outputs: class labels must lie "
+            f"in 0..{classes - 1}. Check the labels, or give the last layer as many units as there "
+            f"are classes (labels seen: {low}..{high})."
+        )
+
+
+def _match_output_shape(loss_name: str, y: torch.Tensor, output_shape) -> torch.Tensor:
+    per_sample = tuple(output_shape[1:])
+    if tuple(y.shape[1:]) == per_sample:
+        return y
+    if y.dim() == 1 and per_sample == (1,):
+        return y.reshape(-1, 1)
+    raise InputError(
+        f"{loss_name} needs labels shaped like the model's output (N, {', '.join(map(str, per_sample))}); "
+        f"got labels shaped {tuple(y.shape)}. Reshape the labels, or change the last layer's units."
+    )
+
+
+def _float_label_shape_message(loss_name: str, y: torch.Tensor, classes: int) -> str:
+    return (
+        f"{loss_name} needs one-hot labels shaped (N, {classes}) or integer class labels shaped (N,) "
+        f"or (N, 1) for a model with {classes} outputs; got {y.dtype} labels shaped {tuple(y.shape)}. "
+        "Use utils.to_categorical(labels, num_classes) for one-hot labels, or pass integer class ids."
+    )

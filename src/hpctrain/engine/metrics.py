@@ -1,0 +1,178 @@
+"""Metrics accumulated on the device: no host sync until a result is read.
+
+Each metric keeps a running ``total`` and ``count`` as device tensors and adds to them in place
+every step. Reading ``result()`` is the only sync point; the loop does it at epoch end and when
+the progress bar refreshes (a few times a second at most).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from hpctrain.errors import ConfigError, valid_names_hint
+
+
+class ModelOutput:
+    """What the network produced for a batch: logits plus the output activation, if split off.
+
+    The front end may train on logits (softmax folded into the loss, as Keras does for a softmax
+    output with cross-entropy); metrics that need probabilities ask for ``probs`` and pay for the
+    activation only then.
+    """
+
+    __slots__ = ("logits", "activation", "_probs")
+
+    def __init__(self, logits: torch.Tensor, activation=None):
+        self.logits = logits
+        self.activation = activation
+        self._probs = None
+
+    @property
+    def probs(self) -> torch.Tensor:
+        if self._probs is None:
+            self._probs = self.logits if self.activation is None else self.activation(self.logits)
+        return self._probs
+
+
+class Metric:
+    """A running, sample-weighted mean of a per-sample quantity."""
+
+    name = "metric"
+
+    def __init__(self, name: str | None = None):
+        if name is not None:
+            self.name = name
+        self.total = None
+        self.count = None
+
+    def bind(self, device: torch.device) -> "Metric":
+        self.total = torch.zeros((), dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
+        self.count = torch.zeros((), dtype=self.total.dtype, device=device)
+        return self
+
+    def reset(self) -> None:
+        self.total.zero_()
+        self.count.zero_()
+
+    def update(self, output: ModelOutput, target: torch.Tensor) -> None:
+        values = self.per_sample(output, target)
+        self.total.add_(values.sum())
+        self.count.add_(values.numel())
+
+    def per_sample(self, output: ModelOutput, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def result(self) -> float:
+        # Host sync: reads the device accumulators.
+        count = float(self.count)
+        return float(self.total) / count if count else 0.0
+
+
+class MeanTracker(Metric):
+    """The running mean of a batch-mean value (the loss), weighted by batch size as Keras does."""
+
+    name = "loss"
+
+    def update_value(self, value: torch.Tensor, batch_size: int) -> None:
+        self.total.add_(value.detach(), alpha=batch_size)
+        self.count.add_(batch_size)
+
+
+def class_indices(target: torch.Tensor) -> torch.Tensor:
+    """Class ids from either index labels (N,) or one-hot/soft rows (N, C)."""
+    if target.is_floating_point() and target.dim() > 1 and target.shape[-1] > 1:
+        return target.argmax(dim=-1)
+    return target.reshape(-1)
+
+
+class ClassAccuracy(Metric):
+    """Top-1 accuracy of a multi-class output; softmax keeps the argmax, so logits suffice."""
+
+    name = "accuracy"
+
+    def per_sample(self, output, target):
+        return (output.logits.argmax(dim=-1) == class_indices(target)).to(self.total.dtype)
+
+
+class BinaryAccuracy(Metric):
+    name = "binary_accuracy"
+
+    def __init__(self, name: str | None = None, threshold: float = 0.5):
+        super().__init__(name)
+        self.threshold = threshold
+
+    def per_sample(self, output, target):
+        return ((output.probs > self.threshold) == (target > 0.5)).to(self.total.dtype)
+
+
+class MeanSquaredError(Metric):
+    name = "mean_squared_error"
+
+    def per_sample(self, output, target):
+        return (output.probs - target).square().mean(dim=-1)
+
+
+class MeanAbsoluteError(Metric):
+    name = "mean_absolute_error"
+
+    def per_sample(self, output, target):
+        return (output.probs - target).abs().mean(dim=-1)
+
+
+class MetricSet:
+    """The loss tracker and the compiled metrics of one pass (train or test)."""
+
+    def __init__(self, metrics: list[Metric], device: torch.device, prefix: str = ""):
+        self.loss = MeanTracker().bind(device)
+        # Copies: the train and the validation pass each keep their own accumulators.
+        self.metrics = [copy.copy(m).bind(device) for m in metrics]
+        self.prefix = prefix
+
+    def reset(self) -> None:
+        self.loss.reset()
+        for metric in self.metrics:
+            metric.reset()
+
+    @torch.no_grad()
+    def update(self, loss: torch.Tensor, output: ModelOutput, target: torch.Tensor) -> None:
+        self.loss.update_value(loss, output.logits.shape[0])
+        for metric in self.metrics:
+            metric.update(output, target)
+
+    def results(self) -> dict[str, float]:
+        logs = {self.prefix + "loss": self.loss.result()}
+        logs.update({self.prefix + m.name: m.result() for m in self.metrics})
+        return logs
+
+
+_METRICS_BY_NAME = {
+    "categorical_accuracy": ClassAccuracy,
+    "sparse_categorical_accuracy": ClassAccuracy,
+    "binary_accuracy": BinaryAccuracy,
+    "mse": MeanSquaredError,
+    "mean_squared_error": MeanSquaredError,
+    "mae": MeanAbsoluteError,
+    "mean_absolute_error": MeanAbsoluteError,
+}
+METRIC_NAMES = ("accuracy", "acc", *_METRICS_BY_NAME)
+
+
+def resolve_metric(spec, loss, output_shape: tuple[int, ...]) -> Metric:
+    """A metric from its name, with "accuracy"/"acc" resolved as Keras does.
+
+    Keras picks binary accuracy for a one-unit output (or a binary cross-entropy loss) and
+    top-1 class accuracy otherwise; class accuracy here reads index or one-hot labels alike.
+    """
+    if isinstance(spec, Metric):
+        return spec
+    if not isinstance(spec, str):
+        raise ConfigError(f"a metric must be a name or a Metric; got {type(spec).__name__}.")
+    key = spec.lower()
+    if key in ("accuracy", "acc"):
+        binary = output_shape[-1] == 1 or getattr(loss, "name", "") == "binary_crossentropy"
+        return BinaryAccuracy(name=spec) if binary else ClassAccuracy(name=spec)
+    if key in _METRICS_BY_NAME:
+        return _METRICS_BY_NAME[key](name=spec)
+    raise ConfigError(f"unknown metric {spec!r}; {valid_names_hint(METRIC_NAMES)}.")

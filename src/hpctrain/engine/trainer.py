@@ -1,0 +1,309 @@
+"""The native API and the engine under the Keras front end: ``Trainer.fit/evaluate/predict``.
+
+``fit`` -> ``_run_epoch`` -> step executor. Everything about the hardware arrives in one
+:class:`~hpctrain.hardware.Plan`; the trainer applies it and never re-detects anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+from hpctrain.engine import validation
+from hpctrain.engine.callbacks import Callback, CallbackList, History
+from hpctrain.engine.data import LoaderData, ResidentData, to_tensor
+from hpctrain.engine.losses import CallableLoss, Loss
+from hpctrain.engine.metrics import Metric, MetricSet, ModelOutput, resolve_metric
+from hpctrain.engine.optim import build_optimizer, optimizer_class_by_name
+from hpctrain.engine.progress import Progress, format_logs
+from hpctrain.engine.step import AutogradStep
+from hpctrain.errors import ConfigError, InputError, NonFiniteLossError
+
+# Evaluation and prediction keep no activations for backward, so they run in large batches.
+INFERENCE_BATCH = 8192
+
+
+@dataclasses.dataclass
+class _PreparedData:
+    train: ResidentData | LoaderData
+    validation: ResidentData | LoaderData | None
+    output_shape: tuple[int, ...]
+
+
+class Trainer:
+    """Trains any ``torch.nn.Module``.
+
+    ``loss``: an :class:`~hpctrain.engine.losses.Loss` or any ``fn(prediction, target)``.
+    ``optimizer``: a ``torch.optim.Optimizer``, or a factory ``fn(params, device) -> Optimizer``
+    (built after the module has moved to the plan's device, as fused kernels need).
+    ``output_activation``: applied to the module's output for ``predict`` and for metrics that
+    need probabilities, when the module returns logits.
+    ``penalty``: ``fn() -> scalar`` added to the training loss (weight regularization).
+    """
+
+    def __init__(self, module: torch.nn.Module, *, loss, optimizer, metrics=(), output_activation=None,
+                 penalty=None, plan=None):
+        if plan is None:
+            from hpctrain.hardware import make_plan
+
+            plan = make_plan()
+        self.plan = plan
+        self.module = module.to(plan.device)
+        self.loss = loss if isinstance(loss, Loss) else CallableLoss(loss)
+        self.optimizer = _build_optimizer(optimizer, self.module, plan.device)
+        self.metric_specs = list(metrics)
+        self.output_activation = output_activation
+        self.penalty = penalty
+        self.stop_training = False
+        self.history = None
+
+    # --- the three entry points -------------------------------------------------------------
+
+    def fit(self, x, y=None, *, batch_size=32, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
+            callback_model=None) -> History:
+        batch_size = validation.check_batch_size(batch_size)
+        validation.check_positive_int(epochs, name="epochs")
+        validation_split = validation.check_fraction(validation_split, name="validation_split")
+        verbose = _resolve_verbose(verbose)
+        self._apply_plan()
+        data = self._prepare_fit_data(x, y, validation_split, validation_data)
+        step = AutogradStep(self.module, self.loss, self.optimizer, penalty=self.penalty,
+                            output_activation=self.output_activation)
+        train_metrics = self._metric_set(data.output_shape)
+        history = History()
+        steps = _steps_per_epoch(data.train, batch_size)
+        hooks = CallbackList([*(callbacks or []), history], model=callback_model or self,
+                             params={"verbose": verbose, "epochs": epochs, "steps": steps})
+        shuffler = _Shuffler(self.plan.device) if shuffle else None
+        self.stop_training = False
+        hooks.call("on_train_begin", {})
+        logs = {}
+        for epoch in range(initial_epoch, epochs):
+            if verbose:
+                print(f"Epoch {epoch + 1}/{epochs}")
+            hooks.call("on_epoch_begin", epoch, {})
+            progress = Progress(verbose=verbose, total_steps=steps)
+            logs = self._run_epoch(step, data.train, batch_size, shuffler, train_metrics, hooks, progress)
+            _raise_if_not_finite(logs, epoch)
+            if data.validation is not None:
+                logs.update(self._evaluate_logs(data.validation, INFERENCE_BATCH, prefix="val_"))
+            progress.finish(steps, logs)
+            hooks.call("on_epoch_end", epoch, logs)
+            if self.stop_training:
+                break
+        hooks.call("on_train_end", logs)
+        self.history = history
+        return history
+
+    def evaluate(self, x, y=None, *, batch_size=None, verbose="auto", return_dict=False):
+        self._apply_plan()
+        data, _ = self._prepare_labelled(x, y, name="x")
+        logs = self._evaluate_logs(data, batch_size or INFERENCE_BATCH)
+        steps = _steps_per_epoch(data, batch_size or 32)
+        Progress(verbose=_resolve_verbose(verbose), total_steps=steps).finish(steps, logs)
+        if return_dict:
+            return logs
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
+
+    def predict(self, x, *, batch_size=None, verbose=0) -> np.ndarray:
+        self._apply_plan()
+        inputs = self._inputs_tensor(x, name="x")
+        outputs = self.predict_tensor(inputs, batch_size=batch_size or INFERENCE_BATCH)
+        steps = _steps_per_epoch(ResidentData(inputs, None), batch_size or 32)
+        Progress(verbose=_resolve_verbose(verbose), total_steps=steps).finish(steps, {})
+        return outputs.cpu().numpy()
+
+    def predict_tensor(self, inputs: torch.Tensor, *, batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
+        self.module.eval()
+        with torch.inference_mode():
+            parts = [self._activate(self.module(xb)) for xb, _ in ResidentData(inputs, None).batches(batch_size)]
+        return torch.cat(parts)
+
+    # --- weights ------------------------------------------------------------------------------
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [p.detach().cpu().numpy().copy() for p in self.module.parameters()]
+
+    def set_weights(self, weights) -> None:
+        params = list(self.module.parameters())
+        if len(weights) != len(params):
+            raise InputError(f"set_weights got {len(weights)} arrays but the model has {len(params)} weights.")
+        with torch.no_grad():
+            for param, value in zip(params, weights):
+                value = torch.as_tensor(np.asarray(value), dtype=param.dtype)
+                if value.shape != param.shape:
+                    raise InputError(
+                        f"set_weights: an array shaped {tuple(value.shape)} was given for a weight shaped "
+                        f"{tuple(param.shape)}; give the arrays in get_weights() order."
+                    )
+                param.copy_(value)
+
+    # --- the epoch ----------------------------------------------------------------------------
+
+    def _run_epoch(self, step, data, batch_size, shuffler, metrics: MetricSet, hooks: CallbackList,
+                   progress: Progress) -> dict[str, float]:
+        self.module.train()
+        metrics.reset()
+        if isinstance(data, LoaderData):
+            batches = data.batches()
+        else:
+            batches = data.batches(batch_size, order=shuffler.permutation(len(data)) if shuffler else None)
+        done = 0
+        for done, (xb, yb) in enumerate(batches, start=1):
+            if hooks.wants_train_batch_begin:
+                hooks.train_batch_begin(done - 1)
+            step(xb, yb, metrics)
+            if hooks.wants_train_batch_logs:
+                hooks.train_batch_end(done - 1, metrics.results())  # a host sync, only when asked for
+            progress.step(done, metrics.results)
+            if self.stop_training:
+                break
+        return metrics.results()
+
+    def _evaluate_logs(self, data, batch_size: int, prefix: str = "") -> dict[str, float]:
+        metrics = self._metric_set(self._output_shape_of(data), prefix=prefix)
+        self.module.eval()
+        with torch.inference_mode():
+            batches = data.batches() if isinstance(data, LoaderData) else data.batches(batch_size)
+            for xb, yb in batches:
+                logits = self.module(xb)
+                loss = self.loss(logits, yb)
+                if self.penalty is not None:
+                    loss = loss + self.penalty()
+                metrics.update(loss, ModelOutput(logits, self.output_activation), yb)
+        return metrics.results()
+
+    # --- preparation --------------------------------------------------------------------------
+
+    def _apply_plan(self) -> None:
+        # Thread count is process-wide in PyTorch; set it once per call, not per step.
+        if self.plan.device.type == "cpu" and torch.get_num_threads() != self.plan.threads:
+            torch.set_num_threads(self.plan.threads)
+
+    def _prepare_fit_data(self, x, y, validation_split, validation_data) -> _PreparedData:
+        if _is_loader(x):
+            if validation_split:
+                raise ConfigError("validation_split needs arrays; with a DataLoader pass validation_data instead.")
+            loader = LoaderData(x, self.plan.device)
+            return _PreparedData(loader, self._prepare_validation(validation_data), self._loader_output_shape(loader))
+        train, output_shape = self._prepare_labelled(x, y, name="x")
+        if validation_split:
+            train, held_out = train.split_tail(validation_split)
+            if len(train) == 0 or len(held_out) == 0:
+                raise InputError(
+                    f"validation_split={validation_split} leaves {len(train)} training and {len(held_out)} "
+                    "validation samples; both need at least one. Use more data or another split."
+                )
+            return _PreparedData(train, held_out, output_shape)
+        return _PreparedData(train, self._prepare_validation(validation_data), output_shape)
+
+    def _prepare_validation(self, validation_data):
+        if validation_data is None:
+            return None
+        if _is_loader(validation_data):
+            return LoaderData(validation_data, self.plan.device)
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise InputError(
+                f"validation_data must be a tuple (x_val, y_val); got {type(validation_data).__name__}."
+            )
+        data, _ = self._prepare_labelled(validation_data[0], validation_data[1], name="x_val", y_name="y_val")
+        return data
+
+    def _prepare_labelled(self, x, y, *, name: str, y_name: str = "y") -> tuple[ResidentData, tuple[int, ...]]:
+        if y is None:
+            raise InputError(f"{y_name} is missing: training and evaluation need a label for each sample of {name}.")
+        inputs = self._inputs_tensor(x, name=name)
+        targets = to_tensor(y, name=y_name, device=self.plan.device)
+        validation.check_same_length(inputs, targets, x_name=name, y_name=y_name)
+        validation.check_finite(targets, name=y_name)
+        output_shape = validation.probe_output_shape(self.module, inputs, name=name)
+        targets = self.loss.prepare_targets(targets, output_shape)
+        return ResidentData(inputs, targets), output_shape
+
+    def _inputs_tensor(self, x, *, name: str) -> torch.Tensor:
+        inputs = to_tensor(x, name=name, device=self.plan.device)
+        if inputs.shape[0] == 0:
+            raise InputError(f"{name} has no samples (shape {tuple(inputs.shape)}); give at least one row.")
+        validation.check_finite(inputs, name=name)
+        return inputs
+
+    def _loader_output_shape(self, loader: LoaderData) -> tuple[int, ...]:
+        xb, _ = next(iter(loader.batches()))
+        return validation.probe_output_shape(self.module, xb)
+
+    def _output_shape_of(self, data) -> tuple[int, ...]:
+        if isinstance(data, LoaderData):
+            return self._loader_output_shape(data)
+        return validation.probe_output_shape(self.module, data.x)
+
+    def _metric_set(self, output_shape, prefix: str = "") -> MetricSet:
+        metrics = [spec if isinstance(spec, Metric) else resolve_metric(spec, self.loss, output_shape)
+                   for spec in self.metric_specs]
+        return MetricSet(metrics, self.plan.device, prefix=prefix)
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.output_activation is None else self.output_activation(logits)
+
+
+class _Shuffler:
+    """One permutation of row indices per epoch, from a generator seeded by torch's global RNG.
+
+    Seeding from the global RNG makes ``set_random_seed`` fix the shuffle order too.
+    """
+
+    def __init__(self, device: torch.device):
+        seed = int(torch.randint(0, 2**62, (1,)))
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self.device = device
+
+    def permutation(self, n: int) -> torch.Tensor:
+        return torch.randperm(n, generator=self.generator, device=self.device)
+
+
+def _build_optimizer(optimizer, module: torch.nn.Module, device: torch.device):
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer
+    if isinstance(optimizer, str):
+        return build_optimizer(optimizer_class_by_name(optimizer), module.parameters(), device)
+    if callable(optimizer):
+        return optimizer(module.parameters(), device)
+    raise ConfigError(
+        f"optimizer must be a torch.optim.Optimizer, a name such as 'adam', or a factory fn(params, device); "
+        f"got {type(optimizer).__name__}."
+    )
+
+
+def _is_loader(data) -> bool:
+    return isinstance(data, torch.utils.data.DataLoader)
+
+
+def _steps_per_epoch(data, batch_size: int) -> int | None:
+    if isinstance(data, LoaderData):
+        return data.steps
+    return -(-len(data) // batch_size)
+
+
+def _resolve_verbose(verbose) -> int:
+    if verbose == "auto":
+        return 1
+    if verbose not in (0, 1, 2):
+        raise ConfigError(f"verbose must be 'auto', 0, 1 or 2; got {verbose!r}.")
+    return int(verbose)
+
+
+def _raise_if_not_finite(logs: dict, epoch: int) -> None:
+    loss = logs.get("loss")
+    if loss is not None and not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"the training loss became {loss} during epoch {epoch + 1} ({format_logs(logs)}). Lower the "
+            "learning rate, check the inputs' scale, or use a from_logits loss for stability."
+        )
+
+
+__all__ = ["Trainer", "Callback"]

@@ -1,0 +1,66 @@
+"""Checks made once, before the first step, so bad input fails fast with a message that helps."""
+
+from __future__ import annotations
+
+import torch
+
+from hpctrain.errors import ConfigError, InputError
+
+
+def check_positive_int(value, *, name: str, hint: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a whole number >= 1; got {value!r}.{(' ' + hint) if hint else ''}")
+    return value
+
+
+def check_batch_size(batch_size) -> int:
+    return check_positive_int(batch_size, name="batch_size", hint="A typical value is 32.")
+
+
+def check_fraction(value, *, name: str) -> float:
+    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} must be a number in [0, 1); got {value!r}. For example 0.2 keeps 20% aside.")
+    return float(value)
+
+
+def check_same_length(x: torch.Tensor, y: torch.Tensor | None, *, x_name="x", y_name="y") -> None:
+    if x.shape[0] == 0:
+        raise InputError(f"{x_name} has no samples (shape {tuple(x.shape)}); give at least one row.")
+    if y is not None and y.shape[0] != x.shape[0]:
+        raise InputError(
+            f"{x_name} has {x.shape[0]} samples but {y_name} has {y.shape[0]}; they must have one label "
+            "per sample, in the same order. Check that both come from the same split."
+        )
+
+
+def check_finite(x: torch.Tensor, *, name: str) -> None:
+    # One pass over the data and one host sync, paid once before training.
+    if not x.is_floating_point():
+        return
+    finite = torch.isfinite(x)
+    if bool(finite.all()):
+        return
+    bad_row = int((~finite).reshape(x.shape[0], -1).any(dim=1).nonzero()[0])
+    kind = "NaN" if bool(torch.isnan(x[bad_row]).any()) else "Inf"
+    count = int((~finite).sum())
+    raise InputError(
+        f"{name} contains {count} non-finite value(s) ({kind} first at sample {bad_row}); training on them "
+        "would make the loss NaN. Clean or impute them first, e.g. np.nan_to_num(x)."
+    )
+
+
+def probe_output_shape(module: torch.nn.Module, x: torch.Tensor, *, name: str = "x") -> tuple[int, ...]:
+    """Run the model on two samples to learn its output shape, turning shape errors into advice."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            output = module(x[:2])
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(
+            f"the model could not run on {name} with {tuple(x.shape[1:])} features per sample ({exc}). "
+            "Check that the number of features matches the model's first layer."
+        ) from exc
+    finally:
+        module.train(was_training)
+    return tuple(output.shape)

@@ -1,0 +1,70 @@
+"""The resolved plan: every hardware decision made once, before training, with its reason."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from hpctrain.errors import ConfigError
+from hpctrain.hardware.cpu import physical_core_count
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Plan:
+    """What one training process runs on. Made by :func:`make_plan`; read-only below it."""
+
+    device: torch.device
+    threads: int
+    data_placement: str  # "device": the whole data set lives on ``device`` as one tensor
+    world_size: int = 1
+    rank: int = 0
+    reasons: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self):
+        if self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}.")
+        if self.data_placement not in ("device", "host"):
+            raise ConfigError(f"data_placement must be 'device' or 'host', got {self.data_placement!r}.")
+
+    def explain(self) -> str:
+        lines = [f"{key}: {value}" for key, value in self.reasons]
+        return "\n".join(lines)
+
+
+def make_plan(*, device: str | torch.device = "auto", threads: int | str = "auto") -> Plan:
+    """Resolve ``"auto"`` choices against this machine; explicit values always win."""
+    resolved_device, device_reason = _resolve_device(device)
+    resolved_threads, threads_reason = _resolve_threads(threads)
+    return Plan(
+        device=resolved_device,
+        threads=resolved_threads,
+        data_placement="device",
+        reasons=(
+            ("device", f"{resolved_device} ({device_reason})"),
+            ("threads", f"{resolved_threads} ({threads_reason})"),
+            ("data", "resident on the device as one tensor; batches gathered by index"),
+        ),
+    )
+
+
+def _resolve_device(device) -> tuple[torch.device, str]:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device()), "a CUDA GPU is visible"
+        return torch.device("cpu"), "no CUDA GPU is visible"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a device PyTorch knows; use 'auto', 'cpu' or 'cuda:N'.") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for but no CUDA GPU is visible; use 'cpu' or 'auto'.")
+    return resolved, "given explicitly"
+
+
+def _resolve_threads(threads) -> tuple[int, str]:
+    if threads == "auto":
+        return physical_core_count(), "one per physical core this process may use"
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ConfigError(f"threads must be 'auto' or a whole number >= 1, got {threads!r}.")
+    return threads, "given explicitly"

@@ -1,0 +1,236 @@
+"""Keras layers as plain ``torch.nn.Module``s, with Keras's names, arguments and defaults.
+
+Weights are stored as Keras stores them (a Dense kernel is ``(in, out)``), so ``get_weights``
+needs no transposes and ``x @ kernel + bias`` is Keras's forward exactly.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hpctrain.errors import ConfigError, InputError
+from hpctrain.keras import activations, initializers, regularizers
+
+_name_counts: collections.Counter = collections.Counter()
+
+
+def unique_name(base: str) -> str:
+    """Keras's automatic names: dense, dense_1, dense_2, ..."""
+    count = _name_counts[base]
+    _name_counts[base] += 1
+    return base if count == 0 else f"{base}_{count}"
+
+
+def _snake_case(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i and (not name[i - 1].isupper() or (i + 1 < len(name) and name[i + 1].islower())):
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+class KerasTensor:
+    """A symbolic input: the shape of one sample, with ``None`` for the batch dimension."""
+
+    def __init__(self, shape: tuple, name: str | None = None, dtype: str = "float32"):
+        self.shape = (None, *shape)
+        self.name = name or unique_name("input_layer")
+        self.dtype = dtype
+
+    def __repr__(self) -> str:
+        return f"<KerasTensor shape={self.shape}, name={self.name}>"
+
+
+def Input(shape=None, batch_size=None, name=None, dtype="float32", **kwargs):  # noqa: N802 (Keras name)
+    if shape is None:
+        raise ConfigError("Input needs shape=, the shape of one sample, e.g. Input(shape=(784,)).")
+    return KerasTensor(tuple(shape), name=name, dtype=dtype)
+
+
+class Layer(torch.nn.Module):
+    """Base layer: lazy ``build(input_shape)``, Keras's weight accessors, optional input shape."""
+
+    def __init__(self, name=None, trainable=True, dtype=None, input_shape=None, input_dim=None,
+                 batch_input_shape=None, **kwargs):
+        super().__init__()
+        if kwargs:
+            raise ConfigError(
+                f"{type(self).__name__} got unexpected argument(s): {', '.join(sorted(kwargs))}. "
+                "Check the spelling against the Keras documentation of this layer."
+            )
+        self.name = name or unique_name(_snake_case(type(self).__name__))
+        self.built = False
+        self._trainable = trainable
+        self.declared_input_shape = _declared_input_shape(input_shape, input_dim, batch_input_shape)
+        self.input_shape_built = None
+
+    # --- Keras surface ------------------------------------------------------------------------
+
+    def build(self, input_shape: tuple) -> None:
+        self.input_shape_built = tuple(input_shape)
+        self.built = True
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return tuple(input_shape)
+
+    @property
+    def trainable(self) -> bool:
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        self._trainable = bool(value)
+        for param in self.parameters():
+            param.requires_grad_(self._trainable)
+
+    @property
+    def weights(self) -> list[torch.nn.Parameter]:
+        return list(self.parameters())
+
+    @property
+    def trainable_weights(self):
+        return [w for w in self.parameters() if w.requires_grad]
+
+    @property
+    def non_trainable_weights(self):
+        return [w for w in self.parameters() if not w.requires_grad]
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [w.detach().cpu().numpy().copy() for w in self.weights]
+
+    def set_weights(self, weights) -> None:
+        own = self.weights
+        if len(weights) != len(own):
+            raise InputError(f"layer {self.name} has {len(own)} weights; set_weights got {len(weights)} arrays.")
+        with torch.no_grad():
+            for param, value in zip(own, weights):
+                value = torch.as_tensor(np.asarray(value), dtype=param.dtype)
+                if tuple(value.shape) != tuple(param.shape):
+                    raise InputError(
+                        f"layer {self.name}: weight shaped {tuple(param.shape)} cannot take an array shaped "
+                        f"{tuple(value.shape)}."
+                    )
+                param.copy_(value)
+
+    def count_params(self) -> int:
+        return sum(w.numel() for w in self.weights)
+
+    def regularization_penalty(self):
+        """The sum of this layer's weight penalties, or ``None`` when it has none."""
+        return None
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "trainable": self.trainable}
+
+    def _new_weight(self, shape, initializer) -> torch.nn.Parameter:
+        return torch.nn.Parameter(initializer(tuple(shape)).to(torch.float32), requires_grad=self._trainable)
+
+
+def _declared_input_shape(input_shape, input_dim, batch_input_shape):
+    if batch_input_shape is not None:
+        return tuple(batch_input_shape[1:])
+    if input_shape is not None:
+        return tuple(input_shape) if isinstance(input_shape, (tuple, list)) else (input_shape,)
+    if input_dim is not None:
+        return (int(input_dim),)
+    return None
+
+
+class InputLayer(Layer):
+    def __init__(self, input_shape=None, shape=None, name=None, **kwargs):
+        super().__init__(name=name, input_shape=shape if shape is not None else input_shape, **kwargs)
+
+    def forward(self, x):
+        return x
+
+
+class Dense(Layer):
+    """``activation(x @ kernel + bias)`` with kernel ``(in, units)``."""
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
+            raise ConfigError(f"Dense units must be a whole number >= 1; got {units!r}.")
+        self.units = int(units)
+        self.activation = activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+
+    def build(self, input_shape):
+        self.kernel = self._new_weight((input_shape[-1], self.units), self.kernel_initializer)
+        self.bias = self._new_weight((self.units,), self.bias_initializer) if self.use_bias else None
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def pre_activation(self, x):
+        if self.bias is None:
+            return x @ self.kernel
+        if x.dim() == 2:
+            return torch.addmm(self.bias, x, self.kernel)  # one fused GEMM + bias call
+        return x @ self.kernel + self.bias
+
+    def forward(self, x):
+        return self.activation(self.pre_activation(x))
+
+    def regularization_penalty(self):
+        terms = []
+        if self.kernel_regularizer is not None:
+            terms.append(self.kernel_regularizer(self.kernel))
+        if self.bias_regularizer is not None and self.bias is not None:
+            terms.append(self.bias_regularizer(self.bias))
+        return sum(terms[1:], terms[0]) if terms else None
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": activations.serialize(self.activation),
+                "use_bias": self.use_bias}
+
+
+class Activation(Layer):
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = activations.get(activation)
+
+    def pre_activation(self, x):
+        return x
+
+    def forward(self, x):
+        return self.activation(x)
+
+    def get_config(self):
+        return {**super().get_config(), "activation": activations.serialize(self.activation)}
+
+
+class Dropout(Layer):
+    """Inverted dropout in training (scale kept by ``1 / (1 - rate)``); identity in inference."""
+
+    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(rate) < 1.0:
+            raise ConfigError(f"Dropout rate must be in [0, 1); got {rate!r}.")
+        self.rate = float(rate)
+
+    def forward(self, x):
+        return F.dropout(x, self.rate, self.training) if self.rate else x
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
+
+
+class Flatten(Layer):
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], math.prod(input_shape[1:]))
+
+    def forward(self, x):
+        return x.flatten(1)

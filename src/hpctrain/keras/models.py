@@ -1,0 +1,315 @@
+"""Keras models: ``Sequential`` (and the ``Model`` base with compile/fit/evaluate/predict).
+
+A model is a ``torch.nn.Module`` whose training is delegated to the engine's ``Trainer``. When the
+last layer ends in softmax (or sigmoid) and the loss is the matching cross-entropy, training runs
+on the logits and the loss takes them directly, as Keras does on TensorFlow: it is cheaper and
+never takes the log of a rounded-to-zero probability.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hpctrain.engine import Trainer
+from hpctrain.engine.data import as_numeric
+from hpctrain.engine.metrics import ModelOutput  # noqa: F401  (re-exported for custom steps)
+from hpctrain.errors import ConfigError, InputError, NotCompiledError
+from hpctrain.keras import activations, losses as keras_losses, optimizers as keras_optimizers
+from hpctrain.keras.layers import InputLayer, KerasTensor, Layer, unique_name
+from hpctrain.keras.summary import summary_table
+
+_FOLDABLE = {activations.softmax: "categorical", activations.sigmoid: "binary"}
+
+
+class Model(Layer):
+    """Keras's training surface over a module; subclasses define the layer graph."""
+
+    def __init__(self, name=None, **kwargs):
+        super().__init__(name=name or unique_name(self._default_name()), **kwargs)
+        self.optimizer = None
+        self._compiled = None
+        self._trainer: Trainer | None = None
+        self.history = None
+
+    @classmethod
+    def _default_name(cls) -> str:
+        return "model"
+
+    # --- compile ------------------------------------------------------------------------------
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None,
+                run_eagerly=False, steps_per_execution=1, jit_compile="auto", auto_scale_loss=True):
+        if loss is None:
+            raise ConfigError("compile needs a loss, e.g. loss='sparse_categorical_crossentropy'.")
+        if loss_weights is not None or weighted_metrics is not None:
+            raise ConfigError("loss_weights and weighted_metrics are not supported yet; remove them.")
+        self.optimizer = keras_optimizers.get(optimizer)
+        self._compiled = {"loss": keras_losses.get(loss), "metrics": list(metrics or [])}
+        for metric in self._compiled["metrics"]:
+            _check_metric_name(metric)
+        self._trainer = None  # the next fit builds a trainer for the new settings
+
+    @property
+    def stop_training(self) -> bool:
+        return self._trainer.stop_training if self._trainer is not None else False
+
+    @stop_training.setter
+    def stop_training(self, value: bool) -> None:
+        if self._trainer is not None:
+            self._trainer.stop_training = bool(value)
+
+    # --- fit / evaluate / predict -------------------------------------------------------------
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
+            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
+            steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1):
+        _reject_unsupported(class_weight=class_weight, sample_weight=sample_weight, steps_per_epoch=steps_per_epoch,
+                            validation_steps=validation_steps)
+        if validation_freq != 1:
+            raise ConfigError("validation_freq other than 1 is not supported yet.")
+        x = _numeric_or_loader(x, "x")
+        trainer = self._ready_trainer(x, "fit")
+        self.history = trainer.fit(
+            x, y, batch_size=32 if batch_size is None else batch_size, epochs=epochs, verbose=verbose,
+            callbacks=callbacks, validation_split=validation_split, validation_data=validation_data,
+            shuffle=shuffle, initial_epoch=initial_epoch, callback_model=self,
+        )
+        return self.history
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
+                 callbacks=None, return_dict=False):
+        _reject_unsupported(sample_weight=sample_weight, steps=steps)
+        x = _numeric_or_loader(x, "x")
+        return self._ready_trainer(x, "evaluate").evaluate(x, y, batch_size=batch_size, verbose=verbose,
+                                                          return_dict=return_dict)
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None) -> np.ndarray:
+        _reject_unsupported(steps=steps)
+        x = _numeric_or_loader(x, "x")
+        self._build_from_data(x)
+        if self._trainer is None:
+            return self._inference_trainer().predict(x, batch_size=batch_size, verbose=verbose)
+        return self._trainer.predict(x, batch_size=batch_size, verbose=verbose)
+
+    def __call__(self, inputs, training=False):
+        """On a tensor: a differentiable forward. On NumPy data: inference, returning a CPU tensor."""
+        if isinstance(inputs, torch.Tensor):
+            return super().__call__(inputs)
+        array = np.asarray(_numeric_or_loader(inputs, "inputs"), dtype=np.float32)
+        self._build_from_data(array)
+        device = next(self.parameters()).device
+        self.train(bool(training))
+        with torch.inference_mode():
+            return super().__call__(torch.from_numpy(array).to(device)).cpu()
+
+    # --- weights ------------------------------------------------------------------------------
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [w for layer in self.layers for w in layer.get_weights()]
+
+    def set_weights(self, weights) -> None:
+        weights = list(weights)
+        expected = sum(len(layer.weights) for layer in self.layers)
+        if len(weights) != expected:
+            raise InputError(f"set_weights got {len(weights)} arrays; this model has {expected} weights "
+                             "(see get_weights()).")
+        for layer in self.layers:
+            count = len(layer.weights)
+            layer.set_weights(weights[:count])
+            weights = weights[count:]
+
+    def save_weights(self, filepath: str) -> None:
+        from hpctrain.keras.saving import save_weights
+
+        save_weights(self, filepath)
+
+    def load_weights(self, filepath: str) -> None:
+        from hpctrain.keras.saving import load_weights
+
+        load_weights(self, filepath)
+
+    def summary(self, print_fn=None, **kwargs) -> None:
+        (print_fn or print)(summary_table(self))
+
+    def count_params(self) -> int:
+        return sum(layer.count_params() for layer in self.layers)
+
+    # --- plumbing to the engine ---------------------------------------------------------------
+
+    def _ready_trainer(self, x, what: str) -> Trainer:
+        if self._compiled is None:
+            raise NotCompiledError(
+                f"{what} was called before compile; call model.compile(optimizer=..., loss=..., metrics=[...]) first."
+            )
+        self._build_from_data(x)
+        if self._trainer is None:
+            self._trainer = self._make_trainer()
+        return self._trainer
+
+    def _make_trainer(self) -> Trainer:
+        loss = self._compiled["loss"]
+        module, output_activation = self, None
+        folded = self._foldable_output_activation(loss)
+        if folded is not None:
+            module, output_activation, loss = _LogitsView(self), folded, loss.with_logits()
+        return Trainer(module, loss=loss, optimizer=self.optimizer.build, metrics=self._compiled["metrics"],
+                       output_activation=output_activation, penalty=self._penalty_fn())
+
+    def _inference_trainer(self) -> Trainer:
+        return Trainer(self, loss=keras_losses.get("mse"), optimizer=lambda params, device: None)
+
+    def _foldable_output_activation(self, loss):
+        raise NotImplementedError
+
+    def _penalty_fn(self):
+        layers = [layer for layer in self.layers if layer.regularization_penalty() is not None]
+        if not layers:
+            return None
+
+        def penalty():
+            terms = [layer.regularization_penalty() for layer in layers]
+            return sum(terms[1:], terms[0])
+
+        return penalty
+
+    def _build_from_data(self, x) -> None:
+        raise NotImplementedError
+
+
+class Sequential(Model):
+    """A stack of layers, each feeding the next; ``Sequential([...])`` or ``.add(layer)``."""
+
+    @classmethod
+    def _default_name(cls) -> str:
+        return "sequential"
+
+    def __init__(self, layers=None, name=None, trainable=True):
+        super().__init__(name=name, trainable=trainable)
+        self._stack = torch.nn.ModuleList()
+        self._input_shape = None
+        for layer in layers or []:
+            self.add(layer)
+
+    @property
+    def layers(self) -> list[Layer]:
+        return [layer for layer in self._stack if not isinstance(layer, InputLayer)]
+
+    def add(self, layer) -> None:
+        if isinstance(layer, KerasTensor):
+            self._set_input_shape(layer.shape[1:])
+            return
+        if not isinstance(layer, torch.nn.Module):
+            raise ConfigError(f"Sequential.add takes a layer; got {type(layer).__name__}.")
+        declared = getattr(layer, "declared_input_shape", None)
+        if declared is not None:
+            if len(self._stack) and self._input_shape is None:
+                raise ConfigError(f"layer {layer.name} declares an input shape but is not the first layer.")
+            if self._input_shape is None:
+                self._set_input_shape(declared)
+        self._stack.append(layer)
+        if self._input_shape is not None:
+            self._build_layers()
+
+    def _set_input_shape(self, shape) -> None:
+        self._input_shape = tuple(shape)
+
+    def _build_layers(self) -> None:
+        shape = (None, *self._input_shape)
+        for layer in self._stack:
+            if isinstance(layer, Layer) and not layer.built:
+                layer.build(shape)
+            shape = layer.compute_output_shape(shape) if isinstance(layer, Layer) else shape
+        self.built = True
+
+    def build(self, input_shape=None) -> None:
+        if input_shape is not None:
+            self._set_input_shape(tuple(input_shape)[1:])
+        if self._input_shape is None:
+            raise ConfigError("build needs the input shape, e.g. model.build((None, 784)).")
+        self._build_layers()
+
+    def _build_from_data(self, x) -> None:
+        if x is None or isinstance(x, torch.utils.data.DataLoader):
+            if self._input_shape is None:
+                raise ConfigError("give the first layer an input shape (input_shape=... or Input(shape=...)) "
+                                  "when training from a DataLoader.")
+            return
+        shape = tuple(x.shape[1:])
+        if self._input_shape is None:
+            self._set_input_shape(shape)
+            self._build_layers()
+            return
+        if shape != self._input_shape:
+            raise InputError(
+                f"x has samples shaped {shape} ({_features(shape)}) but the model's first layer expects "
+                f"{self._input_shape} ({_features(self._input_shape)}). Reshape x, or change the first layer's "
+                "input_dim/input_shape."
+            )
+
+    def output_shapes(self) -> list[tuple]:
+        shape = (None, *self._input_shape) if self._input_shape is not None else None
+        shapes = []
+        for layer in self.layers:
+            shape = layer.compute_output_shape(shape) if shape is not None else None
+            shapes.append(shape)
+        return shapes
+
+    def forward(self, x):
+        for layer in self._stack:
+            x = layer(x)
+        return x
+
+    def forward_logits(self, x):
+        """Everything but the final activation, which the loss then takes from logits."""
+        *body, last = self._stack
+        for layer in body:
+            x = layer(x)
+        return last.pre_activation(x)
+
+    def _foldable_output_activation(self, loss):
+        last = self.layers[-1] if self.layers else None
+        activation = getattr(last, "activation", None)
+        kind = _FOLDABLE.get(activation)
+        if kind is None or not hasattr(last, "pre_activation") or loss.from_logits:
+            return None
+        matches = (kind == "categorical" and loss.name.endswith("categorical_crossentropy")) or (
+            kind == "binary" and loss.name == "binary_crossentropy")
+        return activation if matches else None
+
+
+class _LogitsView(torch.nn.Module):
+    """The model minus its final activation; shares every parameter with the model."""
+
+    def __init__(self, model: Sequential):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.forward_logits(x)
+
+
+def _numeric_or_loader(x, name: str):
+    if x is None or isinstance(x, torch.utils.data.DataLoader):
+        return x
+    return as_numeric(x, name=name)
+
+
+def _features(shape) -> str:
+    return f"{shape[0]} features" if len(shape) == 1 else f"shape {shape}"
+
+
+def _check_metric_name(metric) -> None:
+    from hpctrain.engine.metrics import METRIC_NAMES, Metric
+    from hpctrain.errors import valid_names_hint
+
+    if isinstance(metric, Metric):
+        return
+    if not isinstance(metric, str) or metric.lower() not in METRIC_NAMES:
+        raise ConfigError(f"unknown metric {metric!r}; {valid_names_hint(METRIC_NAMES)}, or a Metric object.")
+
+
+def _reject_unsupported(**arguments) -> None:
+    given = [name for name, value in arguments.items() if value is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} is not supported yet; remove it from the call.")

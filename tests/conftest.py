@@ -1,0 +1,31 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MNIST_DIR = os.path.join(REPO, "data", "mnist")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    import hpctrain as tf
+
+    tf.keras.utils.set_random_seed(1234)
+    yield
+
+
+def small_classification(rng, n=64, features=6, classes=3):
+    x = rng.normal(size=(n, features)).astype("float32")
+    y = rng.integers(0, classes, size=n)
+    return x, y
+
+
+def torch_float64(weights):
+    return [torch.tensor(w, dtype=torch.float64, requires_grad=True) for w in weights]

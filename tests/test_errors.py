@@ -1,0 +1,155 @@
+"""Bad input fails before the first step, with one error family and a message that helps."""
+
+import numpy as np
+import pytest
+
+from hpctrain import errors
+from hpctrain.keras.layers import Dense
+from hpctrain.keras.models import Sequential
+
+
+def _model(loss="sparse_categorical_crossentropy", compile=True, units=3):
+    model = Sequential([Dense(8, activation="relu", input_dim=4), Dense(units, activation="softmax")])
+    if compile:
+        model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+    return model
+
+
+@pytest.fixture
+def data(rng):
+    return rng.random((20, 4)).astype("float32"), rng.integers(0, 3, size=20)
+
+
+def _fit(model, x, y, **kwargs):
+    model.fit(x, y, epochs=1, verbose=0, **kwargs)
+
+
+def test_x_and_y_of_different_lengths(data):
+    x, y = data
+    with pytest.raises(errors.InputError, match=r"x has 20 samples but y has 19"):
+        _fit(_model(), x, y[:19])
+
+
+def test_feature_count_not_matching_the_first_layer(data):
+    x, y = data
+    with pytest.raises(errors.InputError, match=r"\(5,\) \(5 features\).*expects \(4,\) \(4 features\)"):
+        _fit(_model(), np.hstack([x, x[:, :1]]), y)
+
+
+def test_feature_count_mismatch_in_a_native_module_is_reported_too(data):
+    import torch
+
+    from hpctrain import Trainer
+
+    x, y = data
+    trainer = Trainer(torch.nn.Linear(5, 3), loss=torch.nn.functional.cross_entropy, optimizer="sgd")
+    with pytest.raises(errors.InputError, match="could not run on x with \\(4,\\) features"):
+        trainer.fit(x, y, verbose=0)
+
+
+def test_labels_out_of_range_for_the_output_width(data):
+    x, y = data
+    y = y.copy()
+    y[7] = 3
+    with pytest.raises(errors.InputError, match=r"label 3 is out of range for a model with 3 outputs.*0\.\.2"):
+        _fit(_model(), x, y)
+
+
+def test_negative_labels(data):
+    x, y = data
+    y = y.copy()
+    y[0] = -1
+    with pytest.raises(errors.InputError, match="label -1 is out of range"):
+        _fit(_model(), x, y)
+
+
+@pytest.mark.parametrize("bad, word", [(np.nan, "NaN"), (np.inf, "Inf")])
+def test_nan_or_inf_in_x(data, bad, word):
+    x, y = data
+    x = x.copy()
+    x[5, 2] = bad
+    with pytest.raises(errors.InputError, match=rf"x contains 1 non-finite value\(s\) \({word} first at sample 5\)"):
+        _fit(_model(), x, y)
+
+
+def test_non_numeric_arrays(data):
+    _, y = data
+    x = np.array([["a", "b", "c", "d"]] * 20)
+    with pytest.raises(errors.InputError, match=r"x has dtype <U1 \(strings\); expected numbers"):
+        _fit(_model(), x, y)
+
+
+def test_ragged_rows(data):
+    _, y = data
+    with pytest.raises(errors.InputError, match="rectangular numeric array"):
+        _fit(_model(), [[1.0, 2.0, 3.0, 4.0], [1.0]] * 10, y)
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, 2.5])
+def test_batch_size_below_one(data, batch_size):
+    x, y = data
+    with pytest.raises(errors.ConfigError, match=rf"batch_size must be a whole number >= 1; got {batch_size}"):
+        _fit(_model(), x, y, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("kind, kwargs, listed", [
+    ("loss", {"loss": "crossentropy"}, "categorical_crossentropy"),
+    ("optimizer", {"optimizer": "adamax", "loss": "mse"}, "rmsprop"),
+    ("metric", {"loss": "mse", "metrics": ["accurcy"]}, "accuracy"),
+])
+def test_unknown_names_list_the_valid_ones(kind, kwargs, listed):
+    model = _model(compile=False)
+    with pytest.raises(errors.ConfigError, match=rf"unknown {kind} .*valid names: .*{listed}"):
+        model.compile(**kwargs)
+
+
+def test_unknown_activation_lists_the_valid_ones():
+    with pytest.raises(errors.ConfigError, match="unknown activation 'relu6'.*valid names: .*leaky_relu.*softmax"):
+        Dense(3, activation="relu6")
+
+
+def test_fit_before_compile(data):
+    x, y = data
+    with pytest.raises(errors.NotCompiledError, match="fit was called before compile; call model.compile"):
+        _fit(_model(compile=False), x, y)
+
+
+def test_float_labels_whose_shape_does_not_match_the_output(data):
+    x, _ = data
+    with pytest.raises(errors.InputError, match=r"one-hot labels shaped \(N, 3\).*got torch.float32 labels shaped "
+                                                r"\(20, 5\)"):
+        _fit(_model(loss="categorical_crossentropy"), x, np.eye(5, dtype="float32")[np.arange(20) % 5])
+
+
+def test_regression_labels_whose_shape_does_not_match_the_output(data):
+    x, _ = data
+    with pytest.raises(errors.InputError, match=r"mean_squared_error needs labels shaped like the model's output "
+                                                r"\(N, 3\); got labels shaped \(20, 2\)"):
+        _fit(_model(loss="mse"), x, np.zeros((20, 2)))
+
+
+def test_integer_labels_with_categorical_crossentropy_warn_once_and_train(data):
+    x, y = data
+    model = _model(loss="categorical_crossentropy")
+    with pytest.warns(errors.HpctrainWarning, match="treating them as class indices") as caught:
+        history = model.fit(x, y.reshape(-1, 1), epochs=2, verbose=0)
+    assert len([w for w in caught if "class indices" in str(w.message)]) == 1
+    assert len(history.history["loss"]) == 2
+
+
+def test_errors_are_one_family_and_still_value_errors():
+    assert issubclass(errors.InputError, errors.HpctrainError) and issubclass(errors.InputError, ValueError)
+    assert issubclass(errors.ConfigError, errors.HpctrainError)
+    assert issubclass(errors.NotCompiledError, errors.HpctrainError)
+
+
+def test_validation_split_out_of_range(data):
+    x, y = data
+    with pytest.raises(errors.ConfigError, match=r"validation_split must be a number in \[0, 1\); got 1.5"):
+        _fit(_model(), x, y, validation_split=1.5)
+
+
+def test_missing_labels(data):
+    x, _ = data
+    with pytest.raises(errors.InputError, match="y is missing"):
+        _fit(_model(), x, None)

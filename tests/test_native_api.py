@@ -1,0 +1,112 @@
+"""The native API: any torch.nn.Module on the same engine, from arrays or a DataLoader."""
+
+import numpy as np
+import pytest
+import torch
+
+import hpctrain
+from conftest import small_classification
+from hpctrain.engine.data import ResidentData
+from hpctrain.engine.losses import CrossEntropy
+
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+
+def test_trainer_on_a_module_matches_a_plain_pytorch_loop(rng):
+    x, y = small_classification(rng, n=48)
+    module = _net()
+    reference = _net()
+    trainer = hpctrain.Trainer(module, loss=torch.nn.CrossEntropyLoss(),
+                               optimizer=torch.optim.SGD(module.parameters(), lr=0.1), metrics=["accuracy"])
+    history = trainer.fit(x, y, epochs=3, batch_size=16, shuffle=False, verbose=0)
+
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    for _ in range(3):
+        for start in range(0, 48, 16):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(reference(xt[start:start + 16]), yt[start:start + 16]).backward()
+            opt.step()
+    for got, expected in zip(module.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert set(history.history) == {"loss", "accuracy"}
+
+
+def test_dataloader_and_arrays_train_identically(rng):
+    x, y = small_classification(rng, n=40)
+    from_arrays, from_loader = _net(), _net()
+    hpctrain.Trainer(from_arrays, loss=CrossEntropy(sparse=True, from_logits=True), optimizer="adam").fit(
+        x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.tensor(x), torch.tensor(y)),
+                                         batch_size=8, shuffle=False)
+    trainer = hpctrain.Trainer(from_loader, loss=CrossEntropy(sparse=True, from_logits=True), optimizer="adam")
+    history = trainer.fit(loader, epochs=2, verbose=0, validation_data=loader)
+    for a, b in zip(from_arrays.parameters(), from_loader.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert history.history["val_loss"][-1] == pytest.approx(trainer.evaluate(x, y, verbose=0), rel=1e-6)
+
+
+def test_predict_applies_the_output_activation(rng):
+    x, _ = small_classification(rng, n=10)
+    module = _net()
+    trainer = hpctrain.Trainer(module, loss=torch.nn.CrossEntropyLoss(), optimizer="sgd",
+                               output_activation=lambda z: torch.softmax(z, -1))
+    probs = trainer.predict(x)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-6)
+    with torch.no_grad():
+        np.testing.assert_allclose(probs, torch.softmax(module(torch.tensor(x)), -1).numpy(), rtol=1e-6)
+
+
+def test_trainer_weights_round_trip(rng):
+    trainer = hpctrain.Trainer(_net(), loss=torch.nn.CrossEntropyLoss(), optimizer="sgd")
+    weights = trainer.get_weights()
+    trainer.set_weights([w * 0 for w in weights])
+    assert all(np.all(w == 0) for w in trainer.get_weights())
+    with pytest.raises(hpctrain.errors.InputError, match="shaped"):
+        trainer.set_weights([w.T for w in weights])
+
+
+def test_epoch_batches_cover_every_sample_once_in_a_seeded_order():
+    x = torch.arange(10, dtype=torch.float32).reshape(10, 1)
+    data = ResidentData(x, torch.arange(10))
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    batches = list(data.batches(4, order=order))
+    assert [len(b[0]) for b in batches] == [4, 4, 2]  # the last partial batch is kept
+    seen = torch.cat([b[1] for b in batches])
+    assert torch.equal(seen, order) and sorted(seen.tolist()) == list(range(10))
+    assert torch.equal(torch.cat([b[0] for b in batches]).reshape(-1).long(), order)
+
+
+def test_plan_explains_its_choices():
+    plan = hpctrain.make_plan(threads=1, device="cpu")
+    assert plan.threads == 1 and plan.device == torch.device("cpu")
+    text = plan.explain()
+    assert "threads: 1 (given explicitly)" in text and "device: cpu (given explicitly)" in text
+    with pytest.raises(hpctrain.errors.ConfigError, match="threads must be 'auto' or a whole number >= 1"):
+        hpctrain.make_plan(threads=0)
+
+
+def test_plan_threads_are_applied_at_fit(rng):
+    x, y = small_classification(rng, n=16)
+    before = torch.get_num_threads()
+    try:
+        trainer = hpctrain.Trainer(_net(), loss=torch.nn.CrossEntropyLoss(), optimizer="sgd",
+                                   plan=hpctrain.make_plan(threads=1))
+        trainer.fit(x, y, verbose=0)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_physical_cores_are_counted_not_hyperthreads(tmp_path):
+    from hpctrain.hardware.cpu import physical_core_count, usable_logical_cpus
+
+    logical = sorted(usable_logical_cpus())
+    # Two hyper-threads per core: the count halves.
+    blocks = [f"processor\t: {cpu}\nphysical id\t: 0\ncore id\t\t: {i // 2}\n" for i, cpu in enumerate(logical)]
+    path = tmp_path / "cpuinfo"
+    path.write_text("\n".join(blocks))
+    assert physical_core_count(str(path)) == max(1, -(-len(logical) // 2))
