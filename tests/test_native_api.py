@@ -38,8 +38,10 @@ def test_trainer_on_a_module_matches_a_plain_pytorch_loop(rng):
 def test_dataloader_and_arrays_train_identically(rng):
     x, y = small_classification(rng, n=40)
     from_arrays, from_loader = _net(), _net()
-    hpctrain.Trainer(from_arrays, loss=CrossEntropy(sparse=True, from_logits=True), optimizer="adam").fit(
-        x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+    # The same executor on both sides, so the data path alone is compared, bit for bit.
+    hpctrain.Trainer(from_arrays, loss=CrossEntropy(sparse=True, from_logits=True), optimizer="adam",
+                     plan=hpctrain.make_plan(executor="autograd")).fit(x, y, epochs=2, batch_size=8, shuffle=False,
+                                                                       verbose=0)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.tensor(x), torch.tensor(y)),
                                          batch_size=8, shuffle=False)
     trainer = hpctrain.Trainer(from_loader, loss=CrossEntropy(sparse=True, from_logits=True), optimizer="adam")

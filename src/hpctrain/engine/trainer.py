@@ -16,9 +16,10 @@ from hpctrain.engine import validation
 from hpctrain.engine.callbacks import Callback, CallbackList, History
 from hpctrain.engine.data import LoaderData, ResidentData, to_tensor
 from hpctrain.engine.losses import CallableLoss, Loss
-from hpctrain.engine.metrics import Metric, MetricSet, ModelOutput, resolve_metric
+from hpctrain.engine.metrics import DeferredMetricSet, Metric, MetricSet, ModelOutput, resolve_metric
 from hpctrain.engine.optim import build_optimizer, optimizer_class_by_name
 from hpctrain.engine.progress import Progress, format_logs
+from hpctrain.engine.static_step import StaticStep, why_not_static
 from hpctrain.engine.step import AutogradStep
 from hpctrain.errors import ConfigError, InputError, NonFiniteLossError
 
@@ -71,9 +72,7 @@ class Trainer:
         verbose = _resolve_verbose(verbose)
         self._apply_plan()
         data = self._prepare_fit_data(x, y, validation_split, validation_data)
-        step = AutogradStep(self.module, self.loss, self.optimizer, penalty=self.penalty,
-                            output_activation=self.output_activation)
-        train_metrics = self._metric_set(data.output_shape)
+        step, train_metrics = self._make_step(data, batch_size)
         history = History()
         steps = _steps_per_epoch(data.train, batch_size)
         hooks = CallbackList([*(callbacks or []), history], model=callback_model or self,
@@ -178,6 +177,35 @@ class Trainer:
                 metrics.update(loss, ModelOutput(logits, self.output_activation), yb)
         return metrics.results()
 
+    # --- the executor -------------------------------------------------------------------------
+
+    def _make_step(self, data: _PreparedData, batch_size: int):
+        """The static executor where the model allows it (or the plan demands it), else autograd."""
+        reason = self._why_not_static(data)
+        if self.plan.executor == "static" and reason is not None:
+            raise ConfigError(f"executor='static' cannot train this model: {reason}. Use 'auto' or 'autograd'.")
+        if reason is not None:
+            self.plan = self.plan.with_choice("executor", "autograd", reason)
+            step = AutogradStep(self.module, self.loss, self.optimizer, penalty=self.penalty,
+                                output_activation=self.output_activation)
+            return step, self._metric_set(data.output_shape)
+        self.plan = self.plan.with_choice("executor", "static", "every layer and the loss have a known backward")
+        metrics = DeferredMetricSet(self._resolve_metrics(data.output_shape), self.plan.device, loss=self.loss,
+                                    output_activation=self.output_activation, rows=len(data.train),
+                                    width=data.output_shape[1:])
+        step = StaticStep(self.module, self.loss, self.optimizer, batch_size=batch_size,
+                          output_activation=self.output_activation)
+        return step, metrics
+
+    def _why_not_static(self, data: _PreparedData) -> str | None:
+        if self.plan.executor == "autograd":
+            return "autograd was asked for"
+        if isinstance(data.train, LoaderData):
+            return "batches come from a DataLoader"
+        if self.penalty is not None and not getattr(self.penalty, "described_by_static_layers", False):
+            return "a custom penalty function needs autograd"
+        return why_not_static(self.module, self.loss)
+
     # --- preparation --------------------------------------------------------------------------
 
     def _apply_plan(self) -> None:
@@ -241,10 +269,11 @@ class Trainer:
             return self._loader_output_shape(data)
         return validation.probe_output_shape(self.module, data.x)
 
+    def _resolve_metrics(self, output_shape) -> list[Metric]:
+        return [resolve_metric(spec, self.loss, output_shape) for spec in self.metric_specs]
+
     def _metric_set(self, output_shape, prefix: str = "") -> MetricSet:
-        metrics = [spec if isinstance(spec, Metric) else resolve_metric(spec, self.loss, output_shape)
-                   for spec in self.metric_specs]
-        return MetricSet(metrics, self.plan.device, prefix=prefix)
+        return MetricSet(self._resolve_metrics(output_shape), self.plan.device, prefix=prefix)
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         return logits if self.output_activation is None else self.output_activation(logits)

@@ -17,6 +17,7 @@ class Plan:
     device: torch.device
     threads: int
     data_placement: str  # "device": the whole data set lives on ``device`` as one tensor
+    executor: str = "auto"  # "static", "autograd", or "auto": static where the model allows it
     world_size: int = 1
     rank: int = 0
     reasons: tuple[tuple[str, str], ...] = ()
@@ -24,15 +25,25 @@ class Plan:
     def __post_init__(self):
         if self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}.")
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}; got {self.executor!r}.")
         if self.data_placement not in ("device", "host"):
             raise ConfigError(f"data_placement must be 'device' or 'host', got {self.data_placement!r}.")
+
+    def with_choice(self, key: str, value, reason: str) -> "Plan":
+        """A copy with one more decision made, and the reason recorded for ``explain``."""
+        reasons = tuple(item for item in self.reasons if item[0] != key) + ((key, f"{value} ({reason})"),)
+        return dataclasses.replace(self, **{key: value}, reasons=reasons)
 
     def explain(self) -> str:
         lines = [f"{key}: {value}" for key, value in self.reasons]
         return "\n".join(lines)
 
 
-def make_plan(*, device: str | torch.device = "auto", threads: int | str = "auto") -> Plan:
+EXECUTORS = ("auto", "static", "autograd")
+
+
+def make_plan(*, device: str | torch.device = "auto", threads: int | str = "auto", executor: str = "auto") -> Plan:
     """Resolve ``"auto"`` choices against this machine; explicit values always win."""
     resolved_device, device_reason = _resolve_device(device)
     resolved_threads, threads_reason = _resolve_threads(threads)
@@ -40,10 +51,12 @@ def make_plan(*, device: str | torch.device = "auto", threads: int | str = "auto
         device=resolved_device,
         threads=resolved_threads,
         data_placement="device",
+        executor=executor,
         reasons=(
             ("device", f"{resolved_device} ({device_reason})"),
             ("threads", f"{resolved_threads} ({threads_reason})"),
             ("data", "resident on the device as one tensor; batches gathered by index"),
+            ("executor", f"{executor} ({'decided per model at fit' if executor == 'auto' else 'given explicitly'})"),
         ),
     )
 

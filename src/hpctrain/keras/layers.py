@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hpctrain.engine import static_step as static
 from hpctrain.errors import ConfigError, InputError
 from hpctrain.keras import activations, initializers, regularizers
 
@@ -128,6 +129,10 @@ class Layer(torch.nn.Module):
     def get_config(self) -> dict:
         return {"name": self.name, "trainable": self.trainable}
 
+    def static_layers(self, include_activation: bool = True):
+        """This layer as the engine's static primitives (``None``: it has none, use autograd)."""
+        return None
+
     def _new_weight(self, shape, initializer) -> torch.nn.Parameter:
         return torch.nn.Parameter(initializer(tuple(shape)).to(torch.float32), requires_grad=self._trainable)
 
@@ -146,8 +151,23 @@ class InputLayer(Layer):
     def __init__(self, input_shape=None, shape=None, name=None, **kwargs):
         super().__init__(name=name, input_shape=shape if shape is not None else input_shape, **kwargs)
 
+    def static_layers(self, include_activation=True):
+        return []
+
     def forward(self, x):
         return x
+
+
+def _static_penalties(kernel_regularizer, bias_regularizer):
+    """L1/L2 coefficients for the static executor, or ``None`` for a custom regularizer."""
+    penalties = {}
+    for regularizer, prefix in ((kernel_regularizer, ""), (bias_regularizer, "bias_")):
+        if regularizer is None:
+            continue
+        if not isinstance(regularizer, regularizers.L1L2):
+            return None
+        penalties[prefix + "l1"], penalties[prefix + "l2"] = regularizer.l1, regularizer.l2
+    return penalties
 
 
 class Dense(Layer):
@@ -184,6 +204,15 @@ class Dense(Layer):
     def forward(self, x):
         return self.activation(self.pre_activation(x))
 
+    def static_layers(self, include_activation=True):
+        penalties = _static_penalties(self.kernel_regularizer, self.bias_regularizer)
+        if penalties is None or not self.trainable:
+            return None
+        layers = [static.Linear(self.kernel, self.bias, transposed=False, **penalties)]
+        if include_activation and self.activation is not activations.linear:
+            layers.append(static.Activation(activations.serialize(self.activation)))
+        return layers
+
     def regularization_penalty(self):
         terms = []
         if self.kernel_regularizer is not None:
@@ -201,6 +230,11 @@ class Activation(Layer):
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
         self.activation = activations.get(activation)
+
+    def static_layers(self, include_activation=True):
+        if not include_activation or self.activation is activations.linear:
+            return []
+        return [static.Activation(activations.serialize(self.activation))]
 
     def pre_activation(self, x):
         return x
@@ -223,6 +257,9 @@ class Dropout(Layer):
 
     def forward(self, x):
         return F.dropout(x, self.rate, self.training) if self.rate else x
+
+    def static_layers(self, include_activation=True):
+        return [static.Dropout(self.rate)]
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate}

@@ -15,6 +15,7 @@ from hpctrain.engine import Trainer
 from hpctrain.engine.data import as_numeric
 from hpctrain.engine.metrics import ModelOutput  # noqa: F401  (re-exported for custom steps)
 from hpctrain.errors import ConfigError, InputError, NotCompiledError
+from hpctrain.hardware import make_plan
 from hpctrain.keras import activations, losses as keras_losses, optimizers as keras_optimizers
 from hpctrain.keras.layers import InputLayer, KerasTensor, Layer, unique_name
 from hpctrain.keras.summary import summary_table
@@ -39,13 +40,17 @@ class Model(Layer):
     # --- compile ------------------------------------------------------------------------------
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None,
-                run_eagerly=False, steps_per_execution=1, jit_compile="auto", auto_scale_loss=True):
+                run_eagerly=False, steps_per_execution=1, jit_compile="auto", auto_scale_loss=True, plan=None):
+        """Keras's compile. ``run_eagerly=True`` trains with autograd instead of the static executor;
+        ``plan`` (hpctrain's own) overrides the hardware plan, e.g. ``hpctrain.make_plan(threads=1)``."""
         if loss is None:
             raise ConfigError("compile needs a loss, e.g. loss='sparse_categorical_crossentropy'.")
         if loss_weights is not None or weighted_metrics is not None:
             raise ConfigError("loss_weights and weighted_metrics are not supported yet; remove them.")
         self.optimizer = keras_optimizers.get(optimizer)
-        self._compiled = {"loss": keras_losses.get(loss), "metrics": list(metrics or [])}
+        if run_eagerly:
+            plan = (plan or make_plan()).with_choice("executor", "autograd", "run_eagerly=True")
+        self._compiled = {"loss": keras_losses.get(loss), "metrics": list(metrics or []), "plan": plan}
         for metric in self._compiled["metrics"]:
             _check_metric_name(metric)
         self._trainer = None  # the next fit builds a trainer for the new settings
@@ -154,7 +159,7 @@ class Model(Layer):
         if folded is not None:
             module, output_activation, loss = _LogitsView(self), folded, loss.with_logits()
         return Trainer(module, loss=loss, optimizer=self.optimizer.build, metrics=self._compiled["metrics"],
-                       output_activation=output_activation, penalty=self._penalty_fn())
+                       output_activation=output_activation, penalty=self._penalty_fn(), plan=self._compiled["plan"])
 
     def _inference_trainer(self) -> Trainer:
         return Trainer(self, loss=keras_losses.get("mse"), optimizer=lambda params, device: None)
@@ -171,6 +176,8 @@ class Model(Layer):
             terms = [layer.regularization_penalty() for layer in layers]
             return sum(terms[1:], terms[0])
 
+        # L1/L2 penalties are part of the static layers' description; custom ones are not.
+        penalty.described_by_static_layers = all(layer.static_layers() is not None for layer in layers)
         return penalty
 
     def _build_from_data(self, x) -> None:
@@ -260,6 +267,18 @@ class Sequential(Model):
             x = layer(x)
         return x
 
+    def static_layers(self, include_output_activation: bool = True):
+        """The stack as the engine's static primitives, or ``None`` if some layer has none."""
+        layers = []
+        for position, layer in enumerate(self.layers):
+            is_last = position == len(self.layers) - 1
+            described = layer.static_layers(include_activation=include_output_activation or not is_last) \
+                if hasattr(layer, "static_layers") else None
+            if described is None:
+                return None
+            layers.extend(described)
+        return layers
+
     def forward_logits(self, x):
         """Everything but the final activation, which the loss then takes from logits."""
         *body, last = self._stack
@@ -287,6 +306,9 @@ class _LogitsView(torch.nn.Module):
 
     def forward(self, x):
         return self.model.forward_logits(x)
+
+    def static_layers(self):
+        return self.model.static_layers(include_output_activation=False)
 
 
 def _numeric_or_loader(x, name: str):

@@ -1,0 +1,156 @@
+"""The static executor equals autograd: loss, gradients and updated weights, to 1e-6 in float32."""
+
+import numpy as np
+import pytest
+import torch
+
+import hpctrain
+import hpctrain as tf
+from hpctrain.keras import optimizers, regularizers
+from hpctrain.keras.layers import Activation, Dense, Dropout
+from hpctrain.keras.models import Sequential
+
+FEATURES, CLASSES = 6, 4
+
+
+def _data(kind, rng, n=48):
+    x = rng.normal(size=(n, FEATURES)).astype("float32")
+    labels = rng.integers(0, CLASSES, size=n)
+    if kind == "sparse":
+        return x, labels
+    if kind == "one_hot":
+        return x, tf.keras.utils.to_categorical(labels, CLASSES)
+    if kind == "soft":
+        soft = rng.random((n, CLASSES)).astype("float32")
+        return x, soft / soft.sum(1, keepdims=True)
+    if kind == "binary":
+        return x, rng.integers(0, 2, size=(n, 1)).astype("float32")
+    return x, rng.normal(size=(n, 2)).astype("float32")  # regression
+
+
+LOSSES = {  # loss -> (label kind, output units, output activation)
+    "sparse_categorical_crossentropy": ("sparse", CLASSES, "softmax"),
+    "categorical_crossentropy": ("one_hot", CLASSES, "softmax"),
+    "categorical_crossentropy_soft": ("soft", CLASSES, "softmax"),
+    "binary_crossentropy": ("binary", 1, "sigmoid"),
+    "mse": ("regression", 2, None),
+    "mae": ("regression", 2, None),
+}
+
+BODIES = {
+    "relu": lambda: [Dense(8, activation="relu", input_dim=FEATURES)],
+    "tanh_tanh": lambda: [Dense(8, activation="tanh", input_dim=FEATURES), Dense(5, activation="tanh")],
+    "sigmoid_no_bias": lambda: [Dense(8, activation="sigmoid", use_bias=False, input_dim=FEATURES)],
+    "linear_then_activation_layer": lambda: [Dense(8, input_dim=FEATURES), Activation("relu")],
+    "dropout": lambda: [Dense(16, activation="relu", input_dim=FEATURES), Dropout(0.3)],
+    "regularized": lambda: [Dense(8, activation="relu", input_dim=FEATURES,
+                                  kernel_regularizer=regularizers.L1L2(l1=0.01, l2=0.02),
+                                  bias_regularizer=regularizers.L2(0.1))],
+}
+
+OPTIMIZERS = {
+    "sgd_lr1": lambda: optimizers.SGD(learning_rate=1.0),  # one step: weight change = -gradient
+    "sgd_nesterov": lambda: optimizers.SGD(learning_rate=0.05, momentum=0.9, nesterov=True),
+    "adam": lambda: optimizers.Adam(learning_rate=0.01),
+    "adamw": lambda: optimizers.AdamW(learning_rate=0.01, weight_decay=0.05),
+    "rmsprop": lambda: optimizers.RMSprop(learning_rate=0.01, momentum=0.3),
+}
+
+
+def _train(executor, body, loss, optimizer, rng_seed, epochs, batch_size):
+    kind, units, activation = LOSSES[loss]
+    metrics = {"regression": ("mae",), "one_hot": ("accuracy", "mse")}.get(kind, ("accuracy",))
+    x, y = _data(kind, np.random.default_rng(rng_seed))
+    tf.keras.utils.set_random_seed(11)
+    model = Sequential([*BODIES[body](), Dense(units, activation=activation)])
+    model.compile(optimizer=OPTIMIZERS[optimizer](), loss=loss.removesuffix("_soft"), metrics=list(metrics),
+                  plan=hpctrain.make_plan(executor=executor))
+    initial = model.get_weights()
+    history = model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0)
+    return model, initial, history
+
+
+def _assert_same(static, autograd):
+    (static_model, static_initial, static_history), (autograd_model, autograd_initial, autograd_history) = \
+        static, autograd
+    assert static_model._trainer.plan.executor == "static"
+    assert autograd_model._trainer.plan.executor == "autograd"
+    for a, b in zip(static_initial, autograd_initial):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(static_model.get_weights(), autograd_model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    for key in autograd_history.history:
+        np.testing.assert_allclose(static_history.history[key], autograd_history.history[key], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("body", sorted(BODIES))
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_one_step_gradients_and_loss_match_autograd(body, loss):
+    # One full batch with SGD(lr=1): the weight change is exactly minus the gradient.
+    runs = [_train(executor, body, loss, "sgd_lr1", 0, epochs=1, batch_size=48) for executor in ("static", "autograd")]
+    _assert_same(*runs)
+    (model, initial, _), _ = runs
+    assert any(not np.array_equal(a, b) for a, b in zip(model.get_weights(), initial))
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("body", ["tanh_tanh", "dropout", "regularized"])
+def test_shuffled_multi_step_training_matches_autograd(optimizer, body):
+    # 48 samples in batches of 10: four full batches and a partial one per epoch, shuffled.
+    loss = "sparse_categorical_crossentropy"
+    runs = [_train(executor, body, loss, optimizer, 1, epochs=3, batch_size=10)
+            for executor in ("static", "autograd")]
+    _assert_same(*runs)
+
+
+def test_native_sequential_of_torch_layers_runs_static_and_matches_autograd(rng):
+    x = rng.normal(size=(40, 5)).astype("float32")
+    y = rng.integers(0, 3, size=40)
+    results = []
+    for executor in ("static", "autograd"):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Dropout(0.2), torch.nn.Linear(7, 3))
+        trainer = hpctrain.Trainer(net, loss=hpctrain.engine.losses.CrossEntropy(sparse=True, from_logits=True),
+                                   optimizer="adam", metrics=["accuracy"], plan=hpctrain.make_plan(executor=executor))
+        torch.manual_seed(5)
+        history = trainer.fit(x, y, epochs=2, batch_size=16, verbose=0)
+        assert trainer.plan.executor == executor
+        results.append(([p.detach().clone() for p in net.parameters()], history.history))
+    for a, b in zip(results[0][0], results[1][0]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    for key in results[1][1]:
+        np.testing.assert_allclose(results[0][1][key], results[1][1][key], atol=1e-6)
+
+
+def test_models_outside_the_static_set_fall_back_to_autograd_and_say_why(rng):
+    x, y = rng.normal(size=(20, 3)).astype("float32"), rng.integers(0, 2, size=20)
+    model = Sequential([Dense(4, activation="gelu", input_dim=3), Dense(2, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, verbose=0)
+    assert model._trainer.plan.executor == "autograd"
+    assert "executor: autograd (an activation has no backward the engine knows)" in model._trainer.plan.explain()
+
+    forced = Sequential([Dense(4, activation="gelu", input_dim=3), Dense(2, activation="softmax")])
+    forced.compile(optimizer="adam", loss="sparse_categorical_crossentropy", plan=hpctrain.make_plan(executor="static"))
+    with pytest.raises(hpctrain.errors.ConfigError, match="executor='static' cannot train this model: an activation"):
+        forced.fit(x, y, verbose=0)
+
+
+def test_run_eagerly_selects_autograd(rng):
+    x, y = rng.normal(size=(20, 3)).astype("float32"), rng.integers(0, 2, size=20)
+    model = Sequential([Dense(2, activation="softmax", input_dim=3)])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=True)
+    model.fit(x, y, verbose=0)
+    assert model._trainer.plan.executor == "autograd"
+    assert "executor: autograd (autograd was asked for)" in model._trainer.plan.explain()
+
+
+def test_static_executor_keeps_the_optimizer_state_torch_would(rng):
+    x, y = rng.normal(size=(32, 3)).astype("float32"), rng.integers(0, 2, size=32)
+    model = Sequential([Dense(2, activation="softmax", input_dim=3)])
+    model.compile(optimizer=optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    assert model._trainer.plan.executor == "static"
+    state = model.optimizer.torch_optimizer.state_dict()["state"]
+    assert [float(s["step"]) for s in state.values()] == [8.0, 8.0]
+    assert model.optimizer.iterations == 8
