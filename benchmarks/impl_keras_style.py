@@ -1,0 +1,121 @@
+"""Keras-style training: the same user code on hpctrain or on Keras/TensorFlow.
+
+The only difference between the frontends is the package the names are
+imported from (`hpctrain` vs `tensorflow`/`keras`), which is the point of
+hpctrain's Keras-compatible API: user code ports by changing one import word.
+
+    python impl_keras_style.py --frontend hpctrain
+    python impl_keras_style.py --frontend keras [--steps-per-execution 32]
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import EpochClock, WORKLOADS, child_arg_parser, emit_result, make_dataset  # noqa: E402
+
+# frontend -> (module imported as `tf`, package that holds `keras.models` etc.)
+FRONTEND_PACKAGES = {
+    "hpctrain": ("hpctrain", "hpctrain.keras"),
+    "keras": ("tensorflow", "keras"),
+}
+
+
+def import_frontend(frontend: str):
+    """Equivalent of `import X as tf; from X.keras.models import Sequential; ...`."""
+    tf_module, keras_package = FRONTEND_PACKAGES[frontend]
+    tf = importlib.import_module(tf_module)
+    Sequential = importlib.import_module(f"{keras_package}.models").Sequential
+    Dense = importlib.import_module(f"{keras_package}.layers").Dense
+    Adam = importlib.import_module(f"{keras_package}.optimizers").Adam
+    Callback = importlib.import_module(f"{keras_package}.callbacks").Callback
+    return tf, Sequential, Dense, Adam, Callback
+
+
+def make_epoch_timer_class(Callback):
+    """An EpochTimer subclassing the frontend's own Callback, as a user would write it."""
+
+    class EpochTimer(Callback):
+        def __init__(self):
+            super().__init__()
+            self.clock = EpochClock()
+            self.last_logs = {}
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.clock.begin_epoch()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.clock.end_epoch()
+            self.last_logs = dict(logs or {})
+
+    return EpochTimer
+
+
+def build_model(workload, Sequential, Dense):
+    hidden = workload.hidden_units
+    layers = [Dense(hidden[0], activation="relu", input_dim=workload.input_dim)]
+    layers += [Dense(units, activation="relu") for units in hidden[1:]]
+    layers.append(Dense(workload.num_classes, activation="softmax"))
+    return Sequential(layers)
+
+
+def as_float(value):
+    return None if value is None else float(value)
+
+
+def main() -> None:
+    parser = child_arg_parser(__doc__.splitlines()[0])
+    parser.add_argument("--frontend", choices=sorted(FRONTEND_PACKAGES), required=True)
+    parser.add_argument(
+        "--steps-per-execution",
+        type=int,
+        default=None,
+        help="passed to compile() only when given, so the default run uses the frontend default",
+    )
+    parser.add_argument("--name", default=None, help="implementation name in the result")
+    args = parser.parse_args()
+    workload = WORKLOADS[args.workload]
+
+    tf, Sequential, Dense, Adam, Callback = import_frontend(args.frontend)
+    EpochTimer = make_epoch_timer_class(Callback)
+    x, _labels, y_onehot = make_dataset(workload)
+
+    model = build_model(workload, Sequential, Dense)
+    compile_options = {}
+    if args.steps_per_execution is not None:
+        compile_options["steps_per_execution"] = args.steps_per_execution
+    model.compile(
+        optimizer=Adam(learning_rate=workload.learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+        **compile_options,
+    )
+    timer = EpochTimer()
+    model.fit(
+        x,
+        y_onehot,
+        epochs=args.epochs,
+        batch_size=workload.batch_size,
+        shuffle=True,
+        verbose=0,
+        callbacks=[timer],
+    )
+
+    emit_result(
+        args.name or args.frontend,
+        workload,
+        timer.clock,
+        as_float(timer.last_logs.get("loss")),
+        as_float(timer.last_logs.get("accuracy")),
+        frontend=args.frontend,
+        frontend_version=getattr(tf, "__version__", None),
+        compile_options=compile_options,
+    )
+
+
+if __name__ == "__main__":
+    main()

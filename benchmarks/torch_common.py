@@ -1,0 +1,30 @@
+"""PyTorch helpers shared by the plain-PyTorch implementations."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from common import Workload, physical_core_count
+
+
+def configure_torch() -> int:
+    """Pins intra-op threads to the physical cores and seeds torch; returns the thread count."""
+    threads = physical_core_count()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    return threads
+
+
+def build_mlp(workload: Workload) -> nn.Sequential:
+    """Linear/ReLU stack ending in logits; softmax lives inside the cross-entropy loss."""
+    sizes = workload.layer_sizes
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1]):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    return nn.Sequential(*layers)
+
+
+def torch_details(threads: int) -> dict:
+    return {"torch_version": torch.__version__, "torch_threads": threads}
