@@ -1,5 +1,8 @@
 """The native API: any torch.nn.Module on the same engine, from arrays or a DataLoader."""
 
+import dataclasses
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +115,35 @@ def test_physical_cores_are_counted_not_hyperthreads(tmp_path):
     path = tmp_path / "cpuinfo"
     path.write_text("\n".join(blocks))
     assert physical_core_count(str(path)) == max(1, -(-len(logical) // 2))
+
+
+def test_thread_tuning_measures_candidates_and_leaves_no_trace(rng):
+    x, y = small_classification(rng, n=256)
+
+    def train(plan):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Dropout(0.1),
+                                  torch.nn.Linear(16, 3))
+        trainer = hpctrain.Trainer(net, loss=CrossEntropy(sparse=True, from_logits=True), optimizer="adam",
+                                   metrics=["accuracy"], plan=plan)
+        torch.manual_seed(1)
+        history = trainer.fit(x, y, epochs=2, batch_size=16, verbose=0)
+        return trainer, net, history
+
+    tuned_plan = dataclasses.replace(hpctrain.make_plan(threads=2), tune_threads=True)
+    tuned, tuned_net, tuned_history = train(tuned_plan)
+    assert not tuned.plan.tune_threads and tuned.plan.threads in (1, 2)
+    assert re.search(r"threads: \d \(measured on this model: 1 → \d+ us/step, 2 → \d+ us/step\)", tuned.plan.explain())
+    _, fixed_net, fixed_history = train(hpctrain.make_plan(threads=tuned.plan.threads))
+    # The measured steps were undone: weights, optimizer state, RNG (dropout, shuffle) all as if never run.
+    for a, b in zip(tuned_net.parameters(), fixed_net.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert tuned_history.history["loss"] == pytest.approx(fixed_history.history["loss"], abs=1e-6)
+
+
+def test_thread_candidates():
+    from hpctrain.engine.tuning import thread_candidates
+
+    assert thread_candidates(1) == [1]
+    assert thread_candidates(2) == [1, 2]
+    assert thread_candidates(12) == [1, 2, 4, 8, 12]

@@ -64,6 +64,14 @@ def _is_plain_fused_adam(optimizer) -> bool:
         "capturable"] and not group["differentiable"] and not isinstance(group["lr"], torch.Tensor)
 
 
+def _share_step_counter(states) -> None:
+    """Point every parameter's ``step`` at one tensor when they all hold the same count."""
+    first = states[0]["step"]
+    if all(s["step"].device == first.device and bool(s["step"] == first) for s in states):
+        for state in states:
+            state["step"] = first
+
+
 class _FusedAdamUpdate:
     def __init__(self, optimizer):
         self.optimizer = optimizer
@@ -77,15 +85,22 @@ class _FusedAdamUpdate:
                 state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         states = [optimizer.state[p] for p in self.params]
+        _share_step_counter(states)
         self.grads = [p.grad for p in self.params]
         self.exp_avgs = [s["exp_avg"] for s in states]
         self.exp_avg_sqs = [s["exp_avg_sq"] for s in states]
         self.steps = [s["step"] for s in states]
+        # One shared counter is one 1.5 us add per step instead of a 7 us foreach over every tensor.
+        self.counters = [self.steps[0]] if all(t is self.steps[0] for t in self.steps) else self.steps
+        self.params = [p.detach() for p in self.params]  # updated in place without recording autograd
 
     def __call__(self) -> None:
         group = self.group
         beta1, beta2 = group["betas"]
-        torch._foreach_add_(self.steps, 1)
+        if len(self.counters) == 1:
+            self.counters[0].add_(1)
+        else:
+            torch._foreach_add_(self.counters, 1)
         kernel = torch._fused_adamw_ if self.decoupled else torch._fused_adam_
         kernel(self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, [], self.steps, amsgrad=False,
                lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],

@@ -119,26 +119,26 @@ def _output_gradient(loss: Loss):
     return None
 
 
-def _cross_entropy_gradient(z, target, out):
+def _cross_entropy_gradient(z, target, out, rows, minus_ones):
     torch.softmax(z, dim=1, out=out)
     if target.dtype == torch.int64:
-        out[torch.arange(z.shape[0], device=z.device), target] -= 1.0  # softmax - one_hot
+        out.index_put_((rows, target), minus_ones, accumulate=True)  # softmax - one_hot, in one call
     else:
         out.sub_(target)
     return out.mul_(1.0 / z.shape[0])
 
 
-def _binary_cross_entropy_gradient(z, target, out):
+def _binary_cross_entropy_gradient(z, target, out, rows, minus_ones):
     torch.sigmoid(z, out=out).sub_(target)
     return out.mul_(1.0 / z.numel())
 
 
-def _squared_error_gradient(z, target, out):
+def _squared_error_gradient(z, target, out, rows, minus_ones):
     torch.sub(z, target, out=out)
     return out.mul_(2.0 / z.numel())
 
 
-def _absolute_error_gradient(z, target, out):
+def _absolute_error_gradient(z, target, out, rows, minus_ones):
     torch.sub(z, target, out=out).sign_()
     return out.mul_(1.0 / z.numel())
 
@@ -146,20 +146,42 @@ def _absolute_error_gradient(z, target, out):
 # ---- the step --------------------------------------------------------------------------------
 
 
-class _Buffers:
-    """Activation and gradient buffers for the largest batch, sliced for a smaller last batch."""
+LINEAR, ACTIVATION, DROPOUT = 0, 1, 2
 
-    def __init__(self, layers, batch_size: int, device: torch.device):
-        self.outputs = {}
-        self.grads = {}
-        for index, layer in enumerate(layers):
-            if isinstance(layer, Linear):
-                self.outputs[index] = torch.empty(batch_size, layer.out_features, device=device)
-                self.grads[index] = torch.empty(batch_size, layer.out_features, device=device)
+
+class _BatchBuffers:
+    """Every buffer one batch size needs, allocated once; the last, partial batch gets its own set."""
+
+    def __init__(self, layers, rows: int, device: torch.device):
+        self.outputs = [torch.empty(rows, layer.out_features, device=device) if isinstance(layer, Linear) else None
+                        for layer in layers]
+        self.grads = [torch.empty(rows, layer.out_features, device=device) if isinstance(layer, Linear) else None
+                      for layer in layers]
+        self.rows = torch.arange(rows, device=device)
+        self.minus_ones = torch.full((rows,), -1.0, device=device)
+
+
+class _LinearParts:
+    """A linear layer's tensors, detached once: ops on them record no autograd graph."""
+
+    __slots__ = ("kernel", "kernel_t", "bias", "weight_grad", "bias_grad", "transposed")
+
+    def __init__(self, layer: Linear):
+        weight = layer.weight.detach()
+        self.transposed = layer.transposed
+        self.kernel = weight.t() if layer.transposed else weight  # (in, out)
+        self.kernel_t = self.kernel.t()
+        self.bias = None if layer.bias is None else layer.bias.detach()
+        self.weight_grad = layer.weight.grad
+        self.bias_grad = None if layer.bias is None else layer.bias.grad
 
 
 class StaticStep:
-    """Forward, backward and update for a stack of static layers; no autograd graph per step."""
+    """Forward, backward and update for a stack of static layers; no autograd graph per step.
+
+    Per-step Python is kept to the kernel calls themselves: layer kinds, detached weights,
+    transposed views and buffers are all resolved at construction.
+    """
 
     name = "static"
 
@@ -168,66 +190,74 @@ class StaticStep:
         self.layers = static_layers_of(module)
         self.output_gradient = _output_gradient(loss)
         self.output_activation = output_activation
-        device = self.layers[0].weight.device
-        self.buffers = _Buffers(self.layers, batch_size, device)
-        self.linear_indices = [i for i, layer in enumerate(self.layers) if isinstance(layer, Linear)]
-        self.previous_linear = dict(zip(self.linear_indices[1:], self.linear_indices[:-1]))
+        self.device = self.layers[0].weight.device
         self._attach_gradient_buffers()
+        self.kinds = [LINEAR if isinstance(l, Linear) else ACTIVATION if isinstance(l, Activation) else DROPOUT
+                      for l in self.layers]
+        self.parts = [_LinearParts(l) if isinstance(l, Linear) else _layer_callables(l) for l in self.layers]
+        self.last_linear = max(i for i, kind in enumerate(self.kinds) if kind == LINEAR)
+        linear_indices = [i for i, kind in enumerate(self.kinds) if kind == LINEAR]
+        self.previous_linear = dict(zip(linear_indices[1:], linear_indices[:-1]))
+        self.buffers = {batch_size: _BatchBuffers(self.layers, batch_size, self.device)}
         self.update = fast_update(optimizer)
         self.penalized = [layer for layer in self.layers if isinstance(layer, Linear) and layer.has_penalty]
 
     def _attach_gradient_buffers(self) -> None:
         # The backward writes straight into .grad every step: no allocation, no zeroing.
-        for index in self.linear_indices:
-            layer = self.layers[index]
-            layer.weight.grad = torch.zeros_like(layer.weight)
-            if layer.bias is not None:
-                layer.bias.grad = torch.zeros_like(layer.bias)
+        for layer in self.layers:
+            if isinstance(layer, Linear):
+                layer.weight.grad = torch.zeros_like(layer.weight)
+                if layer.bias is not None:
+                    layer.bias.grad = torch.zeros_like(layer.bias)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, metrics) -> None:
         n = x.shape[0]
+        buffers = self.buffers.get(n) or self.buffers.setdefault(n, _BatchBuffers(self.layers, n, self.device))
         logits_out = metrics.slot(n, y)
-        with torch.no_grad():
-            saved = self._forward(x, n, logits_out)
-            self._backward(saved, y, n)
-            if self.penalized:
+        saved, logits = self._forward(x, buffers, logits_out)
+        self._backward(saved, logits, y, buffers)
+        if self.penalized:
+            with torch.no_grad():
                 metrics.add_penalty(self._penalty_and_gradient(), n)
-            self.update()
+        self.update()
 
-    def _forward(self, x, n, logits_out):
-        saved = []  # what each layer's backward needs: a Linear's input, an activation's output, a dropout mask
-        last_linear = self.linear_indices[-1]
+    def _forward(self, x, buffers: _BatchBuffers, logits_out):
+        saved = []  # per layer, what its backward needs: its input (linear), output (activation) or mask
         a = x
-        for index, layer in enumerate(self.layers):
-            if isinstance(layer, Linear):
+        for index, kind in enumerate(self.kinds):
+            part = self.parts[index]
+            if kind == LINEAR:
                 saved.append(a)
-                out = logits_out if index == last_linear and logits_out is not None else self.buffers.outputs[index][:n]
-                a = _linear_forward(layer, a, out)
-            elif isinstance(layer, Activation):
-                a = ACTIVATIONS[layer.name][0](a)
+                out = logits_out if index == self.last_linear and logits_out is not None else buffers.outputs[index]
+                a = torch.mm(a, part.kernel, out=out) if part.bias is None else torch.addmm(
+                    part.bias, a, part.kernel, out=out)
+            elif kind == ACTIVATION:
+                a = part[0](a)
                 saved.append(a)
             else:
-                a, mask = torch.native_dropout(a, layer.rate, True) if layer.rate else (a, None)
+                a, mask = part(a)
                 saved.append(mask)
-        self.logits = a
-        return saved
+        return saved, a
 
-    def _backward(self, saved, y, n):
-        last_linear = self.linear_indices[-1]
-        grad = self.output_gradient(self.logits, y, self.buffers.grads[last_linear][:n])
-        for index in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[index]
-            if isinstance(layer, Linear):
+    def _backward(self, saved, logits, y, buffers: _BatchBuffers):
+        grad = self.output_gradient(logits, y, buffers.grads[self.last_linear], buffers.rows, buffers.minus_ones)
+        for index in range(len(self.kinds) - 1, -1, -1):
+            kind, part = self.kinds[index], self.parts[index]
+            if kind == LINEAR:
                 inputs = saved[index]
-                _linear_weight_gradients(layer, inputs, grad)
+                if part.transposed:
+                    torch.mm(grad.t(), inputs, out=part.weight_grad)
+                else:
+                    torch.mm(inputs.t(), grad, out=part.weight_grad)
+                if part.bias_grad is not None:
+                    torch.sum(grad, dim=0, out=part.bias_grad)
                 if index == 0:
-                    break
-                upstream = self.buffers.grads[self.previous_linear[index]][:n]
-                grad = torch.mm(grad, layer.kernel().t(), out=upstream)
-            elif isinstance(layer, Activation):
-                grad = ACTIVATIONS[layer.name][1](grad, saved[index])
+                    return
+                grad = torch.mm(grad, part.kernel_t, out=buffers.grads[self.previous_linear[index]])
+            elif kind == ACTIVATION:
+                grad = part[1](grad, saved[index])
             elif saved[index] is not None:
-                grad = torch.ops.aten.native_dropout_backward(grad, saved[index], 1.0 / (1.0 - layer.rate))
+                grad = torch.ops.aten.native_dropout_backward(grad, saved[index], part.scale)
 
     def _penalty_and_gradient(self) -> torch.Tensor:
         total = None
@@ -240,19 +270,20 @@ class StaticStep:
         return total
 
 
-def _linear_forward(layer: Linear, a, out):
-    if layer.bias is None:
-        return torch.mm(a, layer.kernel(), out=out)
-    return torch.addmm(layer.bias, a, layer.kernel(), out=out)
+class _DropoutPart:
+    __slots__ = ("rate", "scale")
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.scale = 1.0 / (1.0 - rate)
+
+    def __call__(self, a):
+        # native_dropout draws the same mask from the same RNG state as F.dropout does.
+        return torch.native_dropout(a, self.rate, True) if self.rate else (a, None)
 
 
-def _linear_weight_gradients(layer: Linear, inputs, grad) -> None:
-    if layer.transposed:
-        torch.mm(grad.t(), inputs, out=layer.weight.grad)
-    else:
-        torch.mm(inputs.t(), grad, out=layer.weight.grad)
-    if layer.bias is not None:
-        torch.sum(grad, dim=0, out=layer.bias.grad)
+def _layer_callables(layer):
+    return ACTIVATIONS[layer.name] if isinstance(layer, Activation) else _DropoutPart(layer.rate)
 
 
 def _add_penalty_gradient(param, l1: float, l2: float) -> torch.Tensor:

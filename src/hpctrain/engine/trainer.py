@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
 import torch
 
-from hpctrain.engine import validation
+from hpctrain.engine import tuning, validation
 from hpctrain.engine.callbacks import Callback, CallbackList, History
 from hpctrain.engine.data import LoaderData, ResidentData, to_tensor
 from hpctrain.engine.losses import CallableLoss, Loss
@@ -73,6 +74,7 @@ class Trainer:
         self._apply_plan()
         data = self._prepare_fit_data(x, y, validation_split, validation_data)
         step, train_metrics = self._make_step(data, batch_size)
+        self._tune_threads(step, data.train, batch_size, train_metrics)
         history = History()
         steps = _steps_per_epoch(data.train, batch_size)
         hooks = CallbackList([*(callbacks or []), history], model=callback_model or self,
@@ -196,6 +198,25 @@ class Trainer:
         step = StaticStep(self.module, self.loss, self.optimizer, batch_size=batch_size,
                           output_activation=self.output_activation)
         return step, metrics
+
+    def _tune_threads(self, step, data, batch_size: int, metrics) -> None:
+        """Measure the thread counts up to the physical cores on real steps; keep the fastest.
+
+        Small layers lose more to the fork/join of every parallel region than they gain from a
+        second core, so the rule "one thread per core" is only the upper bound.
+        """
+        if not self.plan.tune_threads or isinstance(data, LoaderData):
+            return
+        batches = list(itertools.islice(data.batches(batch_size), tuning.WARMUP_STEPS + tuning.MEASURED_STEPS))
+        if len(batches) <= tuning.WARMUP_STEPS:
+            return
+        self.module.train()
+        best, measured = tuning.fastest_thread_count(step, batches, metrics, self.module, self.optimizer,
+                                                     tuning.thread_candidates(self.plan.threads))
+        timings = ", ".join(f"{threads} → {seconds * 1e6:.0f} us/step" for threads, seconds in measured.items())
+        self.plan = dataclasses.replace(self.plan.with_choice("threads", best, f"measured on this model: {timings}"),
+                                        tune_threads=False)
+        self._apply_plan()
 
     def _why_not_static(self, data: _PreparedData) -> str | None:
         if self.plan.executor == "autograd":

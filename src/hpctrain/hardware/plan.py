@@ -18,6 +18,7 @@ class Plan:
     threads: int
     data_placement: str  # "device": the whole data set lives on ``device`` as one tensor
     executor: str = "auto"  # "static", "autograd", or "auto": static where the model allows it
+    tune_threads: bool = False  # threads came from a rule; fit may measure a better count
     world_size: int = 1
     rank: int = 0
     reasons: tuple[tuple[str, str], ...] = ()
@@ -48,6 +49,7 @@ def make_plan(*, device: str | torch.device = "auto", threads: int | str = "auto
     resolved_device, device_reason = _resolve_device(device)
     resolved_threads, threads_reason = _resolve_threads(threads)
     return Plan(
+        tune_threads=threads == "auto" and resolved_device.type == "cpu" and resolved_threads > 1,
         device=resolved_device,
         threads=resolved_threads,
         data_placement="device",
@@ -77,7 +79,7 @@ def _resolve_device(device) -> tuple[torch.device, str]:
 
 def _resolve_threads(threads) -> tuple[int, str]:
     if threads == "auto":
-        return physical_core_count(), "one per physical core this process may use"
+        return physical_core_count(), "one per physical core this process may use; fit measures fewer"
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ConfigError(f"threads must be 'auto' or a whole number >= 1, got {threads!r}.")
     return threads, "given explicitly"
