@@ -73,8 +73,8 @@ def _train(executor, body, loss, optimizer, rng_seed, epochs, batch_size):
 def _assert_same(static, autograd):
     (static_model, static_initial, static_history), (autograd_model, autograd_initial, autograd_history) = \
         static, autograd
-    assert static_model._trainer.plan.executor == "static"
-    assert autograd_model._trainer.plan.executor == "autograd"
+    assert static_model.plan.executor == "static"
+    assert autograd_model.plan.executor == "autograd"
     for a, b in zip(static_initial, autograd_initial):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(static_model.get_weights(), autograd_model.get_weights()):
@@ -127,8 +127,8 @@ def test_models_outside_the_static_set_fall_back_to_autograd_and_say_why(rng):
     model = Sequential([Dense(4, activation="gelu", input_dim=3), Dense(2, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x, y, verbose=0)
-    assert model._trainer.plan.executor == "autograd"
-    assert "executor: autograd (an activation has no backward the engine knows)" in model._trainer.plan.explain()
+    assert model.plan.executor == "autograd"
+    assert "executor: autograd (an activation has no backward the engine knows)" in model.plan.explain()
 
     forced = Sequential([Dense(4, activation="gelu", input_dim=3), Dense(2, activation="softmax")])
     forced.compile(optimizer="adam", loss="sparse_categorical_crossentropy", plan=hpctrain.make_plan(executor="static"))
@@ -141,8 +141,8 @@ def test_run_eagerly_selects_autograd(rng):
     model = Sequential([Dense(2, activation="softmax", input_dim=3)])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=True)
     model.fit(x, y, verbose=0)
-    assert model._trainer.plan.executor == "autograd"
-    assert "executor: autograd (autograd was asked for)" in model._trainer.plan.explain()
+    assert model.plan.executor == "autograd"
+    assert "executor: autograd (autograd was asked for)" in model.plan.explain()
 
 
 def test_static_executor_keeps_the_optimizer_state_torch_would(rng):
@@ -150,7 +150,41 @@ def test_static_executor_keeps_the_optimizer_state_torch_would(rng):
     model = Sequential([Dense(2, activation="softmax", input_dim=3)])
     model.compile(optimizer=optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
     model.fit(x, y, epochs=2, batch_size=8, verbose=0)
-    assert model._trainer.plan.executor == "static"
+    assert model.plan.executor == "static"
     state = model.optimizer.torch_optimizer.state_dict()["state"]
     assert [float(s["step"]) for s in state.values()] == [8.0, 8.0]
     assert model.optimizer.iterations == 8
+
+
+def test_torch_optimizer_built_on_demand_shares_the_fused_state(rng):
+    x, y = rng.normal(size=(32, 3)).astype("float32"), rng.integers(0, 2, size=32)
+    model = Sequential([Dense(2, activation="softmax", input_dim=3)])
+    model.compile(optimizer=optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    torch_optimizer = model.optimizer.torch_optimizer
+    assert isinstance(torch_optimizer, torch.optim.Adam)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)  # the static path keeps updating the same state
+    steps = [float(s["step"]) for s in torch_optimizer.state_dict()["state"].values()]
+    assert steps == [8.0, 8.0]
+    model.optimizer.learning_rate = 0.5
+    assert torch_optimizer.param_groups[0]["lr"] == 0.5
+
+
+def test_a_static_adam_fit_never_imports_torch_dynamo():
+    # Constructing a torch.optim optimizer imports torch._dynamo: ~0.9 s and ~90 MB a short script need not pay.
+    import subprocess
+    import sys
+
+    program = (
+        "import sys, numpy as np\n"
+        "from hpctrain.keras.models import Sequential\n"
+        "from hpctrain.keras.layers import Dense\n"
+        "m = Sequential([Dense(8, activation='relu', input_dim=4), Dense(3, activation='softmax')])\n"
+        "m.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n"
+        "m.fit(np.random.rand(64, 4), np.random.randint(3, size=64), epochs=2, verbose=0)\n"
+        "m.evaluate(np.random.rand(8, 4), np.random.randint(3, size=8), verbose=0)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -18,7 +18,7 @@ from hpctrain.engine.callbacks import Callback, CallbackList, History
 from hpctrain.engine.data import LoaderData, ResidentData, to_tensor
 from hpctrain.engine.losses import CallableLoss, Loss
 from hpctrain.engine.metrics import DeferredMetricSet, Metric, MetricSet, ModelOutput, resolve_metric
-from hpctrain.engine.optim import build_optimizer, optimizer_class_by_name
+from hpctrain.engine.optim import as_torch_optimizer, build_optimizer, optimizer_class_by_name
 from hpctrain.engine.progress import Progress, format_logs
 from hpctrain.engine.static_step import StaticStep, why_not_static
 from hpctrain.engine.step import AutogradStep
@@ -39,8 +39,9 @@ class Trainer:
     """Trains any ``torch.nn.Module``.
 
     ``loss``: an :class:`~hpctrain.engine.losses.Loss` or any ``fn(prediction, target)``.
-    ``optimizer``: a ``torch.optim.Optimizer``, or a factory ``fn(params, device) -> Optimizer``
-    (built after the module has moved to the plan's device, as fused kernels need).
+    ``optimizer``: a ``torch.optim.Optimizer``, a name (``"adam"``, ``"sgd"``, …), or a factory
+    ``fn(params, device)`` (called after the module has moved to the plan's device, as fused
+    kernels need) returning an optimizer or a :class:`~hpctrain.engine.optim.LazyOptimizer`.
     ``output_activation``: applied to the module's output for ``predict`` and for metrics that
     need probabilities, when the module returns logits.
     ``penalty``: ``fn() -> scalar`` added to the training loss (weight regularization).
@@ -188,7 +189,7 @@ class Trainer:
             raise ConfigError(f"executor='static' cannot train this model: {reason}. Use 'auto' or 'autograd'.")
         if reason is not None:
             self.plan = self.plan.with_choice("executor", "autograd", reason)
-            step = AutogradStep(self.module, self.loss, self.optimizer, penalty=self.penalty,
+            step = AutogradStep(self.module, self.loss, as_torch_optimizer(self.optimizer), penalty=self.penalty,
                                 output_activation=self.output_activation)
             return step, self._metric_set(data.output_shape)
         self.plan = self.plan.with_choice("executor", "static", "every layer and the loss have a known backward")

@@ -56,6 +56,13 @@ class Model(Layer):
         self._trainer = None  # the next fit builds a trainer for the new settings
 
     @property
+    def plan(self):
+        """The hardware plan: after ``fit``, with the executor and thread count it settled on."""
+        if self._trainer is not None:
+            return self._trainer.plan
+        return (self._compiled or {}).get("plan") or make_plan()
+
+    @property
     def stop_training(self) -> bool:
         return self._trainer.stop_training if self._trainer is not None else False
 

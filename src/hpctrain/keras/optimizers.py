@@ -35,28 +35,34 @@ class Optimizer:
             raise ConfigError(f"learning_rate must be a number >= 0; got {learning_rate!r}.")
         self.name = name or type(self).__name__.lower()
         self._learning_rate = float(learning_rate)
-        self.torch_optimizer: torch.optim.Optimizer | None = None
+        self._engine_optimizer = None
 
     def torch_hyperparameters(self) -> dict:
         raise NotImplementedError
 
-    def build(self, params, device: torch.device) -> torch.optim.Optimizer:
-        self.torch_optimizer = build_optimizer(
+    def build(self, params, device: torch.device):
+        """The engine's optimizer over ``params``; the PyTorch object itself is built on demand."""
+        self._engine_optimizer = build_optimizer(
             self.torch_class, params, device, lr=self._learning_rate, **self.torch_hyperparameters()
         )
-        return self.torch_optimizer
+        return self._engine_optimizer
+
+    @property
+    def torch_optimizer(self) -> torch.optim.Optimizer | None:
+        """The ``torch.optim`` optimizer training the model (``None`` before the first ``fit``)."""
+        return None if self._engine_optimizer is None else self._engine_optimizer.torch()
 
     @property
     def learning_rate(self) -> float:
-        if self.torch_optimizer is not None:
-            return self.torch_optimizer.param_groups[0]["lr"]
+        if self._engine_optimizer is not None:
+            return self._engine_optimizer.param_groups[0]["lr"]
         return self._learning_rate
 
     @learning_rate.setter
     def learning_rate(self, value: float) -> None:
         self._learning_rate = float(value)
-        if self.torch_optimizer is not None:
-            for group in self.torch_optimizer.param_groups:
+        if self._engine_optimizer is not None:
+            for group in self._engine_optimizer.param_groups:
                 group["lr"] = float(value)
 
     lr = learning_rate
@@ -64,9 +70,9 @@ class Optimizer:
     @property
     def iterations(self) -> int:
         """Updates applied so far (a host read of the first parameter's step count)."""
-        if self.torch_optimizer is None:
+        if self._engine_optimizer is None:
             return 0
-        for state in self.torch_optimizer.state.values():
+        for state in self._engine_optimizer.state.values():
             if "step" in state:
                 return int(state["step"])
         return 0
