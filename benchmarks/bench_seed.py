@@ -4,10 +4,10 @@ Each implementation runs in its own fresh child process, one after another,
 so that no implementation inherits warmed caches, thread pools or imported
 modules from another, and none competes with another for the CPU cores.
 
-    .venv/bin/python benchmarks/bench_seed.py --epochs 5
+    .venv/bin/python benchmarks/bench_seed.py --workload seed --epochs 5 --repeats 3
+    .venv/bin/python benchmarks/bench_seed.py --workload mlp1024 --epochs 3 --repeats 2
     .venv/bin/python benchmarks/bench_seed.py --skip hpctrain
-    .venv/bin/python benchmarks/bench_seed.py --only torch_handtuned,torch_dataloader
-    .venv/bin/python benchmarks/bench_seed.py --workload mlp1024 --repeats 3
+    .venv/bin/python benchmarks/bench_seed.py --only torch_handtuned,gemm_limit
 
 Writes benchmarks/results/<workload>.json and <workload>.png and prints a
 Markdown table.
@@ -31,9 +31,15 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from common import RESULT_PREFIX, WORKLOADS  # noqa: E402
+from common import RESULT_PREFIX, WORKLOADS, selected_workload  # noqa: E402
 from machine import CpuSnapshot, foreign_load, machine_info, wait_until_idle  # noqa: E402
-from reporting import REFERENCE_IMPLEMENTATION, print_report, write_chart, write_json  # noqa: E402
+from reporting import (  # noqa: E402
+    LIMIT_IMPLEMENTATION,
+    REFERENCE_IMPLEMENTATION,
+    print_report,
+    write_chart,
+    write_json,
+)
 
 DEFAULT_PROJECT_PYTHON = REPO_DIR / ".venv" / "bin" / "python"
 DEFAULT_TF_PYTHON = BENCH_DIR / ".venv-tf" / "bin" / "python"
@@ -90,6 +96,13 @@ IMPLEMENTATIONS: tuple[Implementation, ...] = (
         required_module="torch",
         description="PyTorch randperm + index gather, fused Adam",
     ),
+    Implementation(
+        LIMIT_IMPLEMENTATION,
+        "project",
+        "impl_gemm_limit.py",
+        required_module="torch",
+        description="only the step's matrix multiplies, torch.mm into preallocated buffers",
+    ),
 )
 IMPLEMENTATION_NAMES = tuple(impl.name for impl in IMPLEMENTATIONS)
 
@@ -122,25 +135,8 @@ def interpreter_path(text: str) -> str:
     return shutil.which(text) or text
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="seed")
-    parser.add_argument("--epochs", type=int, default=5, help="timed epochs, after the warm-up")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up epochs")
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=1,
-        help="fresh processes per implementation, interleaved round by round; epochs are pooled",
-    )
-    selection = parser.add_mutually_exclusive_group()
-    selection.add_argument("--only", type=parse_name_list, help="comma-separated implementations to run")
-    selection.add_argument(
-        "--skip", type=parse_name_list, default=[], help="comma-separated implementations to leave out"
-    )
+def add_process_arguments(parser: argparse.ArgumentParser, timeout_s: float) -> None:
+    """Interpreters, output folder and the quiet-machine options; shared with bench_end_to_end.py."""
     parser.add_argument(
         "--python",
         type=interpreter_path,
@@ -151,8 +147,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--tf-python", type=interpreter_path, default=str(DEFAULT_TF_PYTHON), help="interpreter of the TensorFlow venv"
     )
     parser.add_argument("--output-dir", type=Path, default=BENCH_DIR / "results")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds before a child run is abandoned")
-    parser.add_argument("--no-plot", action="store_true", help="skip writing the PNG chart")
+    parser.add_argument("--timeout", type=float, default=timeout_s, help="seconds before a child run is abandoned")
     parser.add_argument(
         "--wait-idle",
         type=float,
@@ -171,9 +166,41 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=0.05,
         help="share of CPU capacity used by others above which a run is flagged as contended",
     )
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="seed")
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs, after the warm-up")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up epochs")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="use this many samples instead of the workload's 60,000 "
+        "(for quick checks of the harness, not for numbers to compare)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="fresh processes per implementation, interleaved round by round; epochs are pooled",
+    )
+    selection = parser.add_mutually_exclusive_group()
+    selection.add_argument("--only", type=parse_name_list, help="comma-separated implementations to run")
+    selection.add_argument(
+        "--skip", type=parse_name_list, default=[], help="comma-separated implementations to leave out"
+    )
+    add_process_arguments(parser, timeout_s=1800)
+    parser.add_argument("--no-plot", action="store_true", help="skip writing the PNG chart")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.warmup < 0 or args.repeats < 1:
         parser.error("--epochs and --repeats must be >= 1, --warmup >= 0")
+    if args.samples is not None and args.samples < 1:
+        parser.error("--samples must be >= 1")
     return args
 
 
@@ -200,6 +227,7 @@ def module_is_available(python: str, module: str) -> bool:
 
 
 def child_command(impl: Implementation, args) -> list[str]:
+    samples = ["--samples", str(args.samples)] if args.samples is not None else []
     return [
         interpreter_for(impl, args),
         str(BENCH_DIR / impl.script),
@@ -207,6 +235,7 @@ def child_command(impl: Implementation, args) -> list[str]:
         args.workload,
         "--epochs",
         str(args.warmup + args.epochs),
+        *samples,
         *impl.script_args,
     ]
 
@@ -263,6 +292,30 @@ def run_process(impl: Implementation, args) -> dict:
 # ---------------------------------------------------------------- aggregating runs
 
 
+def first_epoch_overhead(epoch_seconds: list[float]) -> dict:
+    """How much longer a process's first epoch took than its later ones.
+
+    The first epoch carries every one-time cost inside fit (tracing, compiling,
+    allocating, warming caches). The share is of a 3-epoch run (first epoch plus
+    two typical ones), the run length in which such a pause is judged.
+    None when the process ran a single epoch.
+    """
+    if len(epoch_seconds) < 2:
+        return {"first_epoch_s": epoch_seconds[0], "first_epoch_overhead_s": None, "overhead_share_of_3_epochs": None}
+    first, later = epoch_seconds[0], statistics.median(epoch_seconds[1:])
+    overhead = first - later
+    return {
+        "first_epoch_s": first,
+        "first_epoch_overhead_s": overhead,
+        "overhead_share_of_3_epochs": overhead / (first + 2 * later),
+    }
+
+
+def median_or_none(values: list[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
+
+
 def summarize_runs(impl: Implementation, runs: list[dict], warmup: int) -> dict:
     """Pools the timed epochs of all runs of one implementation into the reported numbers."""
     failures = [run for run in runs if run["status"] != "ok"]
@@ -271,6 +324,7 @@ def summarize_runs(impl: Implementation, runs: list[dict], warmup: int) -> dict:
     children = [run.pop("child") for run in runs]
     for run, child in zip(runs, children):
         run.update({field: child[field] for field in PER_RUN_FIELDS})
+        run.update(first_epoch_overhead(child["epoch_seconds"]))
     timed = [seconds for child in children for seconds in child["epoch_seconds"][warmup:]]
     median = statistics.median(timed)
     # The workload is recorded once at the top of the report.
@@ -287,6 +341,9 @@ def summarize_runs(impl: Implementation, runs: list[dict], warmup: int) -> dict:
         "mean_epoch_s": statistics.fmean(timed),
         "us_per_step": median / children[0]["steps_per_epoch"] * 1e6,
         "start_to_first_epoch_s": statistics.median(run["start_to_first_epoch_s"] for run in runs),
+        # Medians over the processes of each process's own first-vs-later difference.
+        "first_epoch_overhead_s": median_or_none([run["first_epoch_overhead_s"] for run in runs]),
+        "overhead_share_of_3_epochs": median_or_none([run["overhead_share_of_3_epochs"] for run in runs]),
         "timed_epoch_s": timed,
         "contended": any(run["contended"] for run in runs),
         **implementation_info,
@@ -294,14 +351,18 @@ def summarize_runs(impl: Implementation, runs: list[dict], warmup: int) -> dict:
     }
 
 
+RATIOS = {"ratio_to_hpctrain": REFERENCE_IMPLEMENTATION, "ratio_to_limit": LIMIT_IMPLEMENTATION}
+
+
 def add_ratios(results: dict[str, dict]) -> None:
-    reference = results.get(REFERENCE_IMPLEMENTATION, {})
-    reference_median = reference.get("median_epoch_s")
-    for result in results.values():
-        if result["status"] == "ok" and reference_median:
-            result["ratio_to_hpctrain"] = result["median_epoch_s"] / reference_median
-        else:
-            result["ratio_to_hpctrain"] = None
+    """Median epoch relative to hpctrain's and to the GEMM-only limit's (None where that one did not run)."""
+    for key, denominator_name in RATIOS.items():
+        denominator = results.get(denominator_name, {}).get("median_epoch_s")
+        for result in results.values():
+            if result["status"] == "ok" and denominator:
+                result[key] = result["median_epoch_s"] / denominator
+            else:
+                result[key] = None
 
 
 def available_implementations(implementations, args) -> tuple[list[Implementation], dict[str, dict]]:
@@ -370,17 +431,18 @@ def run_all(implementations: list[Implementation], args) -> dict[str, dict]:
 
 
 def chart_title(args, machine: dict) -> str:
-    workload = WORKLOADS[args.workload]
+    workload = selected_workload(args)
     layers = "-".join(map(str, workload.layer_sizes))
     runs = f", {args.repeats} runs each" if args.repeats > 1 else ""
+    samples = f", {workload.num_samples} samples" if args.samples is not None else ""
     return (
-        f"{workload.name}: {layers}, batch {workload.batch_size}, {args.epochs} timed epochs{runs}\n"
+        f"{workload.name}: {layers}, batch {workload.batch_size}{samples}, {args.epochs} timed epochs{runs}\n"
         f"{machine['cpu_model']}, {machine['nproc']} CPUs"
     )
 
 
 def build_report(args, machine: dict, results: dict[str, dict]) -> dict:
-    workload = WORKLOADS[args.workload]
+    workload = selected_workload(args)
     return {
         "benchmark": "epoch time per implementation, each run in a fresh process, one at a time",
         "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),

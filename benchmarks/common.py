@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 # The parent process looks for this prefix on the child's stdout, so that any
 # other line a framework prints to stdout cannot be mistaken for the result.
@@ -127,7 +127,18 @@ def child_arg_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--epochs", type=int, default=6, help="total epochs to run, warm-up included"
     )
+    parser.add_argument(
+        "--samples", type=int, default=None, help="train on this many samples instead of the workload's"
+    )
     return parser
+
+
+def selected_workload(args: argparse.Namespace) -> Workload:
+    """The workload named by --workload, shrunk to --samples when given (for quick checks)."""
+    workload = WORKLOADS[args.workload]
+    if args.samples is None:
+        return workload
+    return replace(workload, num_samples=args.samples)
 
 
 def emit_result(

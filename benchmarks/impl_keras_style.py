@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import EpochClock, WORKLOADS, child_arg_parser, emit_result, make_dataset  # noqa: E402
+from common import EpochClock, child_arg_parser, emit_result, make_dataset, selected_workload  # noqa: E402
 
 # frontend -> (module imported as `tf`, package that holds `keras.models` etc.)
 FRONTEND_PACKAGES = {
@@ -78,7 +78,7 @@ def main() -> None:
     )
     parser.add_argument("--name", default=None, help="implementation name in the result")
     args = parser.parse_args()
-    workload = WORKLOADS[args.workload]
+    workload = selected_workload(args)
 
     tf, Sequential, Dense, Adam, Callback = import_frontend(args.frontend)
     EpochTimer = make_epoch_timer_class(Callback)

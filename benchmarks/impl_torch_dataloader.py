@@ -11,7 +11,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from common import EpochClock, WORKLOADS, child_arg_parser, emit_result, make_dataset  # noqa: E402
+from common import EpochClock, child_arg_parser, emit_result, make_dataset, selected_workload  # noqa: E402
 from torch_common import build_mlp, configure_torch, torch_details  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def train_one_epoch(model, loader, criterion, optimizer):
 
 def main() -> None:
     args = child_arg_parser(__doc__).parse_args()
-    workload = WORKLOADS[args.workload]
+    workload = selected_workload(args)
     threads = configure_torch()
     x, labels, _y_onehot = make_dataset(workload)
 

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from common import EpochClock, WORKLOADS, child_arg_parser, emit_result, make_dataset  # noqa: E402
+from common import EpochClock, child_arg_parser, emit_result, make_dataset, selected_workload  # noqa: E402
 from torch_common import build_mlp, configure_torch, torch_details  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def train_one_epoch(model, x, labels, batch_size, optimizer):
 
 def main() -> None:
     args = child_arg_parser(__doc__).parse_args()
-    workload = WORKLOADS[args.workload]
+    workload = selected_workload(args)
     threads = configure_torch()
     x_np, labels_np, _y_onehot = make_dataset(workload)
     x, labels = torch.from_numpy(x_np), torch.from_numpy(labels_np)
