@@ -1,0 +1,248 @@
+"""``hpctrain doctor``: the machine, the plan hpctrain makes for it, and advice in plain words.
+
+Each piece of advice is a rule stated from the facts gathered here and from what the code does
+(the plan's choices, float32 training); none promises a speed-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import hpctrain
+from hpctrain.hardware.inventory import (
+    CPU_FEATURE_LABELS,
+    CpuInfo,
+    GpuInfo,
+    MemoryInfo,
+    TorchBuild,
+    cpu_info,
+    gpu_infos,
+    memory_info,
+    torch_build,
+)
+from hpctrain.hardware.launcher import LauncherInfo, detect_launcher
+from hpctrain.hardware.plan import Plan, make_plan
+
+GIB = 1024**3
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Machine:
+    cpu: CpuInfo
+    memory: MemoryInfo
+    gpus: tuple[GpuInfo, ...]
+    pytorch: TorchBuild
+    launcher: LauncherInfo
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Diagnosis:
+    machine: Machine
+    plan: Plan
+    advice: tuple[str, ...]
+
+
+def inspect_machine(env: Mapping[str, str] | None = None) -> Machine:
+    return Machine(
+        cpu=cpu_info(),
+        memory=memory_info(),
+        gpus=gpu_infos(),
+        pytorch=torch_build(),
+        launcher=detect_launcher(env),
+    )
+
+
+def diagnose(env: Mapping[str, str] | None = None) -> Diagnosis:
+    machine = inspect_machine(env)
+    plan = make_plan()
+    return Diagnosis(machine=machine, plan=plan, advice=advise(machine, plan))
+
+
+# ------------------------------------------------------------------------------------- advice
+
+
+def advise(machine: Machine, plan: Plan) -> tuple[str, ...]:
+    """Plain-words consequences of this machine for training with ``plan``."""
+    if plan.device.type == "cuda":
+        advice = _gpu_advice(machine.gpus[plan.device.index or 0], plan)
+    else:
+        advice = _cpu_advice(machine, plan)
+    return tuple(advice + _multi_gpu_advice(machine, plan) + _launcher_advice(machine, plan))
+
+
+def _cpu_advice(machine: Machine, plan: Plan) -> list[str]:
+    cpu = machine.cpu
+    prefix = "no GPU: " if not machine.gpus else ""
+    if plan.tune_threads:
+        how_chosen = "one per physical core; fit measures whether fewer is faster for your model"
+    elif plan.threads == cpu.physical_cores:
+        how_chosen = "one per physical core"
+    else:
+        how_chosen = "as the plan sets"
+    advice = [f"{prefix}training runs on {plan.threads} CPU {_plural(plan.threads, 'thread')} ({how_chosen})"]
+    if cpu.logical_cpus_usable > cpu.physical_cores >= plan.threads:
+        advice.append(
+            f"{cpu.logical_cpus_usable} logical CPUs sit on {cpu.physical_cores} physical cores: hpctrain runs at most "
+            "one thread per core, since the hardware threads of a core share its floating-point units"
+        )
+    advice.append(_cpu_precision_advice(cpu))
+    return advice
+
+
+def _cpu_precision_advice(cpu: CpuInfo) -> str:
+    if cpu.features is None:
+        return "CPU instruction flags could not be read here: training stays in float32"
+    if cpu.features.bf16_hardware:
+        present = [CPU_FEATURE_LABELS[flag] for flag in ("avx512_bf16", "amx_bf16") if getattr(cpu.features, flag)]
+        return f"bfloat16 autocast can pay on this CPU ({', '.join(present)}); hpctrain's plan trains in float32"
+    return "no bf16 hardware: training stays in float32"
+
+
+def _gpu_advice(gpu: GpuInfo, plan: Plan) -> list[str]:
+    major, minor = gpu.compute_capability
+    advice = [
+        f"training runs on {plan.device} ({gpu.name}, {_gib(gpu.total_memory_bytes)}); the training set is held "
+        "there as one tensor, so it has to fit in that memory beside the model"
+    ]
+    if gpu.precision.bf16:
+        advice.append(
+            f"bfloat16 autocast can pay on this GPU (bf16 tensor cores, compute capability {major}.{minor}); "
+            "hpctrain's plan trains in float32"
+        )
+    else:
+        advice.append(f"no bf16 tensor cores (compute capability {major}.{minor} < 8.0): training stays in float32")
+    return advice
+
+
+def _multi_gpu_advice(machine: Machine, plan: Plan) -> list[str]:
+    count = len(machine.gpus)
+    if count < 2:
+        return []
+    advice = [
+        f"{count} GPUs are visible; this process trains on {plan.device} (the plan's world size is {plan.world_size})"
+    ]
+    if not machine.pytorch.distributed.nccl:
+        advice.append("this PyTorch build has no NCCL: collectives across these GPUs would use gloo")
+    return advice
+
+
+def _launcher_advice(machine: Machine, plan: Plan) -> list[str]:
+    launcher = machine.launcher
+    if launcher.name == "none":
+        return []
+    rank = "?" if launcher.rank is None else launcher.rank
+    world = "?" if launcher.world_size is None else launcher.world_size
+    started = f"started by {launcher.name} as rank {rank} of {world}"
+    if launcher.world_size is not None and launcher.world_size != plan.world_size:
+        started += f"; hpctrain's plan has world size {plan.world_size}, so each process trains on its own"
+    advice = [started]
+    advice += [f"launcher variable {problem}" for problem in launcher.problems]
+    if not machine.pytorch.distributed.available:
+        advice.append("this PyTorch build has no torch.distributed: processes cannot form a process group")
+    return advice
+
+
+# ------------------------------------------------------------------------------------ outputs
+
+
+def diagnosis_as_dict(diagnosis: Diagnosis) -> dict:
+    """The same facts as the text screen, with machine-readable keys and plain JSON values."""
+    machine = dataclasses.asdict(diagnosis.machine)
+    return {
+        "hpctrain_version": hpctrain.__version__,
+        **machine,
+        "plan": plan_as_dict(diagnosis.plan),
+        "advice": list(diagnosis.advice),
+    }
+
+
+def plan_as_dict(plan: Plan) -> dict:
+    fields = {field.name: getattr(plan, field.name) for field in dataclasses.fields(plan) if field.name != "reasons"}
+    return {**fields, "device": str(plan.device), "reasons": dict(plan.reasons)}
+
+
+def render_text(diagnosis: Diagnosis) -> str:
+    machine = diagnosis.machine
+    sections = [
+        (f"hpctrain {hpctrain.__version__} doctor", []),
+        ("Machine / CPU", _cpu_lines(machine.cpu)),
+        ("Memory", _memory_lines(machine.memory)),
+        ("GPUs", _gpu_lines(machine.gpus)),
+        ("PyTorch", _pytorch_lines(machine.pytorch)),
+        ("Launcher", _launcher_lines(machine.launcher)),
+        ("Plan", diagnosis.plan.explain().splitlines()),
+        ("Advice", [f"- {line}" for line in diagnosis.advice]),
+    ]
+    return "\n\n".join("\n".join([title, *(f"  {line}" for line in lines)]) for title, lines in sections)
+
+
+def _cpu_lines(cpu: CpuInfo) -> list[str]:
+    vendor = f" ({cpu.vendor})" if cpu.vendor else ""
+    return [
+        f"model:            {cpu.model or 'unknown'}{vendor}",
+        f"logical CPUs:     {cpu.logical_cpus_usable} usable by this process ({cpu.logical_cpus_total} in the machine)",
+        f"physical cores:   {cpu.physical_cores} usable",
+        f"features:         {_feature_summary(cpu)}",
+        f"PyTorch kernels:  {cpu.pytorch_kernels} (torch.backends.cpu.get_cpu_capability())",
+    ]
+
+
+def _feature_summary(cpu: CpuInfo) -> str:
+    if cpu.features is None:
+        return "unknown (no x86 flags in /proc/cpuinfo)"
+    return ", ".join(f"{label} {_yes_no(getattr(cpu.features, flag))}" for flag, label in CPU_FEATURE_LABELS.items())
+
+
+def _memory_lines(memory: MemoryInfo) -> list[str]:
+    return [f"total:      {_gib(memory.total_bytes)}", f"available:  {_gib(memory.available_bytes)}"]
+
+
+def _gpu_lines(gpus: tuple[GpuInfo, ...]) -> list[str]:
+    if not gpus:
+        return ["none (torch.cuda.is_available() is False)"]
+    return [
+        f"cuda:{gpu.index}  {gpu.name}, {_gib(gpu.total_memory_bytes)}, compute capability "
+        f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}; "
+        + ", ".join(f"{name} {_yes_no(value)}" for name, value in dataclasses.asdict(gpu.precision).items())
+        for gpu in gpus
+    ]
+
+
+def _pytorch_lines(build: TorchBuild) -> list[str]:
+    backends = build.distributed
+    distributed = (
+        f"available; backends gloo {_yes_no(backends.gloo)}, nccl {_yes_no(backends.nccl)}, mpi {_yes_no(backends.mpi)}"
+        if backends.available
+        else "not in this build"
+    )
+    return [
+        f"version:      {build.version}",
+        f"CUDA:         {build.cuda or 'none (CPU-only build)'}",
+        f"cuDNN:        {build.cudnn or 'none'}",
+        f"distributed:  {distributed}",
+    ]
+
+
+def _launcher_lines(launcher: LauncherInfo) -> list[str]:
+    if launcher.name == "none":
+        return ["none (no torchrun, MPI or Slurm variables in the environment)"]
+    unknown = "unknown"
+    return [
+        f"{launcher.name} (from {', '.join(launcher.variables)})",
+        f"rank {launcher.rank if launcher.rank is not None else unknown} of "
+        f"{launcher.world_size if launcher.world_size is not None else unknown}, "
+        f"local rank {launcher.local_rank if launcher.local_rank is not None else unknown}",
+    ]
+
+
+def _gib(size_bytes: int | None) -> str:
+    return "unknown" if size_bytes is None else f"{size_bytes / GIB:.1f} GiB"
+
+
+def _yes_no(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def _plural(count: int, word: str) -> str:
+    return word if count == 1 else word + "s"
