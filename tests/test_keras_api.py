@@ -295,11 +295,13 @@ def test_early_stopping_stops_and_restores_best_weights(rng):
     x, y = small_classification(rng, n=64)
 
     class Worsen(Callback):
-        """Makes val_loss worse every epoch after the first by corrupting the weights."""
+        """Makes val_loss worse every epoch after the first by adding ever larger noise to the weights."""
 
         def on_epoch_begin(self, epoch, logs=None):
             if epoch >= 1:
-                self.model.set_weights([w + 5.0 * (epoch + 1) for w in self.model.get_weights()])
+                noise = np.random.default_rng(epoch)
+                self.model.set_weights([w + 5.0 * epoch * noise.normal(size=w.shape).astype("float32")
+                                        for w in self.model.get_weights()])
 
     model = Sequential([Dense(3, activation="softmax", input_dim=6)])
     model.compile(optimizer=SGD(0.0), loss="sparse_categorical_crossentropy")

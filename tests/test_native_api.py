@@ -13,6 +13,10 @@ from hpctrain.engine.data import ResidentData
 from hpctrain.engine.losses import CrossEntropy
 
 
+# Tests that compare with a reference computed on the CPU train on the CPU too.
+CPU = hpctrain.make_plan(device="cpu")
+
+
 def _net():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
@@ -22,7 +26,7 @@ def test_trainer_on_a_module_matches_a_plain_pytorch_loop(rng):
     x, y = small_classification(rng, n=48)
     module = _net()
     reference = _net()
-    trainer = hpctrain.Trainer(module, loss=torch.nn.CrossEntropyLoss(),
+    trainer = hpctrain.Trainer(module, loss=torch.nn.CrossEntropyLoss(), plan=CPU,
                                optimizer=torch.optim.SGD(module.parameters(), lr=0.1), metrics=["accuracy"])
     history = trainer.fit(x, y, epochs=3, batch_size=16, shuffle=False, verbose=0)
 
@@ -57,7 +61,7 @@ def test_dataloader_and_arrays_train_identically(rng):
 def test_predict_applies_the_output_activation(rng):
     x, _ = small_classification(rng, n=10)
     module = _net()
-    trainer = hpctrain.Trainer(module, loss=torch.nn.CrossEntropyLoss(), optimizer="sgd",
+    trainer = hpctrain.Trainer(module, loss=torch.nn.CrossEntropyLoss(), optimizer="sgd", plan=CPU,
                                output_activation=lambda z: torch.softmax(z, -1))
     probs = trainer.predict(x)
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-6)
@@ -99,7 +103,7 @@ def test_plan_threads_are_applied_at_fit(rng):
     before = torch.get_num_threads()
     try:
         trainer = hpctrain.Trainer(_net(), loss=torch.nn.CrossEntropyLoss(), optimizer="sgd",
-                                   plan=hpctrain.make_plan(threads=1))
+                                   plan=hpctrain.make_plan(device="cpu", threads=1))
         trainer.fit(x, y, verbose=0)
         assert torch.get_num_threads() == 1
     finally:
