@@ -1,4 +1,5 @@
-"""Per-step time on a GPU, in one process: hpctrain (static and autograd) against eager PyTorch.
+"""Per-step time on a GPU, in one process: hpctrain (static steps, the same replayed as CUDA graphs,
+autograd) against hand-tuned eager PyTorch.
 
     python benchmarks/bench_gpu.py [--epochs 4] [--output results/gpu.json]
 
@@ -24,7 +25,7 @@ from common import WORKLOADS, make_dataset  # noqa: E402
 from torch_common import build_mlp  # noqa: E402
 
 
-def epoch_times_hpctrain(workload, x, labels, epochs: int, eager: bool) -> list[float]:
+def epoch_times_hpctrain(workload, x, labels, epochs: int, eager: bool, cuda_graph: bool = False) -> list[float]:
     import hpctrain as tf
     from hpctrain.keras.callbacks import Callback
     from hpctrain.keras.layers import Dense
@@ -47,7 +48,7 @@ def epoch_times_hpctrain(workload, x, labels, epochs: int, eager: bool) -> list[
     model = Sequential([tf.keras.Input(shape=(workload.input_dim,)), *hidden,
                         Dense(workload.num_classes, activation="softmax")])
     model.compile(optimizer=Adam(workload.learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], run_eagerly=eager)
+                  metrics=["accuracy"], run_eagerly=eager, plan=tf.make_plan(cuda_graph=cuda_graph))
     model.fit(x, labels, epochs=epochs, batch_size=workload.batch_size, verbose=0, callbacks=[EpochTimer()])
     print(model.plan.explain(), file=sys.stderr)
     return times
@@ -104,6 +105,8 @@ def main() -> int:
         x, labels, _ = make_dataset(workload)
         rows = {
             "hpctrain": epoch_times_hpctrain(workload, x, labels, args.epochs, eager=False),
+            "hpctrain_cuda_graph": epoch_times_hpctrain(workload, x, labels, args.epochs, eager=False,
+                                                        cuda_graph=True),
             "hpctrain_autograd": epoch_times_hpctrain(workload, x, labels, args.epochs, eager=True),
             "torch_eager_handtuned": epoch_times_eager_torch(workload, x, labels, args.epochs),
         }

@@ -87,8 +87,9 @@ class ResidentData:
         return self.x.shape[0]
 
     def batches(self, batch_size: int, *, order: torch.Tensor | None = None):
-        """Yield ``(x_batch, y_batch)``; with ``order`` (a permutation) each batch is one gather."""
-        schedule = BatchSchedule(len(self), batch_size)
+        """Yield ``(x_batch, y_batch)`` in row order, or for the rows ``order`` lists (a permutation of
+        all rows, or a part of one), each batch one gather."""
+        schedule = BatchSchedule(len(self) if order is None else len(order), batch_size)
         if order is None:
             for rows in schedule.slices():
                 yield self.x[rows], None if self.y is None else self.y[rows]

@@ -222,18 +222,25 @@ class DeferredMetricSet(MetricSet):
         self.targets.append(target)
         return view
 
-    @torch.no_grad()
     def flush(self) -> None:
         if not self.filled:
             return
-        logits = self.buffer[:self.filled]
         target = self.targets[0] if len(self.targets) == 1 else torch.cat(self.targets)
-        self.loss.update_value(self.loss_fn(logits, target), self.filled)
+        self._update_from(self.buffer[:self.filled], target)
+        self.filled = 0
+        self.targets.clear()
+
+    def record(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """Accumulate rows computed elsewhere (a CUDA graph's output buffer), after any pending ones."""
+        self.flush()
+        self._update_from(logits, target)
+
+    @torch.no_grad()
+    def _update_from(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        self.loss.update_value(self.loss_fn(logits, target), logits.shape[0])
         output = ModelOutput(logits, self.output_activation)
         for metric in self.metrics:
             metric.update(output, target)
-        self.filled = 0
-        self.targets.clear()
 
     def reset(self) -> None:
         super().reset()

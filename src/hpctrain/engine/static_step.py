@@ -107,7 +107,7 @@ def why_not_static(module, loss: Loss) -> str | None:
 
 
 def _output_gradient(loss: Loss):
-    """``fn(z, target, out)`` writing d(mean loss)/dz into ``out`` (already divided by the batch)."""
+    """``fn(z, target, out, minus_ones)`` writing d(mean loss)/dz into ``out``, already divided by the batch."""
     if isinstance(loss, CrossEntropy) and loss.from_logits:
         return _cross_entropy_gradient
     if isinstance(loss, BinaryCrossentropy) and loss.from_logits:
@@ -119,26 +119,27 @@ def _output_gradient(loss: Loss):
     return None
 
 
-def _cross_entropy_gradient(z, target, out, rows, minus_ones):
+def _cross_entropy_gradient(z, target, out, minus_ones):
     torch.softmax(z, dim=1, out=out)
     if target.dtype == torch.int64:
-        out.index_put_((rows, target), minus_ones, accumulate=True)  # softmax - one_hot, in one call
+        # softmax - one_hot in one call; scatter_add is also safe inside a CUDA graph capture.
+        out.scatter_add_(1, target.unsqueeze(1), minus_ones)
     else:
         out.sub_(target)
     return out.mul_(1.0 / z.shape[0])
 
 
-def _binary_cross_entropy_gradient(z, target, out, rows, minus_ones):
+def _binary_cross_entropy_gradient(z, target, out, minus_ones):
     torch.sigmoid(z, out=out).sub_(target)
     return out.mul_(1.0 / z.numel())
 
 
-def _squared_error_gradient(z, target, out, rows, minus_ones):
+def _squared_error_gradient(z, target, out, minus_ones):
     torch.sub(z, target, out=out)
     return out.mul_(2.0 / z.numel())
 
 
-def _absolute_error_gradient(z, target, out, rows, minus_ones):
+def _absolute_error_gradient(z, target, out, minus_ones):
     torch.sub(z, target, out=out).sign_()
     return out.mul_(1.0 / z.numel())
 
@@ -157,8 +158,7 @@ class _BatchBuffers:
                         for layer in layers]
         self.grads = [torch.empty(rows, layer.out_features, device=device) if isinstance(layer, Linear) else None
                       for layer in layers]
-        self.rows = torch.arange(rows, device=device)
-        self.minus_ones = torch.full((rows,), -1.0, device=device)
+        self.minus_ones = torch.full((rows, 1), -1.0, device=device)
 
 
 class _LinearParts:
@@ -196,6 +196,7 @@ class StaticStep:
                       for l in self.layers]
         self.parts = [_LinearParts(l) if isinstance(l, Linear) else _layer_callables(l) for l in self.layers]
         self.last_linear = max(i for i, kind in enumerate(self.kinds) if kind == LINEAR)
+        self.output_width = self.layers[self.last_linear].out_features
         linear_indices = [i for i, kind in enumerate(self.kinds) if kind == LINEAR]
         self.previous_linear = dict(zip(linear_indices[1:], linear_indices[:-1]))
         self.buffers = {batch_size: _BatchBuffers(self.layers, batch_size, self.device)}
@@ -240,7 +241,7 @@ class StaticStep:
         return saved, a
 
     def _backward(self, saved, logits, y, buffers: _BatchBuffers):
-        grad = self.output_gradient(logits, y, buffers.grads[self.last_linear], buffers.rows, buffers.minus_ones)
+        grad = self.output_gradient(logits, y, buffers.grads[self.last_linear], buffers.minus_ones)
         for index in range(len(self.kinds) - 1, -1, -1):
             kind, part = self.kinds[index], self.parts[index]
             if kind == LINEAR:

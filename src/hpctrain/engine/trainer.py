@@ -15,6 +15,7 @@ import torch
 
 from hpctrain.engine import tuning, validation
 from hpctrain.engine.callbacks import Callback, CallbackList, History
+from hpctrain.engine.cuda_graph import GraphedSteps, graph_steps_per_launch
 from hpctrain.engine.data import LoaderData, ResidentData, to_tensor
 from hpctrain.engine.losses import CallableLoss, Loss
 from hpctrain.engine.metrics import DeferredMetricSet, Metric, MetricSet, ModelOutput, resolve_metric
@@ -62,6 +63,7 @@ class Trainer:
         self.penalty = penalty
         self.stop_training = False
         self.history = None
+        self._graphed = None
 
     # --- the three entry points -------------------------------------------------------------
 
@@ -74,12 +76,12 @@ class Trainer:
         verbose = _resolve_verbose(verbose)
         self._apply_plan()
         data = self._prepare_fit_data(x, y, validation_split, validation_data)
-        step, train_metrics = self._make_step(data, batch_size)
-        self._tune_threads(step, data.train, batch_size, train_metrics)
         history = History()
         steps = _steps_per_epoch(data.train, batch_size)
         hooks = CallbackList([*(callbacks or []), history], model=callback_model or self,
                              params={"verbose": verbose, "epochs": epochs, "steps": steps})
+        step, train_metrics = self._make_step(data, batch_size, hooks)
+        self._tune_threads(step, data.train, batch_size, train_metrics)
         shuffler = _Shuffler(self.plan.device) if shuffle else None
         self.stop_training = False
         hooks.call("on_train_begin", {})
@@ -152,11 +154,37 @@ class Trainer:
         self.module.train()
         metrics.reset()
         if isinstance(data, LoaderData):
-            batches = data.batches()
-        else:
-            batches = data.batches(batch_size, order=shuffler.permutation(len(data)) if shuffler else None)
+            return self._run_steps(step, data.batches(), 0, metrics, hooks, progress)
+        order = shuffler.permutation(len(data)) if shuffler else None
         done = 0
-        for done, (xb, yb) in enumerate(batches, start=1):
+        if self._graphed is not None:
+            done, order = self._run_graphed(data, order, metrics, progress)
+            if self.stop_training:
+                return metrics.results()
+        return self._run_steps(step, data.batches(batch_size, order=order), done, metrics, hooks, progress)
+
+    def _run_graphed(self, data: ResidentData, order, metrics, progress) -> tuple[int, torch.Tensor]:
+        """Whole groups of steps through the CUDA graph; returns steps done and the rows left."""
+        graphed = self._graphed
+        if order is None:
+            order = torch.arange(len(data), device=data.x.device)
+        done, start = 0, 0
+        while start + graphed.rows <= len(order):
+            try:
+                graphed.run(order[start:start + graphed.rows], metrics)
+            except RuntimeError as exc:  # a kernel that cannot be captured: carry on eagerly
+                self._graphed = None
+                self.plan = self.plan.with_choice("cuda_graph", False, f"capture failed: {exc}".splitlines()[0])
+                break
+            start += graphed.rows
+            done += graphed.steps_per_launch
+            progress.step(done, metrics.results)
+            if self.stop_training:
+                break
+        return done, order[start:]
+
+    def _run_steps(self, step, batches, done: int, metrics, hooks: CallbackList, progress: Progress):
+        for done, (xb, yb) in enumerate(batches, start=done + 1):
             if hooks.wants_train_batch_begin:
                 hooks.train_batch_begin(done - 1)
             step(xb, yb, metrics)
@@ -182,8 +210,9 @@ class Trainer:
 
     # --- the executor -------------------------------------------------------------------------
 
-    def _make_step(self, data: _PreparedData, batch_size: int):
+    def _make_step(self, data: _PreparedData, batch_size: int, hooks: CallbackList):
         """The static executor where the model allows it (or the plan demands it), else autograd."""
+        self._graphed = None
         reason = self._why_not_static(data)
         if self.plan.executor == "static" and reason is not None:
             raise ConfigError(f"executor='static' cannot train this model: {reason}. Use 'auto' or 'autograd'.")
@@ -193,12 +222,26 @@ class Trainer:
                                 output_activation=self.output_activation)
             return step, self._metric_set(data.output_shape)
         self.plan = self.plan.with_choice("executor", "static", "every layer and the loss have a known backward")
+        step = StaticStep(self.module, self.loss, self.optimizer, batch_size=batch_size,
+                          output_activation=self.output_activation)
+        self._graphed = self._graph_steps(step, data, batch_size, hooks)
         metrics = DeferredMetricSet(self._resolve_metrics(data.output_shape), self.plan.device, loss=self.loss,
                                     output_activation=self.output_activation, rows=len(data.train),
                                     width=data.output_shape[1:])
-        step = StaticStep(self.module, self.loss, self.optimizer, batch_size=batch_size,
-                          output_activation=self.output_activation)
         return step, metrics
+
+    def _graph_steps(self, step, data: _PreparedData, batch_size: int, hooks: CallbackList):
+        """Groups of static steps as CUDA graphs, where the device, the data and the callbacks allow."""
+        steps_per_launch = graph_steps_per_launch(self.plan.device, len(data.train) // batch_size)
+        reason = ("not asked for" if not self.plan.cuda_graph else "not a CUDA device" if steps_per_launch == 0
+                  else "a callback listens to every batch" if hooks.wants_train_batch_logs
+                  or hooks.wants_train_batch_begin else None)
+        if reason is not None:
+            if self.plan.device.type == "cuda":
+                self.plan = self.plan.with_choice("cuda_graph", False, reason)
+            return None
+        self.plan = self.plan.with_choice("cuda_graph", True, f"{steps_per_launch} static steps per launch")
+        return GraphedSteps(step, data.train, batch_size, steps_per_launch, self.module, self.optimizer)
 
     def _tune_threads(self, step, data, batch_size: int, metrics) -> None:
         """Measure the thread counts up to the physical cores on real steps; keep the fastest.

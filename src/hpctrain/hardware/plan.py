@@ -19,6 +19,7 @@ class Plan:
     data_placement: str  # "device": the whole data set lives on ``device`` as one tensor
     executor: str = "auto"  # "static", "autograd", or "auto": static where the model allows it
     tune_threads: bool = False  # threads came from a rule; fit may measure a better count
+    cuda_graph: bool = False  # on a GPU, replay groups of static steps as one CUDA graph (opt-in for now)
     world_size: int = 1
     rank: int = 0
     reasons: tuple[tuple[str, str], ...] = ()
@@ -44,7 +45,8 @@ class Plan:
 EXECUTORS = ("auto", "static", "autograd")
 
 
-def make_plan(*, device: str | torch.device = "auto", threads: int | str = "auto", executor: str = "auto") -> Plan:
+def make_plan(*, device: str | torch.device = "auto", threads: int | str = "auto", executor: str = "auto",
+              cuda_graph: bool = False) -> Plan:
     """Resolve ``"auto"`` choices against this machine; explicit values always win."""
     resolved_device, device_reason = _resolve_device(device)
     resolved_threads, threads_reason = _resolve_threads(threads)
@@ -54,6 +56,7 @@ def make_plan(*, device: str | torch.device = "auto", threads: int | str = "auto
         threads=resolved_threads,
         data_placement="device",
         executor=executor,
+        cuda_graph=cuda_graph,
         reasons=(
             ("device", f"{resolved_device} ({device_reason})"),
             ("threads", f"{resolved_threads} ({threads_reason})"),
