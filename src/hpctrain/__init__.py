@@ -5,8 +5,8 @@
 
 __version__ = "0.1.0"
 
-from hpctrain import errors, keras  # noqa: E402
+from hpctrain import distribute, errors, keras  # noqa: E402
 from hpctrain.engine import Trainer  # noqa: E402
 from hpctrain.hardware import Plan, make_plan  # noqa: E402
 
-__all__ = ["Plan", "Trainer", "__version__", "errors", "keras", "make_plan"]
+__all__ = ["Plan", "Trainer", "__version__", "distribute", "errors", "keras", "make_plan"]

@@ -21,7 +21,27 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="describe this machine and what hpctrain will do with it")
     doctor.add_argument("--json", action="store_true", help="print one JSON object instead of the text screen")
     doctor.set_defaults(run=_print_doctor)
+    launch = commands.add_parser("launch", help="start one process per replica (data-parallel training)",
+                                 description="Start SCRIPT once per replica, through torchrun.")
+    launch.add_argument("--nproc-per-node", type=int, default=1, help="replicas on this machine")
+    launch.add_argument("--nnodes", type=int, default=1, help="machines taking part")
+    launch.add_argument("--node-rank", type=int, default=0, help="this machine's index, 0 .. nnodes-1")
+    launch.add_argument("--master-addr", default="127.0.0.1", help="address of the machine with node rank 0")
+    launch.add_argument("--master-port", type=int, default=29500, help="a free port on that machine")
+    launch.add_argument("--max-restarts", type=int, default=0, help="restart the group this often on a failure")
+    launch.add_argument("script")
+    launch.add_argument("script_args", nargs=argparse.REMAINDER)
+    launch.set_defaults(run=_launch)
     return parser
+
+
+def _launch(args) -> int:
+    from hpctrain.distribute.launch import launch, torchrun_arguments
+
+    return launch(torchrun_arguments(
+        nproc_per_node=args.nproc_per_node, nnodes=args.nnodes, node_rank=args.node_rank,
+        master_addr=args.master_addr, master_port=args.master_port, max_restarts=args.max_restarts,
+        script=args.script, script_args=args.script_args))
 
 
 def _print_plan(args) -> int:

@@ -98,6 +98,28 @@ class ResidentData:
             index = order[rows]
             yield self.x.index_select(0, index), None if self.y is None else self.y.index_select(0, index)
 
+    def shard_batches(self, batch_size: int, rank: int, world_size: int, *, order: torch.Tensor | None = None):
+        """Yield ``(x, y, global_rows)``: this replica's contiguous share of each global batch.
+
+        Every replica walks the same global batches (the same ``order``); replica ``r`` takes rows
+        ``[b*r // W, b*(r+1) // W)`` of a global batch of ``b`` rows, so shares differ by at most one
+        row and an uneven last batch is split, not dropped.
+        """
+        total = len(self) if order is None else len(order)
+        for rows in BatchSchedule(total, batch_size).slices():
+            size = rows.stop - rows.start
+            first, last = rows.start + size * rank // world_size, rows.start + size * (rank + 1) // world_size
+            if order is None:
+                yield self.x[first:last], None if self.y is None else self.y[first:last], size
+            else:
+                index = order[first:last]
+                yield self.x.index_select(0, index), None if self.y is None else self.y.index_select(0, index), size
+
+    def shard(self, rank: int, world_size: int) -> "ResidentData":
+        """This replica's contiguous share of the rows, for evaluation and prediction."""
+        first, last = len(self) * rank // world_size, len(self) * (rank + 1) // world_size
+        return ResidentData(self.x[first:last], None if self.y is None else self.y[first:last])
+
     def split_tail(self, fraction: float) -> tuple["ResidentData", "ResidentData"]:
         """Keras's ``validation_split``: the last ``fraction`` of the rows, taken before shuffling."""
         split_at = int(len(self) * (1.0 - fraction))

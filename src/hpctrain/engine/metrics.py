@@ -132,7 +132,8 @@ class MeanAbsoluteError(Metric):
 class MetricSet:
     """The loss tracker and the compiled metrics of one pass (train or test)."""
 
-    def __init__(self, metrics: list[Metric], device: torch.device, prefix: str = ""):
+    def __init__(self, metrics: list[Metric], device: torch.device, prefix: str = "", communicator=None):
+        self.communicator = communicator  # sums the accumulators over replicas when read
         self.loss = MeanTracker().bind(device)
         # Copies: the train and the validation pass each keep their own accumulators.
         self.metrics = [copy.copy(m).bind(device) for m in metrics]
@@ -158,9 +159,15 @@ class MetricSet:
         self.loss.total.add_(value.detach(), alpha=batch_size)
 
     def results(self) -> dict[str, float]:
-        logs = {self.prefix + "loss": self.loss.result()}
-        logs.update({self.prefix + m.name: m.result() for m in self.metrics})
-        return logs
+        trackers = [self.loss, *self.metrics]
+        totals = torch.stack([value for t in trackers for value in (t.total, t.count)])
+        if self.communicator is not None:
+            # Sums of sums and of counts: exact global means, not a mean of per-replica means.
+            self.communicator.all_reduce_sum_(totals)
+        values = totals.tolist()  # host sync
+        names = ["loss", *(m.name for m in self.metrics)]
+        return {self.prefix + name: (values[2 * i] / values[2 * i + 1] if values[2 * i + 1] else 0.0)
+                for i, name in enumerate(names)}
 
 
 _METRICS_BY_NAME = {
@@ -203,8 +210,9 @@ class DeferredMetricSet(MetricSet):
     at most ``DEFERRED_BUFFER_ELEMENTS`` values and is folded into the accumulators when full.
     """
 
-    def __init__(self, metrics, device, *, loss, output_activation, rows: int, width: tuple, prefix: str = ""):
-        super().__init__(metrics, device, prefix)
+    def __init__(self, metrics, device, *, loss, output_activation, rows: int, width: tuple, prefix: str = "",
+                 communicator=None):
+        super().__init__(metrics, device, prefix, communicator)
         self.loss_fn = loss
         self.output_activation = output_activation
         capacity = max(1, min(rows, DEFERRED_BUFFER_ELEMENTS // max(1, math.prod(width))))

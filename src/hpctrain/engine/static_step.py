@@ -10,6 +10,7 @@ Gradients are checked against autograd in the tests (loss, gradients, updated we
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -107,7 +108,11 @@ def why_not_static(module, loss: Loss) -> str | None:
 
 
 def _output_gradient(loss: Loss):
-    """``fn(z, target, out, minus_ones)`` writing d(mean loss)/dz into ``out``, already divided by the batch."""
+    """``fn(z, target, out, minus_ones, rows)`` writing d(mean loss)/dz into ``out``.
+
+    ``rows`` is the *global* batch's row count: each replica divides by it, so summing the
+    replicas' gradients gives the gradient of the mean loss over the global batch.
+    """
     if isinstance(loss, CrossEntropy) and loss.from_logits:
         return _cross_entropy_gradient
     if isinstance(loss, BinaryCrossentropy) and loss.from_logits:
@@ -119,29 +124,33 @@ def _output_gradient(loss: Loss):
     return None
 
 
-def _cross_entropy_gradient(z, target, out, minus_ones):
+def _cross_entropy_gradient(z, target, out, minus_ones, rows):
     torch.softmax(z, dim=1, out=out)
     if target.dtype == torch.int64:
         # softmax - one_hot in one call; scatter_add is also safe inside a CUDA graph capture.
         out.scatter_add_(1, target.unsqueeze(1), minus_ones)
     else:
         out.sub_(target)
-    return out.mul_(1.0 / z.shape[0])
+    return out.mul_(1.0 / rows)
 
 
-def _binary_cross_entropy_gradient(z, target, out, minus_ones):
+def _binary_cross_entropy_gradient(z, target, out, minus_ones, rows):
     torch.sigmoid(z, out=out).sub_(target)
-    return out.mul_(1.0 / z.numel())
+    return out.mul_(1.0 / (rows * _width(z)))
 
 
-def _squared_error_gradient(z, target, out, minus_ones):
+def _squared_error_gradient(z, target, out, minus_ones, rows):
     torch.sub(z, target, out=out)
-    return out.mul_(2.0 / z.numel())
+    return out.mul_(2.0 / (rows * _width(z)))
 
 
-def _absolute_error_gradient(z, target, out, minus_ones):
+def _absolute_error_gradient(z, target, out, minus_ones, rows):
     torch.sub(z, target, out=out).sign_()
-    return out.mul_(1.0 / z.numel())
+    return out.mul_(1.0 / (rows * _width(z)))
+
+
+def _width(z: torch.Tensor) -> int:
+    return math.prod(z.shape[1:])
 
 
 # ---- the step --------------------------------------------------------------------------------
@@ -186,12 +195,13 @@ class StaticStep:
     name = "static"
 
     def __init__(self, module, loss: Loss, optimizer: torch.optim.Optimizer, *, batch_size: int,
-                 output_activation=None):
+                 output_activation=None, communicator=None):
         self.layers = static_layers_of(module)
         self.output_gradient = _output_gradient(loss)
         self.output_activation = output_activation
         self.device = self.layers[0].weight.device
-        self._attach_gradient_buffers()
+        self.communicator = communicator
+        self.flat_grad = self._attach_gradient_buffers()
         self.kinds = [LINEAR if isinstance(l, Linear) else ACTIVATION if isinstance(l, Activation) else DROPOUT
                       for l in self.layers]
         self.parts = [_LinearParts(l) if isinstance(l, Linear) else _layer_callables(l) for l in self.layers]
@@ -203,21 +213,29 @@ class StaticStep:
         self.update = fast_update(optimizer)
         self.penalized = [layer for layer in self.layers if isinstance(layer, Linear) and layer.has_penalty]
 
-    def _attach_gradient_buffers(self) -> None:
-        # The backward writes straight into .grad every step: no allocation, no zeroing.
-        for layer in self.layers:
-            if isinstance(layer, Linear):
-                layer.weight.grad = torch.zeros_like(layer.weight)
-                if layer.bias is not None:
-                    layer.bias.grad = torch.zeros_like(layer.bias)
+    def _attach_gradient_buffers(self) -> torch.Tensor:
+        """Every ``.grad`` a view into one flat buffer, which the backward writes straight into.
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, metrics) -> None:
+        No allocation or zeroing per step, and replicas average all gradients with one all-reduce.
+        """
+        params = [p for layer in self.layers if isinstance(layer, Linear) for p in (layer.weight, layer.bias)
+                  if p is not None]
+        flat = torch.zeros(sum(p.numel() for p in params), device=self.device)
+        offset = 0
+        for param in params:
+            param.grad = flat[offset:offset + param.numel()].view_as(param)
+            offset += param.numel()
+        return flat
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, metrics, batch_rows: int | None = None) -> None:
         n = x.shape[0]
         buffers = self.buffers.get(n) or self.buffers.setdefault(n, _BatchBuffers(self.layers, n, self.device))
         logits_out = metrics.slot(n, y)
         saved, logits = self._forward(x, buffers, logits_out)
-        self._backward(saved, logits, y, buffers)
-        if self.penalized:
+        self._backward(saved, logits, y, buffers, n if batch_rows is None else batch_rows)
+        if self.communicator is not None:
+            self.communicator.all_reduce_sum_(self.flat_grad)  # sync point: every replica waits here
+        if self.penalized:  # after the reduction: each replica adds the same penalty gradient once
             with torch.no_grad():
                 metrics.add_penalty(self._penalty_and_gradient(), n)
         self.update()
@@ -240,8 +258,8 @@ class StaticStep:
                 saved.append(mask)
         return saved, a
 
-    def _backward(self, saved, logits, y, buffers: _BatchBuffers):
-        grad = self.output_gradient(logits, y, buffers.grads[self.last_linear], buffers.minus_ones)
+    def _backward(self, saved, logits, y, buffers: _BatchBuffers, batch_rows: int):
+        grad = self.output_gradient(logits, y, buffers.grads[self.last_linear], buffers.minus_ones, batch_rows)
         for index in range(len(self.kinds) - 1, -1, -1):
             kind, part = self.kinds[index], self.parts[index]
             if kind == LINEAR:

@@ -8,24 +8,45 @@ from hpctrain.engine.metrics import MetricSet, ModelOutput
 
 
 class AutogradStep:
-    """The general executor: any ``nn.Module``, gradients by autograd, one optimizer call."""
+    """The general executor: any ``nn.Module``, gradients by autograd, one optimizer call.
+
+    With replicas, each one's loss is weighted by its share of the global batch and the
+    gradients are summed, which makes the update that of the mean loss over the global batch.
+    """
 
     name = "autograd"
 
-    def __init__(self, module, loss, optimizer, *, penalty=None, output_activation=None):
+    def __init__(self, module, loss, optimizer, *, penalty=None, output_activation=None, communicator=None):
         self.module = module
         self.loss = loss
         self.optimizer = optimizer
         self.penalty = penalty
         self.output_activation = output_activation
+        self.communicator = communicator
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, metrics: MetricSet) -> None:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, metrics: MetricSet, batch_rows: int | None = None) -> None:
+        rows = x.shape[0]
         logits = self.module(x)
-        loss = self.loss(logits, y)
+        loss = self.loss(logits, y) if rows else logits.sum() * 0.0  # an empty share adds nothing
         if self.penalty is not None:
             loss = loss + self.penalty()
-        loss.backward()
+        # Weights n_r / b sum to one over the replicas, so the penalty, added by each, counts once.
+        scaled = loss if self.communicator is None else loss * (rows / batch_rows)
+        scaled.backward()
+        if self.communicator is not None:
+            self._sum_gradients()
         self.optimizer.step()
         # set_to_none: the next backward writes fresh gradients instead of adding into zeroed ones.
         self.optimizer.zero_grad(set_to_none=True)
-        metrics.update(loss, ModelOutput(logits.detach(), self.output_activation), y)
+        if rows:
+            metrics.update(loss, ModelOutput(logits.detach(), self.output_activation), y)
+
+    def _sum_gradients(self) -> None:
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.communicator.all_reduce_sum_(flat)  # sync point: every replica waits here
+        offset = 0
+        for param in params:
+            param.grad = flat[offset:offset + param.numel()].view_as(param)
+            offset += param.numel()

@@ -64,6 +64,8 @@ class Trainer:
         self.stop_training = False
         self.history = None
         self._graphed = None
+        # Replicas of a data-parallel strategy share work through this; None in a single process.
+        self.communicator = plan.communicator if plan.world_size > 1 else None
 
     # --- the three entry points -------------------------------------------------------------
 
@@ -73,8 +75,9 @@ class Trainer:
         batch_size = validation.check_batch_size(batch_size)
         validation.check_positive_int(epochs, name="epochs")
         validation_split = validation.check_fraction(validation_split, name="validation_split")
-        verbose = _resolve_verbose(verbose)
+        verbose = _resolve_verbose(verbose) if self.plan.rank == 0 else 0  # one voice: rank 0 prints
         self._apply_plan()
+        self._start_replicas_equal()
         data = self._prepare_fit_data(x, y, validation_split, validation_data)
         history = History()
         steps = _steps_per_epoch(data.train, batch_size)
@@ -82,7 +85,7 @@ class Trainer:
                              params={"verbose": verbose, "epochs": epochs, "steps": steps})
         step, train_metrics = self._make_step(data, batch_size, hooks)
         self._tune_threads(step, data.train, batch_size, train_metrics)
-        shuffler = _Shuffler(self.plan.device) if shuffle else None
+        shuffler = _Shuffler(self.plan.device, self.communicator) if shuffle else None
         self.stop_training = False
         hooks.call("on_train_begin", {})
         logs = {}
@@ -108,7 +111,7 @@ class Trainer:
         data, _ = self._prepare_labelled(x, y, name="x")
         logs = self._evaluate_logs(data, batch_size or INFERENCE_BATCH)
         steps = _steps_per_epoch(data, batch_size or 32)
-        Progress(verbose=_resolve_verbose(verbose), total_steps=steps).finish(steps, logs)
+        Progress(verbose=_resolve_verbose(verbose) if self.plan.rank == 0 else 0, total_steps=steps).finish(steps, logs)
         if return_dict:
             return logs
         values = list(logs.values())
@@ -117,16 +120,21 @@ class Trainer:
     def predict(self, x, *, batch_size=None, verbose=0) -> np.ndarray:
         self._apply_plan()
         inputs = self._inputs_tensor(x, name="x")
-        outputs = self.predict_tensor(inputs, batch_size=batch_size or INFERENCE_BATCH)
+        if self.communicator is None:
+            outputs = self.predict_tensor(inputs, batch_size=batch_size or INFERENCE_BATCH)
+        else:  # each replica predicts its contiguous share; the gather restores input order
+            share = ResidentData(inputs, None).shard(self.plan.rank, self.plan.world_size).x
+            outputs = self.communicator.all_gather_rows(
+                self.predict_tensor(share, batch_size=batch_size or INFERENCE_BATCH))
         steps = _steps_per_epoch(ResidentData(inputs, None), batch_size or 32)
-        Progress(verbose=_resolve_verbose(verbose), total_steps=steps).finish(steps, {})
+        Progress(verbose=_resolve_verbose(verbose) if self.plan.rank == 0 else 0, total_steps=steps).finish(steps, {})
         return outputs.cpu().numpy()
 
     def predict_tensor(self, inputs: torch.Tensor, *, batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
         self.module.eval()
         with torch.inference_mode():
             parts = [self._activate(self.module(xb)) for xb, _ in ResidentData(inputs, None).batches(batch_size)]
-        return torch.cat(parts)
+        return torch.cat(parts) if parts else self._activate(self.module(inputs))
 
     # --- weights ------------------------------------------------------------------------------
 
@@ -156,6 +164,9 @@ class Trainer:
         if isinstance(data, LoaderData):
             return self._run_steps(step, data.batches(), 0, metrics, hooks, progress)
         order = shuffler.permutation(len(data)) if shuffler else None
+        if self.communicator is not None:
+            batches = data.shard_batches(batch_size, self.plan.rank, self.plan.world_size, order=order)
+            return self._run_steps(step, batches, 0, metrics, hooks, progress)
         done = 0
         if self._graphed is not None:
             done, order = self._run_graphed(data, order, metrics, progress)
@@ -184,10 +195,11 @@ class Trainer:
         return done, order[start:]
 
     def _run_steps(self, step, batches, done: int, metrics, hooks: CallbackList, progress: Progress):
-        for done, (xb, yb) in enumerate(batches, start=done + 1):
+        """Each batch is ``(x, y)``, or ``(x, y, global_rows)`` for a replica's share of a global batch."""
+        for done, (xb, yb, *global_rows) in enumerate(batches, start=done + 1):
             if hooks.wants_train_batch_begin:
                 hooks.train_batch_begin(done - 1)
-            step(xb, yb, metrics)
+            step(xb, yb, metrics, *global_rows)
             if hooks.wants_train_batch_logs:
                 hooks.train_batch_end(done - 1, metrics.results())  # a host sync, only when asked for
             progress.step(done, metrics.results)
@@ -197,6 +209,8 @@ class Trainer:
 
     def _evaluate_logs(self, data, batch_size: int, prefix: str = "") -> dict[str, float]:
         metrics = self._metric_set(self._output_shape_of(data), prefix=prefix)
+        if self.communicator is not None and isinstance(data, ResidentData):
+            data = data.shard(self.plan.rank, self.plan.world_size)  # sums are reduced in results()
         self.module.eval()
         with torch.inference_mode():
             batches = data.batches() if isinstance(data, LoaderData) else data.batches(batch_size)
@@ -207,6 +221,14 @@ class Trainer:
                     loss = loss + self.penalty()
                 metrics.update(loss, ModelOutput(logits, self.output_activation), yb)
         return metrics.results()
+
+    def _start_replicas_equal(self) -> None:
+        """Every replica starts from rank 0's weights, as DDP does, whatever each one initialised."""
+        if self.communicator is None:
+            return
+        with torch.no_grad():
+            for param in self.module.parameters():
+                self.communicator.broadcast_(param.detach())
 
     # --- the executor -------------------------------------------------------------------------
 
@@ -219,21 +241,22 @@ class Trainer:
         if reason is not None:
             self.plan = self.plan.with_choice("executor", "autograd", reason)
             step = AutogradStep(self.module, self.loss, as_torch_optimizer(self.optimizer), penalty=self.penalty,
-                                output_activation=self.output_activation)
+                                output_activation=self.output_activation, communicator=self.communicator)
             return step, self._metric_set(data.output_shape)
         self.plan = self.plan.with_choice("executor", "static", "every layer and the loss have a known backward")
         step = StaticStep(self.module, self.loss, self.optimizer, batch_size=batch_size,
-                          output_activation=self.output_activation)
+                          output_activation=self.output_activation, communicator=self.communicator)
         self._graphed = self._graph_steps(step, data, batch_size, hooks)
         metrics = DeferredMetricSet(self._resolve_metrics(data.output_shape), self.plan.device, loss=self.loss,
                                     output_activation=self.output_activation, rows=len(data.train),
-                                    width=data.output_shape[1:])
+                                    width=data.output_shape[1:], communicator=self.communicator)
         return step, metrics
 
     def _graph_steps(self, step, data: _PreparedData, batch_size: int, hooks: CallbackList):
         """Groups of static steps as CUDA graphs, where the device, the data and the callbacks allow."""
         steps_per_launch = graph_steps_per_launch(self.plan.device, len(data.train) // batch_size)
         reason = ("not asked for" if not self.plan.cuda_graph else "not a CUDA device" if steps_per_launch == 0
+                  else "not with replicas yet" if self.communicator is not None
                   else "a callback listens to every batch" if hooks.wants_train_batch_logs
                   or hooks.wants_train_batch_begin else None)
         if reason is not None:
@@ -338,7 +361,8 @@ class Trainer:
         return [resolve_metric(spec, self.loss, output_shape) for spec in self.metric_specs]
 
     def _metric_set(self, output_shape, prefix: str = "") -> MetricSet:
-        return MetricSet(self._resolve_metrics(output_shape), self.plan.device, prefix=prefix)
+        return MetricSet(self._resolve_metrics(output_shape), self.plan.device, prefix=prefix,
+                         communicator=self.communicator)
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         return logits if self.output_activation is None else self.output_activation(logits)
@@ -350,10 +374,12 @@ class _Shuffler:
     Seeding from the global RNG makes ``set_random_seed`` fix the shuffle order too.
     """
 
-    def __init__(self, device: torch.device):
-        seed = int(torch.randint(0, 2**62, (1,)))
+    def __init__(self, device: torch.device, communicator=None):
+        seed = torch.randint(0, 2**62, (1,))
+        if communicator is not None:  # every replica walks rank 0's order
+            seed = communicator.broadcast_(seed.to(communicator.device)).cpu()
         self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
+        self.generator.manual_seed(int(seed))
         self.device = device
 
     def permutation(self, n: int) -> torch.Tensor:

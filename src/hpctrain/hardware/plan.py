@@ -22,6 +22,8 @@ class Plan:
     cuda_graph: bool = False  # on a GPU, replay groups of static steps as one CUDA graph (opt-in for now)
     world_size: int = 1
     rank: int = 0
+    # The distribute layer's collectives (sum, broadcast, gather) when world_size > 1.
+    communicator: object = dataclasses.field(default=None, compare=False, repr=False)
     reasons: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):

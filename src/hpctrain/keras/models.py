@@ -48,9 +48,11 @@ class Model(Layer):
         if loss_weights is not None or weighted_metrics is not None:
             raise ConfigError("loss_weights and weighted_metrics are not supported yet; remove them.")
         self.optimizer = keras_optimizers.get(optimizer)
-        if run_eagerly:
-            plan = (plan or make_plan()).with_choice("executor", "autograd", "run_eagerly=True")
-        self._compiled = {"loss": keras_losses.get(loss), "metrics": list(metrics or []), "plan": plan}
+        from hpctrain.distribute import get_strategy
+
+        # As in Keras, a model compiled inside strategy.scope() trains with that strategy.
+        self._compiled = {"loss": keras_losses.get(loss), "metrics": list(metrics or []), "plan": plan,
+                          "strategy": get_strategy(), "run_eagerly": bool(run_eagerly)}
         for metric in self._compiled["metrics"]:
             _check_metric_name(metric)
         self._trainer = None  # the next fit builds a trainer for the new settings
@@ -165,8 +167,14 @@ class Model(Layer):
         folded = self._foldable_output_activation(loss)
         if folded is not None:
             module, output_activation, loss = _LogitsView(self), folded, loss.with_logits()
+        plan = self._compiled["plan"]
+        if plan is None:
+            strategy = self._compiled["strategy"]
+            plan = strategy.plan() if strategy is not None else make_plan()
+        if self._compiled["run_eagerly"]:
+            plan = plan.with_choice("executor", "autograd", "run_eagerly=True")
         return Trainer(module, loss=loss, optimizer=self.optimizer.build, metrics=self._compiled["metrics"],
-                       output_activation=output_activation, penalty=self._penalty_fn(), plan=self._compiled["plan"])
+                       output_activation=output_activation, penalty=self._penalty_fn(), plan=plan)
 
     def _inference_trainer(self) -> Trainer:
         return Trainer(self, loss=keras_losses.get("mse"), optimizer=lambda params, device: None)

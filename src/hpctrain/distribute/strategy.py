@@ -1,0 +1,117 @@
+"""Data-parallel strategies with TensorFlow's names: ``MirroredStrategy`` and
+``MultiWorkerMirroredStrategy``.
+
+A strategy decides how many replicas train and where; it hands the engine a :class:`Plan` with
+the replica's rank, the world size and a communicator. The model stays a plain module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+
+import torch
+
+from hpctrain.distribute.runtime import DEFAULT_TIMEOUT_SECONDS, GroupSpec, group_spec_from_environment, join_group
+from hpctrain.errors import ConfigError
+from hpctrain.hardware import make_plan
+from hpctrain.hardware.plan import Plan
+
+_DEVICE_NAME = re.compile(r"^/?(?:device:)?(cpu|gpu|cuda)(?::(\d+))?$", re.IGNORECASE)
+_scopes: list["Strategy"] = []
+
+
+def parse_device(name: str) -> torch.device:
+    """``"cuda:0"``, ``"/gpu:0"``, ``"/GPU:1"``, ``"cpu:0"``, ``"cpu:1"`` -> a torch device."""
+    match = _DEVICE_NAME.match(str(name).strip())
+    if match is None:
+        raise ConfigError(f"device {name!r} is not one of the forms 'cuda:0', '/gpu:0', 'cpu:0'.")
+    kind, index = match.group(1).lower(), int(match.group(2) or 0)
+    return torch.device("cpu") if kind == "cpu" else torch.device("cuda", index)
+
+
+def get_strategy() -> "Strategy | None":
+    """The strategy whose ``scope()`` is open, if any (as ``tf.distribute.get_strategy``)."""
+    return _scopes[-1] if _scopes else None
+
+
+class Strategy:
+    """Replicas of one model, each training on its share of every global batch."""
+
+    def __init__(self, devices: list[torch.device], *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS):
+        self.devices = devices
+        self.timeout_seconds = timeout_seconds
+        self.group: GroupSpec | None = group_spec_from_environment()
+        self._plan: Plan | None = None
+
+    @property
+    def num_replicas_in_sync(self) -> int:
+        return self.group.world_size if self.group is not None else len(self.devices)
+
+    @contextlib.contextmanager
+    def scope(self):
+        _scopes.append(self)
+        try:
+            yield self
+        finally:
+            _scopes.remove(self)
+
+    def plan(self) -> Plan:
+        """The plan of this process's replica; joins the process group on first use."""
+        if self._plan is None:
+            self._plan = self._resolve_plan()
+        return self._plan
+
+    def _resolve_plan(self) -> Plan:
+        if self.group is None:
+            if len(self.devices) > 1:
+                raise ConfigError(
+                    f"{type(self).__name__} with {len(self.devices)} replicas needs one process per replica; start "
+                    f"the script with `hpctrain launch --nproc-per-node {len(self.devices)} script.py` (or torchrun)."
+                )
+            return make_plan(device=self.devices[0])
+        device = self._replica_device(self.group.local_rank)
+        base = make_plan(device=device)
+        communicator = join_group(self.group, device, self.timeout_seconds)
+        threads = max(1, base.threads // self.group.local_world_size)
+        plan = dataclasses.replace(base, world_size=self.group.world_size, rank=self.group.rank,
+                                   communicator=communicator, threads=threads,
+                                   # Timing steps per rank would put the ranks' collectives out of step.
+                                   tune_threads=False)
+        plan = plan.with_choice("threads", threads, f"the node's physical cores shared by "
+                                f"{self.group.local_world_size} local replicas")
+        return plan.with_choice("world_size", self.group.world_size,
+                                f"rank {self.group.rank}, started by {self.group.launcher}; gradients averaged "
+                                f"over the global batch with {'NCCL' if device.type == 'cuda' else 'gloo'}")
+
+    def _replica_device(self, local_rank: int) -> torch.device:
+        if torch.cuda.is_available() and any(d.type == "cuda" for d in self.devices):
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+
+
+def _default_devices() -> list[torch.device]:
+    if torch.cuda.is_available():
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [torch.device("cpu")]
+
+
+class MirroredStrategy(Strategy):
+    """Synchronous data parallelism over ``devices`` (default: every visible GPU, else one CPU).
+
+    Several ``cpu:N`` entries mean several CPU worker processes. Under a launcher (torchrun,
+    Slurm, MPI) each launched process is one replica.
+    """
+
+    def __init__(self, devices=None, cross_device_ops=None, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS):
+        parsed = [parse_device(d) for d in devices] if devices else _default_devices()
+        super().__init__(parsed, timeout_seconds=timeout_seconds)
+
+
+class MultiWorkerMirroredStrategy(Strategy):
+    """One replica per launched process, across machines (torchrun, Slurm or MPI started them)."""
+
+    def __init__(self, cluster_resolver=None, communication_options=None,
+                 timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS):
+        super().__init__(_default_devices()[:1], timeout_seconds=timeout_seconds)
