@@ -111,12 +111,12 @@ def test_default_strategy_on_a_cpu_machine_is_one_replica(monkeypatch):
     assert tf.distribute.get_strategy() is None
 
 
-def test_several_cpu_replicas_from_a_plain_start_say_how_to_launch(monkeypatch):
+def test_several_cpu_replicas_from_a_plain_start_spawn_at_fit(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    strategy = tf.distribute.MirroredStrategy(devices=["cpu:0", "cpu:1"])
-    assert strategy.num_replicas_in_sync == 2
-    with pytest.raises(ConfigError, match="hpctrain launch --nproc-per-node 2"):
+    strategy = tf.distribute.MirroredStrategy(devices=["cpu:0", "cpu:1", "/cpu:2"])
+    assert strategy.num_replicas_in_sync == 3 and strategy.spawns_locally
+    with pytest.raises(ConfigError, match="trains them in spawned processes during fit"):
         strategy.plan()
 
 
@@ -153,3 +153,65 @@ def test_each_replica_takes_a_contiguous_share_of_every_global_batch():
         assert torch.equal(rows, order[step * 10:step * 10 + 10])
         assert {shares[rank][step][2] for rank in range(3)} == {min(10, 23 - step * 10)}
     assert [len(shares[rank][2][1]) for rank in range(3)] == [1, 1, 1]
+
+
+def _local_model():
+    from hpctrain.keras import optimizers
+    from hpctrain.keras.layers import Dense
+    from hpctrain.keras.models import Sequential
+
+    tf.keras.utils.set_random_seed(0)
+    model = Sequential([Dense(16, activation="tanh", input_dim=12), Dense(4, activation="softmax")])
+    model.compile(optimizer=optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _local_data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(203, 12)).astype("float32"), rng.integers(0, 4, size=203)
+
+
+def test_local_spawn_brings_weights_and_history_back_equal_to_one_process(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    x, y = _local_data()
+    reference = _local_model()
+    reference_history = reference.fit(x, y, epochs=3, batch_size=20, validation_split=0.1, verbose=0)
+    strategy = tf.distribute.MirroredStrategy(devices=["cpu:0", "cpu:1"])
+    with strategy.scope():
+        model = _local_model()
+    history = model.fit(x, y, epochs=3, batch_size=20, validation_split=0.1, verbose=0)
+    assert model.history is history and history.epoch == [0, 1, 2]
+    for a, b in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    for key, values in reference_history.history.items():
+        np.testing.assert_allclose(history.history[key], values, atol=1e-5)
+    np.testing.assert_allclose(model.predict(x, verbose=0), reference.predict(x, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("how, expected", [("raise", r"(?s)replica rank 1 .* raised.*replica 1 was told to fail"),
+                                           ("kill", r"replica rank 1 .* died \(signal SIGKILL\)")])
+def test_a_failing_spawned_replica_stops_training_and_is_named(monkeypatch, how, expected):
+    from hpctrain.distribute.spawn import ReplicaFailed
+    from replica_callbacks import FailOnRank
+
+    monkeypatch.setenv("PYTHONPATH", os.path.join(REPO, "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    x, y = _local_data()
+    with tf.distribute.MirroredStrategy(devices=["cpu:0", "cpu:1"]).scope():
+        model = _local_model()
+    start = time.monotonic()
+    with pytest.raises(ReplicaFailed, match=expected) as caught:
+        model.fit(x, y, epochs=50, batch_size=20, verbose=0, callbacks=[FailOnRank(1, how)])
+    assert time.monotonic() - start < 30
+    assert isinstance(caught.value, tf.errors.HpctrainError)
+
+
+def test_the_seed_mirrored_program_runs_unchanged_with_two_cpu_processes(tmp_path):
+    program = tmp_path / "seed_mirrored.py"
+    program.write_text(open(os.path.join(REPO, "examples", "seed_mirrored.py")).read().replace(
+        "MirroredStrategy()", 'MirroredStrategy(devices=["cpu:0", "cpu:1"])'))
+    result = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=240,
+                            env=_clean_env(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [line for line in result.stdout.splitlines() if line.startswith("Epoch ")] == [
+        f"Epoch {i}/10" for i in range(1, 11)]  # ten epochs, printed once: by rank 0

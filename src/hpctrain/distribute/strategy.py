@@ -63,12 +63,28 @@ class Strategy:
             self._plan = self._resolve_plan()
         return self._plan
 
+    @property
+    def spawns_locally(self) -> bool:
+        """Started on its own with several replicas: ``fit`` spawns one process per replica."""
+        return self.group is None and len(self.devices) > 1
+
+    def fit(self, model, fit_arguments: dict):
+        """Train ``model`` in spawned local replicas; the weights and History come back into it."""
+        if any(d.type == "cuda" for d in self.devices):
+            raise ConfigError(
+                f"spawning {len(self.devices)} GPU replicas from a plain start is not supported yet; start the "
+                f"script with `hpctrain launch --nproc-per-node {len(self.devices)} script.py`."
+            )
+        from hpctrain.distribute.spawn import fit_in_replicas
+
+        return fit_in_replicas(model, len(self.devices), self.timeout_seconds, fit_arguments)
+
     def _resolve_plan(self) -> Plan:
         if self.group is None:
-            if len(self.devices) > 1:
+            if self.spawns_locally:
                 raise ConfigError(
-                    f"{type(self).__name__} with {len(self.devices)} replicas needs one process per replica; start "
-                    f"the script with `hpctrain launch --nproc-per-node {len(self.devices)} script.py` (or torchrun)."
+                    f"{type(self).__name__} with {len(self.devices)} local replicas trains them in spawned processes "
+                    "during fit; evaluate and predict run in this process."
                 )
             return make_plan(device=self.devices[0])
         device = self._replica_device(self.group.local_rank)

@@ -83,13 +83,27 @@ class Model(Layer):
         if validation_freq != 1:
             raise ConfigError("validation_freq other than 1 is not supported yet.")
         x = _numeric_or_loader(x, "x")
-        trainer = self._ready_trainer(x, "fit")
-        self.history = trainer.fit(
-            x, y, batch_size=32 if batch_size is None else batch_size, epochs=epochs, verbose=verbose,
-            callbacks=callbacks, validation_split=validation_split, validation_data=validation_data,
-            shuffle=shuffle, initial_epoch=initial_epoch, callback_model=self,
-        )
+        arguments = dict(x=x, y=y, batch_size=32 if batch_size is None else batch_size, epochs=epochs,
+                         verbose=verbose, callbacks=callbacks, validation_split=validation_split,
+                         validation_data=validation_data, shuffle=shuffle, initial_epoch=initial_epoch)
+        strategy = (self._compiled or {}).get("strategy")
+        if strategy is not None and strategy.spawns_locally:
+            self._ready_trainer(x, "fit")  # checks the data here, before any process starts
+            self.history = strategy.fit(self, arguments)
+            return self.history
+        self.history = self._ready_trainer(x, "fit").fit(**arguments, callback_model=self)
         return self.history
+
+    def use_plan(self, plan) -> None:
+        """Train with ``plan`` from now on (a replica spawned by a strategy gets its own)."""
+        self._compiled.update(plan=plan, strategy=None)
+        self._trainer = None
+
+    def __getstate__(self):
+        # A pickled model (sent to spawned replicas) carries weights and settings, not a trainer.
+        state = super().__getstate__()
+        state["_trainer"] = None
+        return state
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
                  callbacks=None, return_dict=False):
@@ -170,7 +184,8 @@ class Model(Layer):
         plan = self._compiled["plan"]
         if plan is None:
             strategy = self._compiled["strategy"]
-            plan = strategy.plan() if strategy is not None else make_plan()
+            in_this_process = strategy is None or strategy.spawns_locally  # spawned replicas train; the rest runs here
+            plan = make_plan() if in_this_process else strategy.plan()
         if self._compiled["run_eagerly"]:
             plan = plan.with_choice("executor", "autograd", "run_eagerly=True")
         return Trainer(module, loss=loss, optimizer=self.optimizer.build, metrics=self._compiled["metrics"],

@@ -1,0 +1,60 @@
+"""One spawned replica: ``python -m hpctrain.distribute.replica FOLDER RANK`` (see :mod:`spawn`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import sys
+import time
+import traceback
+
+import torch
+
+from hpctrain.distribute.runtime import GroupSpec, join_group
+from hpctrain.distribute.spawn import SharedArray
+from hpctrain.hardware import make_plan
+
+
+def _attached(value):
+    return torch.from_numpy(value.attach()) if isinstance(value, SharedArray) else value
+
+
+def _replica_plan(rank: int, replicas: int, port: int, timeout_seconds: float):
+    spec = GroupSpec(rank=rank, world_size=replicas, local_rank=rank, local_world_size=replicas,
+                     master_addr="127.0.0.1", master_port=port, launcher="local spawn")
+    device = torch.device("cpu")
+    communicator = join_group(spec, device, timeout_seconds)
+    base = make_plan(device=device)
+    threads = max(1, base.threads // replicas)
+    plan = dataclasses.replace(base, world_size=replicas, rank=rank, communicator=communicator, threads=threads,
+                               tune_threads=False)
+    plan = plan.with_choice("threads", threads, f"the physical cores shared by {replicas} local replicas")
+    return plan.with_choice("world_size", replicas, f"rank {rank} of {replicas} CPU processes spawned at fit")
+
+
+def main(folder: str, rank: int) -> None:
+    with open(os.path.join(folder, "job.pickle"), "rb") as f:
+        job = pickle.load(f)
+    arguments = {key: _attached(value) for key, value in job["arguments"].items()}
+    if isinstance(arguments.get("validation_data"), tuple):
+        arguments["validation_data"] = tuple(_attached(part) for part in arguments["validation_data"])
+    model = job["model"]
+    torch.set_rng_state(job["rng_state"])
+    model.use_plan(_replica_plan(rank, job["replicas"], job["port"], job["timeout_seconds"]))
+    history = model.fit(**arguments)
+    if rank == 0:
+        result = os.path.join(folder, "result.pickle")
+        with open(result + ".tmp", "wb") as f:
+            pickle.dump((model.get_weights(), history.history, history.epoch), f)
+        os.replace(result + ".tmp", result)
+
+
+if __name__ == "__main__":
+    folder, rank = sys.argv[1], int(sys.argv[2])
+    try:
+        main(folder, rank)
+    except BaseException:
+        with open(os.path.join(folder, f"rank{rank}.error"), "w") as f:
+            f.write(f"{time.time()}\n{traceback.format_exc()}")
+        sys.exit(1)

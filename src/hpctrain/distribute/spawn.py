@@ -1,0 +1,165 @@
+"""Local spawn: a plain ``python script.py`` whose strategy has several CPU replicas starts them at
+``fit``, trains, and brings the weights and the ``History`` back into the calling process's model.
+
+Each replica is a fresh interpreter running ``python -m hpctrain.distribute.replica`` (the user's
+script is not re-executed, so it needs no ``if __name__ == "__main__"`` guard). The training
+arrays are copied once into named shared memory that every replica maps (no copy per replica);
+the model and the fit arguments travel pickled. A replica that raises or dies stops the others
+at once and its rank and error are reported.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing import resource_tracker, shared_memory
+
+import numpy as np
+import torch
+
+from hpctrain.engine.callbacks import History
+from hpctrain.errors import HpctrainError
+
+_POLL_SECONDS = 0.05
+_SETTLE_SECONDS = 0.5
+
+
+class ReplicaFailed(HpctrainError, RuntimeError):
+    """A spawned replica raised or died; the others were stopped."""
+
+
+class SharedArray:
+    """A NumPy array in named shared memory, picklable as its name, shape and dtype."""
+
+    def __init__(self, array: np.ndarray):
+        array = np.ascontiguousarray(array)
+        self.shape, self.dtype = array.shape, array.dtype.str
+        self.block = shared_memory.SharedMemory(create=True, size=max(1, array.nbytes))
+        np.ndarray(array.shape, dtype=array.dtype, buffer=self.block.buf)[...] = array
+        self.name = self.block.name
+
+    def __getstate__(self):
+        return {"name": self.name, "shape": self.shape, "dtype": self.dtype}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.block = None
+
+    def attach(self) -> np.ndarray:
+        """In a replica: the array, mapped from shared memory without a copy."""
+        self.block = _attach_untracked(self.name)
+        return np.ndarray(self.shape, dtype=self.dtype, buffer=self.block.buf)
+
+    def release(self) -> None:
+        self.block.close()
+        self.block.unlink()
+
+
+def _attach_untracked(name: str) -> shared_memory.SharedMemory:
+    """Attach without letting this process's resource tracker unlink the block at exit: the
+    parent owns it (Python before 3.13 tracks every attachment; 3.13 added ``track=False``)."""
+    try:
+        return shared_memory.SharedMemory(name=name, track=False)
+    except TypeError:
+        block = shared_memory.SharedMemory(name=name)
+        resource_tracker.unregister(block._name, "shared_memory")
+        return block
+
+
+def free_local_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _share(value, blocks: list):
+    if value is None or isinstance(value, torch.utils.data.DataLoader):
+        return value
+    array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    blocks.append(SharedArray(array))
+    return blocks[-1]
+
+
+def fit_in_replicas(model, replicas: int, timeout_seconds: float, fit_arguments: dict) -> History:
+    """Train ``model`` in ``replicas`` fresh processes; load rank 0's weights and History into it."""
+    blocks: list[SharedArray] = []
+    arguments = dict(fit_arguments)
+    arguments["x"], arguments["y"] = _share(arguments["x"], blocks), _share(arguments.get("y"), blocks)
+    if isinstance(arguments.get("validation_data"), (tuple, list)):
+        arguments["validation_data"] = tuple(_share(part, blocks) for part in arguments["validation_data"])
+    try:
+        with tempfile.TemporaryDirectory(prefix="hpctrain-replicas-") as folder:
+            # The replicas continue this process's torch RNG: the same shuffle order and dropout masks
+            # as training here would draw.
+            job = {"model": model, "arguments": arguments, "replicas": replicas, "port": free_local_port(),
+                   "timeout_seconds": timeout_seconds, "folder": folder, "rng_state": torch.get_rng_state()}
+            with open(os.path.join(folder, "job.pickle"), "wb") as f:
+                pickle.dump(job, f)
+            _run_and_watch(folder, replicas)
+            with open(os.path.join(folder, "result.pickle"), "rb") as f:
+                weights, history_dict, epochs = pickle.load(f)
+    finally:
+        for block in blocks:
+            block.release()
+    model.set_weights(weights)
+    history = History()
+    history.set_model(model)
+    history.history, history.epoch = history_dict, epochs
+    return history
+
+
+def _run_and_watch(folder: str, replicas: int) -> None:
+    processes = [subprocess.Popen([sys.executable, "-m", "hpctrain.distribute.replica", folder, str(rank)])
+                 for rank in range(replicas)]
+    try:
+        while any(p.poll() is None for p in processes):
+            if any(p.poll() not in (None, 0) for p in processes):
+                break
+            time.sleep(_POLL_SECONDS)
+        if any(p.poll() not in (None, 0) for p in processes):
+            time.sleep(_SETTLE_SECONDS)  # let the others notice, so the first failure can be told apart
+            failed = _first_failure(folder, processes)
+            raise ReplicaFailed(_failure_message(folder, failed, processes[failed].returncode))
+    finally:
+        for process in processes:  # a failure stops every other replica at once
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _first_failure(folder: str, processes) -> int:
+    """The replica that failed first: one killed outright, else the earliest recorded error.
+
+    When one replica fails, the others fail too, in their next collective ("connection closed
+    by peer"); the cause is the first one.
+    """
+    failed = [rank for rank, p in enumerate(processes) if p.poll() not in (None, 0)]
+    killed = [rank for rank in failed if processes[rank].returncode < 0
+              and not os.path.exists(os.path.join(folder, f"rank{rank}.error"))]
+    if killed:
+        return killed[0]
+    return min(failed, key=lambda rank: _error_time(folder, rank))
+
+
+def _error_time(folder: str, rank: int) -> float:
+    try:
+        with open(os.path.join(folder, f"rank{rank}.error")) as f:
+            return float(f.readline())
+    except (OSError, ValueError):
+        return float("inf")
+
+
+def _failure_message(folder: str, rank: int, returncode: int) -> str:
+    error_file = os.path.join(folder, f"rank{rank}.error")
+    if os.path.exists(error_file):
+        with open(error_file) as f:
+            f.readline()  # the time it failed
+            return f"replica rank {rank} of the spawned group raised, so training stopped:\n{f.read()}"
+    how = f"signal {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"
+    return f"replica rank {rank} of the spawned group died ({how}), so training stopped."
