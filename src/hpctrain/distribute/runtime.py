@@ -88,5 +88,12 @@ def join_group(spec: GroupSpec, device: torch.device, timeout_seconds: float = D
 
 
 def _leave_group() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    try:
+        # Leave together: a rank that tears its connections down while a peer is still
+        # shutting down its own can make the backend abort that peer.
+        dist.barrier()
+    except RuntimeError:  # a peer is gone already; nothing to wait for
+        pass
+    dist.destroy_process_group()
