@@ -11,7 +11,7 @@ import traceback
 
 import torch
 
-from hpctrain.distribute.runtime import GroupSpec, join_group
+from hpctrain.distribute.runtime import GroupSpec, join_group, mark_failed
 from hpctrain.distribute.spawn import SharedArray
 from hpctrain.hardware import make_plan
 
@@ -57,4 +57,5 @@ if __name__ == "__main__":
     except BaseException:
         with open(os.path.join(folder, f"rank{rank}.error"), "w") as f:
             f.write(f"{time.time()}\n{traceback.format_exc()}")
+        mark_failed()
         sys.exit(1)

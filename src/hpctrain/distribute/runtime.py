@@ -10,6 +10,7 @@ import atexit
 import dataclasses
 import datetime
 import os
+import sys
 from collections.abc import Mapping
 
 import torch
@@ -84,16 +85,42 @@ def join_group(spec: GroupSpec, device: torch.device, timeout_seconds: float = D
             ) from exc
         # Left to interpreter shutdown, the backend's threads can abort the process on exit.
         atexit.register(_leave_group)
+        _watch_for_uncaught_exceptions()
     return Communicator(spec.rank, spec.world_size, spec.local_world_size, device)
+
+
+_failed = False
+EXIT_BARRIER_SECONDS = 30
+
+
+def mark_failed() -> None:
+    """This process is exiting on an error: leave without waiting for the peers."""
+    global _failed
+    _failed = True
+
+
+def _watch_for_uncaught_exceptions() -> None:
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        mark_failed()
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = hook
 
 
 def _leave_group() -> None:
     if not dist.is_initialized():
         return
-    try:
-        # Leave together: a rank that tears its connections down while a peer is still
-        # shutting down its own can make the backend abort that peer.
-        dist.barrier()
-    except RuntimeError:  # a peer is gone already; nothing to wait for
-        pass
+    if not _failed:
+        try:
+            # Leave together: a rank that tears its connections down while a peer is still
+            # shutting down its own can make the backend abort that peer. A failed rank must not
+            # wait: its peers are stuck in a collective it will never join.
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=EXIT_BARRIER_SECONDS))
+            else:
+                dist.barrier()
+        except RuntimeError:  # a peer is gone already; nothing to wait for
+            pass
     dist.destroy_process_group()
