@@ -171,13 +171,14 @@ def _local_data():
     return rng.normal(size=(203, 12)).astype("float32"), rng.integers(0, 4, size=203)
 
 
-def test_local_spawn_brings_weights_and_history_back_equal_to_one_process(monkeypatch):
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_local_spawn_brings_weights_and_history_back_equal_to_one_process(monkeypatch, replicas):
     for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(key, raising=False)
     x, y = _local_data()
     reference = _local_model()
     reference_history = reference.fit(x, y, epochs=3, batch_size=20, validation_split=0.1, verbose=0)
-    strategy = tf.distribute.MirroredStrategy(devices=["cpu:0", "cpu:1"])
+    strategy = tf.distribute.MirroredStrategy(devices=[f"cpu:{i}" for i in range(replicas)])
     with strategy.scope():
         model = _local_model()
     history = model.fit(x, y, epochs=3, batch_size=20, validation_split=0.1, verbose=0)
@@ -206,10 +207,12 @@ def test_a_failing_spawned_replica_stops_training_and_is_named(monkeypatch, how,
     assert isinstance(caught.value, tf.errors.HpctrainError)
 
 
-def test_the_seed_mirrored_program_runs_unchanged_with_two_cpu_processes(tmp_path):
+@pytest.mark.parametrize("devices", ["", '["cpu:0", "cpu:1"]'])
+def test_the_seed_mirrored_program_runs_unchanged(tmp_path, devices):
+    # As written (one CPU replica here), and with two CPU worker processes from a plain start.
     program = tmp_path / "seed_mirrored.py"
     program.write_text(open(os.path.join(REPO, "examples", "seed_mirrored.py")).read().replace(
-        "MirroredStrategy()", 'MirroredStrategy(devices=["cpu:0", "cpu:1"])'))
+        "MirroredStrategy()", f"MirroredStrategy({'devices=' + devices if devices else ''})"))
     result = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=240,
                             env=_clean_env(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -20,17 +20,16 @@ def _attached(value):
     return torch.from_numpy(value.attach()) if isinstance(value, SharedArray) else value
 
 
-def _replica_plan(rank: int, replicas: int, port: int, timeout_seconds: float):
+def _replica_plan(rank: int, device: torch.device, replicas: int, port: int, timeout_seconds: float):
     spec = GroupSpec(rank=rank, world_size=replicas, local_rank=rank, local_world_size=replicas,
                      master_addr="127.0.0.1", master_port=port, launcher="local spawn")
-    device = torch.device("cpu")
-    communicator = join_group(spec, device, timeout_seconds)
+    communicator = join_group(spec, device, timeout_seconds)  # NCCL for a GPU, gloo for the CPU
     base = make_plan(device=device)
     threads = max(1, base.threads // replicas)
     plan = dataclasses.replace(base, world_size=replicas, rank=rank, communicator=communicator, threads=threads,
                                tune_threads=False)
     plan = plan.with_choice("threads", threads, f"the physical cores shared by {replicas} local replicas")
-    return plan.with_choice("world_size", replicas, f"rank {rank} of {replicas} CPU processes spawned at fit")
+    return plan.with_choice("world_size", replicas, f"rank {rank} of {replicas} processes spawned at fit")
 
 
 def main(folder: str, rank: int) -> None:
@@ -41,7 +40,8 @@ def main(folder: str, rank: int) -> None:
         arguments["validation_data"] = tuple(_attached(part) for part in arguments["validation_data"])
     model = job["model"]
     torch.set_rng_state(job["rng_state"])
-    model.use_plan(_replica_plan(rank, job["replicas"], job["port"], job["timeout_seconds"]))
+    device = torch.device(job["devices"][rank])
+    model.use_plan(_replica_plan(rank, device, job["replicas"], job["port"], job["timeout_seconds"]))
     history = model.fit(**arguments)
     if rank == 0:
         result = os.path.join(folder, "result.pickle")

@@ -1,4 +1,4 @@
-"""Local spawn: a plain ``python script.py`` whose strategy has several CPU replicas starts them at
+"""Local spawn: a plain ``python script.py`` whose strategy has several replicas starts them at
 ``fit``, trains, and brings the weights and the ``History`` back into the calling process's model.
 
 Each replica is a fresh interpreter running ``python -m hpctrain.distribute.replica`` (the user's
@@ -86,8 +86,9 @@ def _share(value, blocks: list):
     return blocks[-1]
 
 
-def fit_in_replicas(model, replicas: int, timeout_seconds: float, fit_arguments: dict) -> History:
-    """Train ``model`` in ``replicas`` fresh processes; load rank 0's weights and History into it."""
+def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments: dict) -> History:
+    """Train ``model`` in one fresh process per device; load rank 0's weights and History into it."""
+    replicas = len(devices)
     blocks: list[SharedArray] = []
     arguments = dict(fit_arguments)
     arguments["x"], arguments["y"] = _share(arguments["x"], blocks), _share(arguments.get("y"), blocks)
@@ -97,7 +98,8 @@ def fit_in_replicas(model, replicas: int, timeout_seconds: float, fit_arguments:
         with tempfile.TemporaryDirectory(prefix="hpctrain-replicas-") as folder:
             # The replicas continue this process's torch RNG: the same shuffle order and dropout masks
             # as training here would draw.
-            job = {"model": model, "arguments": arguments, "replicas": replicas, "port": free_local_port(),
+            job = {"model": model, "arguments": arguments, "devices": [str(d) for d in devices],
+                   "replicas": replicas, "port": free_local_port(),
                    "timeout_seconds": timeout_seconds, "folder": folder, "rng_state": torch.get_rng_state()}
             with open(os.path.join(folder, "job.pickle"), "wb") as f:
                 pickle.dump(job, f)

@@ -70,14 +70,9 @@ class Strategy:
 
     def fit(self, model, fit_arguments: dict):
         """Train ``model`` in spawned local replicas; the weights and History come back into it."""
-        if any(d.type == "cuda" for d in self.devices):
-            raise ConfigError(
-                f"spawning {len(self.devices)} GPU replicas from a plain start is not supported yet; start the "
-                f"script with `hpctrain launch --nproc-per-node {len(self.devices)} script.py`."
-            )
         from hpctrain.distribute.spawn import fit_in_replicas
 
-        return fit_in_replicas(model, len(self.devices), self.timeout_seconds, fit_arguments)
+        return fit_in_replicas(model, self.devices, self.timeout_seconds, fit_arguments)
 
     def _resolve_plan(self) -> Plan:
         if self.group is None:
