@@ -1,6 +1,7 @@
-"""Which launcher started this process, read from its environment variables, for reporting.
+"""Which launcher started this process, read from its environment variables.
 
-Only ``hpctrain doctor`` reads this; training takes rank and world size from the ``Plan``.
+``hpctrain doctor`` reports it; ``hpctrain.distribute.runtime`` turns it into the process group.
+The engine never reads it: training takes rank and world size from the ``Plan``.
 """
 
 from __future__ import annotations
