@@ -218,3 +218,29 @@ def test_the_seed_mirrored_program_runs_unchanged(tmp_path, devices):
     assert result.returncode == 0, result.stderr[-3000:]
     assert [line for line in result.stdout.splitlines() if line.startswith("Epoch ")] == [
         f"Epoch {i}/10" for i in range(1, 11)]  # ten epochs, printed once: by rank 0
+
+
+def test_spawned_replicas_check_the_data_before_sharing_it():
+    x, _ = _local_data()
+    with tf.distribute.MirroredStrategy(devices=["cpu:0", "cpu:1"]).scope():
+        model = _local_model()
+    with pytest.raises(tf.errors.InputError, match="y has dtype <U1 \\(strings\\)"):
+        model.fit(x, np.array(["a"] * len(x)), verbose=0)
+
+
+def test_a_plan_of_ones_own_inside_a_strategy_scope_is_refused():
+    with tf.distribute.MirroredStrategy().scope():
+        from hpctrain.keras.layers import Dense
+        from hpctrain.keras.models import Sequential
+
+        model = Sequential([Dense(2, input_dim=3)])
+        with pytest.raises(ConfigError, match="compile\\(plan=...\\) inside strategy.scope\\(\\)"):
+            model.compile(optimizer="sgd", loss="mse", plan=tf.make_plan())
+
+
+def test_replicas_refuse_a_dataloader_with_a_clear_error():
+    from hpctrain.distribute.spawn import _share
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 2), torch.zeros(4)))
+    with pytest.raises(ConfigError, match="a DataLoader would give each replica every batch"):
+        _share(loader, [], "x")

@@ -188,3 +188,15 @@ def test_a_static_adam_fit_never_imports_torch_dynamo():
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_frozen_weights_stay_frozen(rng):
+    x, y = rng.normal(size=(40, 5)).astype("float32"), rng.integers(0, 3, size=40)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    net[0].requires_grad_(False)
+    frozen = net[0].weight.detach().clone()
+    trainer = hpctrain.Trainer(net, loss=hpctrain.engine.losses.CrossEntropy(sparse=True, from_logits=True),
+                               optimizer="adam")
+    trainer.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    assert "executor: autograd (some weights are frozen)" in trainer.plan.explain()
+    assert torch.equal(net[0].weight, frozen)

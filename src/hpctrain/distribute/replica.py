@@ -46,7 +46,7 @@ def main(folder: str, rank: int) -> None:
     if rank == 0:
         result = os.path.join(folder, "result.pickle")
         with open(result + ".tmp", "wb") as f:
-            pickle.dump((model.get_weights(), history.history, history.epoch), f)
+            pickle.dump((model.get_weights(), history.history, history.epoch, torch.get_rng_state()), f)
         os.replace(result + ".tmp", result)
 
 

@@ -42,6 +42,8 @@ def group_spec_from_environment(env: Mapping[str, str] | None = None) -> GroupSp
     launcher = detect_launcher(env)
     if launcher.name == "none" or not launcher.world_size or launcher.world_size < 2:
         return None
+    if launcher.name == "slurm" and "SLURM_PROCID" not in env:
+        return None  # inside an allocation but not a task srun started: this process is on its own
     _reject_problems(launcher)
     missing = [key for key in ("MASTER_ADDR", "MASTER_PORT") if key not in env]
     if missing:
@@ -74,6 +76,8 @@ def join_group(spec: GroupSpec, device: torch.device, timeout_seconds: float = D
     """Initialise ``torch.distributed`` (once per process): NCCL for GPUs, gloo for CPUs."""
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # else every replica also opens a context on GPU 0
         address = f"tcp://{spec.master_addr}:{spec.master_port}"
         try:
             dist.init_process_group(backend, init_method=address, rank=spec.rank, world_size=spec.world_size,

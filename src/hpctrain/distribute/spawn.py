@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 
 from hpctrain.engine.callbacks import History
-from hpctrain.errors import HpctrainError
+from hpctrain.engine.data import as_numeric
+from hpctrain.errors import ConfigError, HpctrainError
 
 _POLL_SECONDS = 0.05
 _SETTLE_SECONDS = 0.5
@@ -78,12 +80,30 @@ def free_local_port() -> int:
         return s.getsockname()[1]
 
 
-def _share(value, blocks: list):
-    if value is None or isinstance(value, torch.utils.data.DataLoader):
+def _share(value, blocks: list, name: str):
+    if value is None:
         return value
-    array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    if isinstance(value, torch.utils.data.DataLoader):
+        raise ConfigError("spawned replicas take arrays or tensors; a DataLoader would give each replica every "
+                          "batch. Pass the arrays, or start the script with hpctrain launch.")
+    numeric = as_numeric(value, name=name)  # the same checks, and errors, as a single process
+    array = numeric.cpu().numpy() if isinstance(numeric, torch.Tensor) else numeric
+    _check_shared_memory_room(array.nbytes)
     blocks.append(SharedArray(array))
     return blocks[-1]
+
+
+def _check_shared_memory_room(needed: int) -> None:
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except OSError:  # no /dev/shm to measure: let the allocation speak for itself
+        return
+    if needed > free:
+        raise ConfigError(
+            f"the training data needs {needed / 2**20:.0f} MiB of shared memory but /dev/shm has "
+            f"{free / 2**20:.0f} MiB free; enlarge it (e.g. docker run --shm-size=…) or start the script with "
+            "hpctrain launch, where each replica loads its own data."
+        )
 
 
 def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments: dict) -> History:
@@ -91,10 +111,11 @@ def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments:
     replicas = len(devices)
     blocks: list[SharedArray] = []
     arguments = dict(fit_arguments)
-    arguments["x"], arguments["y"] = _share(arguments["x"], blocks), _share(arguments.get("y"), blocks)
-    if isinstance(arguments.get("validation_data"), (tuple, list)):
-        arguments["validation_data"] = tuple(_share(part, blocks) for part in arguments["validation_data"])
     try:
+        arguments["x"], arguments["y"] = _share(arguments["x"], blocks, "x"), _share(arguments.get("y"), blocks, "y")
+        if isinstance(arguments.get("validation_data"), (tuple, list)):
+            arguments["validation_data"] = tuple(_share(part, blocks, name) for part, name in
+                                                 zip(arguments["validation_data"], ("x_val", "y_val", "weights")))
         with tempfile.TemporaryDirectory(prefix="hpctrain-replicas-") as folder:
             # The replicas continue this process's torch RNG: the same shuffle order and dropout masks
             # as training here would draw.
@@ -105,11 +126,12 @@ def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments:
                 pickle.dump(job, f)
             _run_and_watch(folder, replicas)
             with open(os.path.join(folder, "result.pickle"), "rb") as f:
-                weights, history_dict, epochs = pickle.load(f)
+                weights, history_dict, epochs, rng_state = pickle.load(f)
     finally:
         for block in blocks:
             block.release()
     model.set_weights(weights)
+    torch.set_rng_state(rng_state)  # the next fit shuffles on, as it would after training here
     history = History()
     history.set_model(model)
     history.history, history.epoch = history_dict, epochs

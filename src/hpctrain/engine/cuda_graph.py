@@ -73,7 +73,7 @@ class GraphedSteps:
         # Warm-up runs change weights and optimizer state; they are restored before capture.
         state = TrainingState(self.module, self.optimizer)
         try:
-            side = torch.cuda.Stream()
+            side = torch.cuda.Stream(device=self.data.x.device)
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(WARMUP_GROUPS):
@@ -81,6 +81,7 @@ class GraphedSteps:
             torch.cuda.current_stream().wait_stream(side)
         finally:
             state.restore()
+            self.penalty.zero_()  # the warm-up's penalties are not training's
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._steps()  # recorded, not run
@@ -89,11 +90,12 @@ class GraphedSteps:
 
     def run(self, index: torch.Tensor, metrics) -> None:
         """Train on the rows ``index`` (``rows`` of them, in batch order); record loss and metrics."""
-        # The learning rate is baked into the captured optimizer kernel: a change means a recapture.
-        if self.graph is None or self.optimizer.param_groups[0]["lr"] != self.captured_lr:
-            self._capture()
-        self.index.copy_(index)
-        self.graph.replay()
+        with torch.cuda.device(self.data.x.device):  # streams and graphs belong to the training device
+            # The learning rate is baked into the captured optimizer kernel: a change means a recapture.
+            if self.graph is None or self.optimizer.param_groups[0]["lr"] != self.captured_lr:
+                self._capture()
+            self.index.copy_(index)
+            self.graph.replay()
         metrics.record(self.logits, self.targets)
         metrics.add_penalty(self.penalty, 1)
         self.penalty.zero_()

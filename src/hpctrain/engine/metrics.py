@@ -158,10 +158,12 @@ class MetricSet:
         """Adds a weight penalty to the reported loss without counting samples twice."""
         self.loss.total.add_(value.detach(), alpha=batch_size)
 
-    def results(self) -> dict[str, float]:
+    def results(self, across_replicas: bool = True) -> dict[str, float]:
+        """The running means. ``across_replicas=False``: this replica's alone, with no collective
+        (for a progress bar that only rank 0 refreshes: a collective must be joined by every rank)."""
         trackers = [self.loss, *self.metrics]
         totals = torch.stack([value for t in trackers for value in (t.total, t.count)])
-        if self.communicator is not None:
+        if self.communicator is not None and across_replicas:
             # Sums of sums and of counts: exact global means, not a mean of per-replica means.
             self.communicator.all_reduce_sum_(totals)
         values = totals.tolist()  # host sync
@@ -255,9 +257,9 @@ class DeferredMetricSet(MetricSet):
         self.filled = 0
         self.targets.clear()
 
-    def results(self) -> dict[str, float]:
+    def results(self, across_replicas: bool = True) -> dict[str, float]:
         self.flush()
-        return super().results()
+        return super().results(across_replicas)
 
 
 DEFERRED_BUFFER_ELEMENTS = 1 << 24  # 64 MiB of float32 logits

@@ -55,7 +55,11 @@ class LazyOptimizer:
             hyperparameters = {key: value for key, value in self.group.items() if key != "params"}
             built = self.optimizer_class(self.params, **hyperparameters)
             for param, state in self.state.items():
-                built.state[param] = state  # the same dicts and tensors: updates stay shared
+                # The same dicts and tensors, so updates stay shared; but each its own step counter,
+                # as torch.optim increments every parameter's counter.
+                if "step" in state:
+                    state["step"] = state["step"].clone()
+                built.state[param] = state
             self.group = built.param_groups[0]
             self.state = built.state
             self._built = built
@@ -100,6 +104,11 @@ def fast_update(optimizer):
     if _is_plain_fused_adam(optimizer) and hasattr(torch, "_fused_adam_"):
         return _FusedAdamUpdate(optimizer)
     return as_torch_optimizer(optimizer).step
+
+
+def is_direct_fused_update(update) -> bool:
+    """Whether ``update`` (from :func:`fast_update`) is the bare fused kernel call."""
+    return isinstance(update, _FusedAdamUpdate)
 
 
 def _is_plain_fused_adam(optimizer) -> bool:

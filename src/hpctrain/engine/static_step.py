@@ -15,7 +15,7 @@ import math
 import torch
 
 from hpctrain.engine.losses import BinaryCrossentropy, CrossEntropy, Loss, MeanAbsoluteError, MeanSquaredError
-from hpctrain.engine.optim import fast_update
+from hpctrain.engine.optim import fast_update, is_direct_fused_update
 
 # ---- what the executor understands ---------------------------------------------------------
 
@@ -93,6 +93,9 @@ def why_not_static(module, loss: Loss) -> str | None:
     layers = static_layers_of(module)
     if layers is None:
         return "some layer has no backward the engine knows"
+    if any(not p.requires_grad for layer in layers if isinstance(layer, Linear)
+           for p in (layer.weight, layer.bias) if p is not None):
+        return "some weights are frozen"
     if not layers or not isinstance(layers[-1], Linear):
         return "the model does not end in a linear layer"
     if any(isinstance(layer, Activation) and layer.name not in ACTIVATIONS for layer in layers):
@@ -211,6 +214,8 @@ class StaticStep:
         self.previous_linear = dict(zip(linear_indices[1:], linear_indices[:-1]))
         self.buffers = {batch_size: _BatchBuffers(self.layers, batch_size, self.device)}
         self.update = fast_update(optimizer)
+        # A graph may replay the direct fused Adam call; optimizer.step() keeps Python-side state.
+        self.update_is_capturable = is_direct_fused_update(self.update)
         self.penalized = [layer for layer in self.layers if isinstance(layer, Linear) and layer.has_penalty]
 
     def _attach_gradient_buffers(self) -> torch.Tensor:

@@ -189,10 +189,15 @@ class Trainer:
                 break
             start += graphed.rows
             done += graphed.steps_per_launch
-            progress.step(done, metrics.results)
+            progress.step(done, self._progress_logs(metrics))
             if self.stop_training:
                 break
         return done, order[start:]
+
+    @staticmethod
+    def _progress_logs(metrics):
+        # Only rank 0 refreshes the bar, so it reads its own share: no collective off-step.
+        return lambda: metrics.results(across_replicas=False)
 
     def _run_steps(self, step, batches, done: int, metrics, hooks: CallbackList, progress: Progress):
         """Each batch is ``(x, y)``, or ``(x, y, global_rows)`` for a replica's share of a global batch."""
@@ -202,7 +207,7 @@ class Trainer:
             step(xb, yb, metrics, *global_rows)
             if hooks.wants_train_batch_logs:
                 hooks.train_batch_end(done - 1, metrics.results())  # a host sync, only when asked for
-            progress.step(done, metrics.results)
+            progress.step(done, self._progress_logs(metrics))
             if self.stop_training:
                 break
         return metrics.results()
@@ -227,8 +232,8 @@ class Trainer:
         if self.communicator is None:
             return
         with torch.no_grad():
-            for param in self.module.parameters():
-                self.communicator.broadcast_(param.detach())
+            for tensor in [*self.module.parameters(), *self.module.buffers()]:
+                self.communicator.broadcast_(tensor.detach())
 
     # --- the executor -------------------------------------------------------------------------
 
@@ -240,6 +245,8 @@ class Trainer:
             raise ConfigError(f"executor='static' cannot train this model: {reason}. Use 'auto' or 'autograd'.")
         if reason is not None:
             self.plan = self.plan.with_choice("executor", "autograd", reason)
+            for param in self.module.parameters():
+                param.grad = None  # a static step leaves its last gradient; autograd would add onto it
             step = AutogradStep(self.module, self.loss, as_torch_optimizer(self.optimizer), penalty=self.penalty,
                                 output_activation=self.output_activation, communicator=self.communicator)
             return step, self._metric_set(data.output_shape)
@@ -257,6 +264,7 @@ class Trainer:
         steps_per_launch = graph_steps_per_launch(self.plan.device, len(data.train) // batch_size)
         reason = ("not asked for" if not self.plan.cuda_graph else "not a CUDA device" if steps_per_launch == 0
                   else "not with replicas yet" if self.communicator is not None
+                  else "only the fused Adam/AdamW update is captured" if not step.update_is_capturable
                   else "a callback listens to every batch" if hooks.wants_train_batch_logs
                   or hooks.wants_train_batch_begin else None)
         if reason is not None:
@@ -303,6 +311,9 @@ class Trainer:
 
     def _prepare_fit_data(self, x, y, validation_split, validation_data) -> _PreparedData:
         if _is_loader(x):
+            if self.communicator is not None:
+                raise ConfigError("with several replicas, pass arrays or tensors (each replica takes its share of "
+                                  "every global batch); a DataLoader would give every replica every batch.")
             if validation_split:
                 raise ConfigError("validation_split needs arrays; with a DataLoader pass validation_data instead.")
             loader = LoaderData(x, self.plan.device)

@@ -20,13 +20,15 @@ class TrainingState:
 
     def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer):
         self.optimizer = optimizer
-        self.params = [(p, p.detach().clone()) for p in module.parameters()]
+        # Parameters and buffers (BatchNorm statistics move in training mode too).
+        self.params = [(t, t.detach().clone()) for t in [*module.parameters(), *module.buffers()]]
         self.optimizer_state = {
             param: {key: value.clone() if isinstance(value, torch.Tensor) else value for key, value in state.items()}
             for param, state in optimizer.state.items()
         }
         self.rng = torch.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        on_gpu = any(p.is_cuda for p in module.parameters())
+        self.cuda_rng = torch.cuda.get_rng_state_all() if on_gpu else None
 
     @torch.no_grad()
     def restore(self) -> None:

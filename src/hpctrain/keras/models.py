@@ -50,6 +50,9 @@ class Model(Layer):
         self.optimizer = keras_optimizers.get(optimizer)
         from hpctrain.distribute import get_strategy
 
+        if plan is not None and get_strategy() is not None:
+            raise ConfigError("compile(plan=...) inside strategy.scope(): the strategy makes the plan of each "
+                              "replica; compile outside the scope to pass a plan of your own.")
         # As in Keras, a model compiled inside strategy.scope() trains with that strategy.
         self._compiled = {"loss": keras_losses.get(loss), "metrics": list(metrics or []), "plan": plan,
                           "strategy": get_strategy(), "run_eagerly": bool(run_eagerly)}
