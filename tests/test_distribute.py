@@ -171,23 +171,35 @@ def _local_data():
     return rng.normal(size=(203, 12)).astype("float32"), rng.integers(0, 4, size=203)
 
 
+def _fit_twice(model, x, y):
+    """A first fit, then a second one that must continue it (optimizer state, shuffle order)."""
+    history = model.fit(x, y, epochs=3, batch_size=20, validation_split=0.1, verbose=0)
+    after_first = (model.get_weights(), model.predict(x, verbose=0))
+    model.fit(x, y, epochs=1, batch_size=20, verbose=0)
+    return history, after_first, model.get_weights()
+
+
 @pytest.mark.parametrize("replicas", [2, 3])
 def test_local_spawn_brings_weights_and_history_back_equal_to_one_process(monkeypatch, replicas):
     for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(key, raising=False)
     x, y = _local_data()
     reference = _local_model()
-    reference_history = reference.fit(x, y, epochs=3, batch_size=20, validation_split=0.1, verbose=0)
+    reference_history, (reference_weights, reference_predictions), reference_final = _fit_twice(reference, x, y)
     strategy = tf.distribute.MirroredStrategy(devices=[f"cpu:{i}" for i in range(replicas)])
     with strategy.scope():
         model = _local_model()
-    history = model.fit(x, y, epochs=3, batch_size=20, validation_split=0.1, verbose=0)
-    assert model.history is history and history.epoch == [0, 1, 2]
-    for a, b in zip(model.get_weights(), reference.get_weights()):
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    history, (weights, predictions), final = _fit_twice(model, x, y)
+    assert history.epoch == [0, 1, 2]
     for key, values in reference_history.history.items():
         np.testing.assert_allclose(history.history[key], values, atol=1e-5)
-    np.testing.assert_allclose(model.predict(x, verbose=0), reference.predict(x, verbose=0), atol=1e-5)
+    for a, b in zip(weights, reference_weights):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(predictions, reference_predictions, atol=1e-5)
+    # The second fit continued as in one process: optimizer state and RNG came back too.
+    assert model.optimizer.iterations == reference.optimizer.iterations == 3 * 10 + 11  # 182 rows, then 203
+    for a, b in zip(final, reference_final):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("how, expected", [("raise", r"(?s)replica rank 1 .* raised.*replica 1 was told to fail"),

@@ -46,7 +46,8 @@ def main(folder: str, rank: int) -> None:
     if rank == 0:
         result = os.path.join(folder, "result.pickle")
         with open(result + ".tmp", "wb") as f:
-            pickle.dump((model.get_weights(), history.history, history.epoch, torch.get_rng_state()), f)
+            pickle.dump((model.get_weights(), history.history, history.epoch, torch.get_rng_state(),
+                         model.optimizer.state_by_position()), f)
         os.replace(result + ".tmp", result)
 
 

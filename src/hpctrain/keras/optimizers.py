@@ -41,7 +41,16 @@ class Optimizer:
         raise NotImplementedError
 
     def build(self, params, device: torch.device):
-        """The engine's optimizer over ``params``; the PyTorch object itself is built on demand."""
+        """The engine's optimizer over ``params``; the PyTorch object itself is built on demand.
+
+        Built again for the same parameters (a new trainer after ``compile``, a spawned replica),
+        it keeps its state, as a Keras optimizer keeps its variables.
+        """
+        params = list(params)
+        existing = self._engine_optimizer
+        if existing is not None and len(existing.params) == len(params) and all(
+                a is b for a, b in zip(existing.params, params)) and existing.device == device:
+            return existing
         self._engine_optimizer = build_optimizer(
             self.torch_class, params, device, lr=self._learning_rate, **self.torch_hyperparameters()
         )
@@ -76,6 +85,22 @@ class Optimizer:
             if "step" in state:
                 return int(state["step"])
         return 0
+
+    def state_by_position(self) -> list[dict]:
+        """The optimizer state of each weight, in ``model.parameters()`` order, as CPU tensors."""
+        if self._engine_optimizer is None:
+            return []
+        state = self._engine_optimizer.state
+        return [{key: value.detach().cpu().clone() if isinstance(value, torch.Tensor) else value
+                 for key, value in state.get(param, {}).items()} for param in self._engine_optimizer.params]
+
+    def load_state_by_position(self, states: list[dict]) -> None:
+        """The inverse of :meth:`state_by_position`, onto the parameters this optimizer was built for."""
+        optimizer = self._engine_optimizer
+        for param, state in zip(optimizer.params, states):
+            if state:
+                optimizer.state[param] = {key: value.to(param.device) if isinstance(value, torch.Tensor) else value
+                                          for key, value in state.items()}
 
     def get_config(self) -> dict:
         return {"name": self.name, "learning_rate": self.learning_rate, **self.torch_hyperparameters()}
