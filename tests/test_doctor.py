@@ -311,7 +311,8 @@ def test_several_gpus_without_nccl_say_gloo():
 def test_launcher_advice_states_rank_and_world_size():
     launcher = detect_launcher({"TORCHELASTIC_RUN_ID": "x", "RANK": "1", "WORLD_SIZE": "4"})
     advice = advise(_machine(_cpu(SKYLAKE_CPUINFO), launcher=launcher), make_plan(device="cpu"))
-    expected = "started by torchrun as rank 1 of 4; hpctrain's plan has world size 1, so each process trains on its own"
+    expected = ("started by torchrun as rank 1 of 4; a model compiled inside tf.distribute.MirroredStrategy().scope() "
+                "(or MultiWorkerMirroredStrategy) trains as one replica of the group, any other on its own")
     assert expected in advice
 
 

@@ -120,7 +120,8 @@ def _multi_gpu_advice(machine: Machine, plan: Plan) -> list[str]:
     if count < 2:
         return []
     advice = [
-        f"{count} GPUs are visible; this process trains on {plan.device} (the plan's world size is {plan.world_size})"
+        f"{count} GPUs are visible; this process trains on {plan.device}; tf.distribute.MirroredStrategy() "
+        "trains on all of them, one process per GPU"
     ]
     if not machine.pytorch.distributed.nccl:
         advice.append("this PyTorch build has no NCCL: collectives across these GPUs would use gloo")
@@ -135,7 +136,8 @@ def _launcher_advice(machine: Machine, plan: Plan) -> list[str]:
     world = "?" if launcher.world_size is None else launcher.world_size
     started = f"started by {launcher.name} as rank {rank} of {world}"
     if launcher.world_size is not None and launcher.world_size != plan.world_size:
-        started += f"; hpctrain's plan has world size {plan.world_size}, so each process trains on its own"
+        started += ("; a model compiled inside tf.distribute.MirroredStrategy().scope() (or "
+                    "MultiWorkerMirroredStrategy) trains as one replica of the group, any other on its own")
     advice = [started]
     advice += [f"launcher variable {problem}" for problem in launcher.problems]
     if not machine.pytorch.distributed.available:
