@@ -44,9 +44,12 @@ class AutogradStep:
     def _sum_gradients(self) -> None:
         params = [p for p in self.module.parameters() if p.requires_grad]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        # One flag per parameter rides along: a parameter no replica computed a gradient for
+        # keeps None, so the optimizer skips it as it would in one process.
+        had_gradient = torch.tensor([float(p.grad is not None) for p in params], device=grads[0].device)
+        flat = torch.cat([*(g.reshape(-1) for g in grads), had_gradient])
         self.communicator.all_reduce_sum_(flat)  # sync point: every replica waits here
-        offset = 0
-        for param in params:
-            param.grad = flat[offset:offset + param.numel()].view_as(param)
+        offset, flags = 0, flat[-len(params):].tolist()
+        for param, flag in zip(params, flags):
+            param.grad = flat[offset:offset + param.numel()].view_as(param) if flag else None
             offset += param.numel()
