@@ -151,3 +151,37 @@ def test_thread_candidates():
     assert thread_candidates(1) == [1]
     assert thread_candidates(2) == [1, 2]
     assert thread_candidates(12) == [1, 2, 4, 8, 12]
+
+
+@pytest.mark.parametrize("loss, labels", [
+    (torch.nn.CrossEntropyLoss(), "indices"), (torch.nn.functional.cross_entropy, "probabilities"),
+    (torch.nn.MSELoss(), "regression"), (torch.nn.L1Loss(), "regression"), (torch.nn.BCEWithLogitsLoss(), "binary"),
+])
+def test_plain_pytorch_losses_train_on_the_static_executor_exactly_as_with_autograd(loss, labels, rng):
+    x = rng.normal(size=(48, 6)).astype("float32")
+    outputs = {"indices": 3, "probabilities": 3, "regression": 2, "binary": 1}[labels]
+    y = {"indices": rng.integers(0, 3, size=48),
+         "probabilities": rng.dirichlet(np.ones(3), size=48).astype("float32"),
+         "regression": rng.normal(size=(48, 2)).astype("float32"),
+         "binary": rng.integers(0, 2, size=(48, 1)).astype("float32")}[labels]
+    runs = []
+    for executor in ("auto", "autograd"):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, outputs))
+        trainer = hpctrain.Trainer(net, loss=loss, optimizer="adam", plan=hpctrain.make_plan(executor=executor))
+        history = trainer.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+        runs.append((trainer.plan.executor, [p.detach().clone() for p in net.parameters()], history.history["loss"]))
+    assert [run[0] for run in runs] == ["static", "autograd"]
+    for a, b in zip(runs[0][1], runs[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(runs[0][2], runs[1][2], atol=1e-6)
+
+
+def test_customised_pytorch_losses_keep_their_own_semantics(rng):
+    from hpctrain.engine.losses import CallableLoss, from_torch
+
+    assert from_torch(torch.nn.CrossEntropyLoss(label_smoothing=0.1)) is None
+    assert from_torch(torch.nn.CrossEntropyLoss(weight=torch.ones(3))) is None
+    assert from_torch(torch.nn.MSELoss(reduction="sum")) is None
+    trainer = hpctrain.Trainer(_net(), loss=torch.nn.CrossEntropyLoss(label_smoothing=0.1), optimizer="sgd")
+    assert isinstance(trainer.loss, CallableLoss)

@@ -36,12 +36,13 @@ class Loss:
 class CrossEntropy(Loss):
     """Categorical cross-entropy with class-index or one-hot/soft targets.
 
-    ``sparse=True`` is Keras's ``sparse_categorical_crossentropy``. Exactly one-hot targets are
-    turned into class indices once, before training: the same loss, a tenth of the label memory
-    and a cheaper kernel per step.
+    ``sparse=True`` is Keras's ``sparse_categorical_crossentropy``; ``sparse=None`` takes either
+    form silently, as ``torch.nn.CrossEntropyLoss`` does. Exactly one-hot targets are turned into
+    class indices once, before training: the same loss, a tenth of the label memory and a cheaper
+    kernel per step.
     """
 
-    def __init__(self, *, sparse: bool, from_logits: bool = False):
+    def __init__(self, *, sparse: bool | None, from_logits: bool = False):
         self.sparse = sparse
         self.from_logits = from_logits
         self.name = "sparse_categorical_crossentropy" if sparse else "categorical_crossentropy"
@@ -74,7 +75,7 @@ class CrossEntropy(Loss):
                 if not torch.equal(indices, indices.round()):
                     raise InputError(_float_label_shape_message(self.name, y, classes))
                 indices = indices.to(torch.int64)
-            if not self.sparse:
+            if self.sparse is False:
                 warn(
                     f"categorical_crossentropy was given integer labels shaped {tuple(y.shape)}, not one-hot "
                     f"rows of width {classes}; treating them as class indices (as "
@@ -131,6 +132,25 @@ class MeanAbsoluteError(Loss):
 
     def prepare_targets(self, y, output_shape):
         return _match_output_shape(self.name, y.to(torch.float32), output_shape)
+
+
+def from_torch(loss) -> Loss | None:
+    """The engine loss equal to a PyTorch loss module or function in its default form, else ``None``.
+
+    Known losses can train on the static executor; anything else is a :class:`CallableLoss`.
+    """
+    plain_mean = getattr(loss, "reduction", "mean") == "mean" and getattr(loss, "weight", None) is None
+    if type(loss) is torch.nn.CrossEntropyLoss and plain_mean and loss.label_smoothing == 0.0:
+        return CrossEntropy(sparse=None, from_logits=True)
+    if loss is F.cross_entropy:
+        return CrossEntropy(sparse=None, from_logits=True)
+    if type(loss) is torch.nn.BCEWithLogitsLoss and plain_mean and loss.pos_weight is None:
+        return BinaryCrossentropy(from_logits=True)
+    if type(loss) is torch.nn.MSELoss and plain_mean or loss is F.mse_loss:
+        return MeanSquaredError()
+    if type(loss) is torch.nn.L1Loss and plain_mean or loss is F.l1_loss:
+        return MeanAbsoluteError()
+    return None
 
 
 class CallableLoss(Loss):

@@ -17,7 +17,7 @@ from hpctrain.engine import tuning, validation
 from hpctrain.engine.callbacks import Callback, CallbackList, History
 from hpctrain.engine.cuda_graph import GraphedSteps, graph_steps_per_launch
 from hpctrain.engine.data import LoaderData, ResidentData, to_tensor
-from hpctrain.engine.losses import CallableLoss, Loss
+from hpctrain.engine.losses import CallableLoss, Loss, from_torch
 from hpctrain.engine.metrics import DeferredMetricSet, Metric, MetricSet, ModelOutput, resolve_metric
 from hpctrain.engine.optim import as_torch_optimizer, build_optimizer, optimizer_class_by_name
 from hpctrain.engine.progress import Progress, format_logs
@@ -56,7 +56,7 @@ class Trainer:
             plan = make_plan()
         self.plan = plan
         self.module = module.to(plan.device)
-        self.loss = loss if isinstance(loss, Loss) else CallableLoss(loss)
+        self.loss = loss if isinstance(loss, Loss) else from_torch(loss) or CallableLoss(loss)
         self.optimizer = _build_optimizer(optimizer, self.module, plan.device)
         self.metric_specs = list(metrics)
         self.output_activation = output_activation
@@ -109,9 +109,10 @@ class Trainer:
     def evaluate(self, x, y=None, *, batch_size=None, verbose="auto", return_dict=False):
         self._apply_plan()
         data, _ = self._prepare_labelled(x, y, name="x")
-        logs = self._evaluate_logs(data, batch_size or INFERENCE_BATCH)
         steps = _steps_per_epoch(data, batch_size or 32)
-        Progress(verbose=_resolve_verbose(verbose) if self.plan.rank == 0 else 0, total_steps=steps).finish(steps, logs)
+        progress = Progress(verbose=_resolve_verbose(verbose) if self.plan.rank == 0 else 0, total_steps=steps)
+        logs = self._evaluate_logs(data, batch_size or INFERENCE_BATCH)
+        progress.finish(steps, logs)
         if return_dict:
             return logs
         values = list(logs.values())
@@ -120,14 +121,15 @@ class Trainer:
     def predict(self, x, *, batch_size=None, verbose=0) -> np.ndarray:
         self._apply_plan()
         inputs = self._inputs_tensor(x, name="x")
+        steps = _steps_per_epoch(ResidentData(inputs, None), batch_size or 32)
+        progress = Progress(verbose=_resolve_verbose(verbose) if self.plan.rank == 0 else 0, total_steps=steps)
         if self.communicator is None:
             outputs = self.predict_tensor(inputs, batch_size=batch_size or INFERENCE_BATCH)
         else:  # each replica predicts its contiguous share; the gather restores input order
             share = ResidentData(inputs, None).shard(self.plan.rank, self.plan.world_size).x
             outputs = self.communicator.all_gather_rows(
                 self.predict_tensor(share, batch_size=batch_size or INFERENCE_BATCH))
-        steps = _steps_per_epoch(ResidentData(inputs, None), batch_size or 32)
-        Progress(verbose=_resolve_verbose(verbose) if self.plan.rank == 0 else 0, total_steps=steps).finish(steps, {})
+        progress.finish(steps, {})
         return outputs.cpu().numpy()
 
     def predict_tensor(self, inputs: torch.Tensor, *, batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
