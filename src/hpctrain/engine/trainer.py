@@ -24,6 +24,7 @@ from hpctrain.engine.progress import Progress, format_logs
 from hpctrain.engine.static_step import StaticStep, why_not_static
 from hpctrain.engine.step import AutogradStep
 from hpctrain.errors import ConfigError, InputError, NonFiniteLossError
+from hpctrain.hardware.batch_size import cpu_batch_candidates, largest_fitting_batch, with_headroom
 
 # Evaluation and prediction keep no activations for backward, so they run in large batches.
 INFERENCE_BATCH = 8192
@@ -72,7 +73,8 @@ class Trainer:
     def fit(self, x, y=None, *, batch_size=32, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
             callback_model=None) -> History:
-        batch_size = validation.check_batch_size(batch_size)
+        if batch_size != "auto":
+            batch_size = validation.check_batch_size(batch_size)
         validation.check_positive_int(epochs, name="epochs")
         validation_split = validation.check_fraction(validation_split, name="validation_split")
         verbose = _resolve_verbose(verbose) if self.plan.rank == 0 else 0  # one voice: rank 0 prints
@@ -80,9 +82,11 @@ class Trainer:
         self._start_replicas_equal()
         data = self._prepare_fit_data(x, y, validation_split, validation_data)
         history = History()
-        steps = _steps_per_epoch(data.train, batch_size)
-        hooks = CallbackList([*(callbacks or []), history], model=callback_model or self,
-                             params={"verbose": verbose, "epochs": epochs, "steps": steps})
+        params = {"verbose": verbose, "epochs": epochs, "steps": None}
+        hooks = CallbackList([*(callbacks or []), history], model=callback_model or self, params=params)
+        if batch_size == "auto":
+            batch_size = self._auto_batch_size(data, hooks)
+        steps = params["steps"] = _steps_per_epoch(data.train, batch_size)
         step, train_metrics = self._make_step(data, batch_size, hooks)
         self._tune_threads(step, data.train, batch_size, train_metrics)
         shuffler = _Shuffler(self.plan.device, self.communicator) if shuffle else None
@@ -275,6 +279,56 @@ class Trainer:
             return None
         self.plan = self.plan.with_choice("cuda_graph", True, f"{steps_per_launch} static steps per launch")
         return GraphedSteps(step, data.train, batch_size, steps_per_launch, self.module, self.optimizer)
+
+    def _auto_batch_size(self, data: _PreparedData, hooks: CallbackList) -> int:
+        """``batch_size="auto"``: the largest that fits a GPU's memory, or the fastest on a CPU.
+
+        Each candidate runs real steps on the first rows; weights, optimizer state and RNG are
+        restored after each, so the trials leave no trace on training.
+        """
+        if isinstance(data.train, LoaderData):
+            raise ConfigError("batch_size='auto' needs arrays or tensors; a DataLoader fixes its own batch size.")
+        if self.communicator is not None:
+            raise ConfigError("batch_size='auto' with several replicas is not supported yet; give a number.")
+        rows = len(data.train)
+        if self.plan.device.type == "cuda":
+            search = largest_fitting_batch(lambda size: self._fits_on_gpu(data, size, hooks), start=32, limit=rows)
+            chosen = with_headroom(search.batch_size)
+            reason = f"largest that fits the GPU ({search.describe()}), less 10% headroom"
+        else:
+            rates = {size: size / self._measure(data, size, hooks) for size in cpu_batch_candidates(rows)}
+            chosen = max(rates, key=rates.get)
+            measured = ", ".join(f"{size} → {rate:,.0f} samples/s" for size, rate in rates.items())
+            reason = f"the most samples per second on this model: {measured}"
+        self.plan = dataclasses.replace(self.plan.with_choice("batch_size", chosen, reason))
+        return chosen
+
+    def _measure(self, data: _PreparedData, size: int, hooks: CallbackList) -> float:
+        step, metrics = self._make_step(data, size, hooks)
+        # A small data set has few large batches: go round them again to get enough steps to time.
+        first = list(itertools.islice(data.train.batches(size), tuning.WARMUP_STEPS + tuning.MEASURED_STEPS))
+        batches = list(itertools.islice(itertools.cycle(first), tuning.WARMUP_STEPS + tuning.MEASURED_STEPS))
+        state = tuning.TrainingState(self.module, self.optimizer)
+        try:
+            self.module.train()
+            return tuning.seconds_per_step(step, batches, metrics)
+        finally:
+            state.restore()
+
+    def _fits_on_gpu(self, data: _PreparedData, size: int, hooks: CallbackList) -> bool:
+        state = tuning.TrainingState(self.module, self.optimizer)
+        try:
+            step, metrics = self._make_step(data, size, hooks)
+            x, y = next(iter(data.train.batches(size)))
+            self.module.train()
+            step(x, y, metrics)
+            torch.cuda.synchronize(self.plan.device)
+            return True
+        except torch.cuda.OutOfMemoryError:
+            return False
+        finally:
+            state.restore()
+            torch.cuda.empty_cache()
 
     def _tune_threads(self, step, data, batch_size: int, metrics) -> None:
         """Measure the thread counts up to the physical cores on real steps; keep the fastest.

@@ -19,6 +19,7 @@ class Plan:
     data_placement: str  # "device": the whole data set lives on ``device`` as one tensor
     executor: str = "auto"  # "static", "autograd", or "auto": static where the model allows it
     tune_threads: bool = False  # threads came from a rule; fit may measure a better count
+    batch_size: int | None = None  # set when fit(batch_size="auto") has chosen one
     cuda_graph: bool = False  # on a GPU, replay groups of static steps as one CUDA graph (opt-in for now)
     world_size: int = 1
     rank: int = 0
