@@ -1,10 +1,14 @@
-"""Callbacks with Keras's hooks, ``History`` and ``EarlyStopping``.
+"""Callbacks with Keras's hooks: ``History``, ``EarlyStopping``, ``LambdaCallback``,
+``LearningRateScheduler``, ``ReduceLROnPlateau``, ``CSVLogger``. Only rank 0 prints or writes files.
 
 Callbacks see ``self.model``: the Keras model for the Keras front end, the ``Trainer`` for the
 native API. Both offer ``stop_training``, ``get_weights`` and ``set_weights``.
 """
 
 from __future__ import annotations
+
+import csv
+import os
 
 import numpy as np
 
@@ -52,7 +56,15 @@ class Callback:
 
 
 def _overrides(callback: Callback, hook: str) -> bool:
-    return getattr(type(callback), hook, None) is not getattr(Callback, hook)
+    """Whether the callback does something in ``hook`` (a method of its class, or a function set on it)."""
+    method = getattr(callback, hook)
+    return getattr(method, "__func__", method) is not getattr(Callback, hook)
+
+
+def is_chief(callback: Callback) -> bool:
+    """Rank 0, the replica that writes files; any process that is not a replica."""
+    plan = getattr(callback.model, "plan", None)
+    return getattr(plan, "rank", 0) == 0
 
 
 class CallbackList:
@@ -167,10 +179,10 @@ class EarlyStopping(Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        if self.stopped_epoch and self.verbose:
+        if self.stopped_epoch and self.verbose and is_chief(self):
             print(f"Epoch {self.stopped_epoch + 1}: early stopping")
         if self.restore_best_weights and self.best_weights is not None:
-            if self.verbose:
+            if self.verbose and is_chief(self):
                 print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
             self.model.set_weights(self.best_weights)
 
@@ -178,3 +190,147 @@ class EarlyStopping(Callback):
 def _sounds_like_a_score(monitor: str) -> bool:
     name = monitor.removeprefix("val_")
     return "acc" in name or name.startswith("fmeasure") or name.startswith("auc")
+
+
+class LambdaCallback(Callback):
+    """A callback from functions: ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``."""
+
+    def __init__(self, **hooks):
+        super().__init__()
+        unknown = sorted(set(hooks) - set(_HOOKS) - {"on_batch_begin", "on_batch_end"})
+        if unknown:
+            raise ConfigError(f"LambdaCallback got unknown hook(s) {', '.join(unknown)}; "
+                              f"hooks are {', '.join(_HOOKS)}.")
+        for name, function in hooks.items():
+            if function is not None:
+                setattr(self, name, function)
+
+
+def _learning_rate_of(model) -> float:
+    optimizer = model.optimizer  # a Keras optimizer, or the native API's torch/lazy optimizer
+    return float(optimizer.learning_rate if hasattr(optimizer, "learning_rate") else optimizer.param_groups[0]["lr"])
+
+
+def _set_learning_rate(model, rate: float) -> None:
+    optimizer = model.optimizer
+    if hasattr(optimizer, "learning_rate"):
+        optimizer.learning_rate = rate
+    else:
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+
+
+class LearningRateScheduler(Callback):
+    """Sets the learning rate at each epoch's start to ``schedule(epoch, lr)`` (or ``schedule(epoch)``)."""
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        self.schedule = schedule
+        self.verbose = verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        current = _learning_rate_of(self.model)
+        try:
+            rate = self.schedule(epoch, current)
+        except TypeError:  # the one-argument form
+            rate = self.schedule(epoch)
+        if not isinstance(rate, (int, float)) or rate != rate:
+            raise ConfigError(f"the learning-rate schedule returned {rate!r} for epoch {epoch}; it must return a "
+                              "number.")
+        _set_learning_rate(self.model, float(rate))
+        if self.verbose and is_chief(self):
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(rate)}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = _learning_rate_of(self.model)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when ``monitor`` has not improved for ``patience`` epochs."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto", min_delta=1e-4,
+                 cooldown=0, min_lr=0.0):
+        super().__init__()
+        if factor >= 1.0:
+            raise ConfigError(f"ReduceLROnPlateau needs factor < 1; got {factor}.")
+        if mode not in ("auto", "min", "max"):
+            raise ConfigError(f"ReduceLROnPlateau mode must be 'auto', 'min' or 'max'; got {mode!r}.")
+        self.monitor, self.factor, self.patience, self.verbose = monitor, factor, patience, verbose
+        self.min_delta, self.cooldown, self.min_lr = min_delta, cooldown, min_lr
+        self.higher_is_better = mode == "max" or (mode == "auto" and _sounds_like_a_score(monitor))
+
+    def on_train_begin(self, logs=None):
+        self.wait = 0
+        self.cooldown_counter = 0
+        self.best = -np.inf if self.higher_is_better else np.inf
+
+    def _improved(self, value: float) -> bool:
+        if self.higher_is_better:
+            return value > self.best + self.min_delta
+        return value < self.best - self.min_delta
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        logs["learning_rate"] = _learning_rate_of(self.model)
+        value = logs.get(self.monitor)
+        if value is None:
+            warn(f"ReduceLROnPlateau monitors {self.monitor!r}, which is not in the logs "
+                 f"(available: {', '.join(sorted(logs))}); it does nothing this epoch.")
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improved(value):
+            self.best, self.wait = value, 0
+            return
+        if self.cooldown_counter > 0:
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            old = _learning_rate_of(self.model)
+            if old > self.min_lr:
+                new = max(old * self.factor, self.min_lr)
+                _set_learning_rate(self.model, new)
+                if self.verbose and is_chief(self):
+                    print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}.")
+                self.cooldown_counter = self.cooldown
+                self.wait = 0
+
+
+class CSVLogger(Callback):
+    """Writes each epoch's logs as a CSV row (``epoch`` first, then the metrics by name); rank 0 only."""
+
+    def __init__(self, filename, separator=",", append=False):
+        super().__init__()
+        self.filename, self.separator, self.append = str(filename), separator, append
+        self.keys = None
+        self.file = None
+
+    def on_train_begin(self, logs=None):
+        if not is_chief(self):
+            return
+        has_rows = self.append and os.path.exists(self.filename) and os.path.getsize(self.filename) > 0
+        self.file = open(self.filename, "a" if self.append else "w", newline="")
+        self.keys = None if not has_rows else self._existing_keys()
+
+    def _existing_keys(self):
+        with open(self.filename, newline="") as f:
+            header = next(csv.reader(f, delimiter=self.separator), [])
+        return header[1:] or None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.file is None:
+            return
+        logs = logs or {}
+        writer = csv.writer(self.file, delimiter=self.separator)
+        if self.keys is None:
+            self.keys = sorted(logs)
+            writer.writerow(["epoch", *self.keys])
+        writer.writerow([epoch, *(logs.get(key, "NA") for key in self.keys)])
+        self.file.flush()  # a crash later loses no finished epoch
+
+    def on_train_end(self, logs=None):
+        if self.file is not None:
+            self.file.close()
+            self.file = None

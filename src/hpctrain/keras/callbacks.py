@@ -1,5 +1,7 @@
 """Keras callbacks; the engine runs them."""
 
-from hpctrain.engine.callbacks import Callback, EarlyStopping, History
+from hpctrain.engine.callbacks import (Callback, CSVLogger, EarlyStopping, History, LambdaCallback,
+                                       LearningRateScheduler, ReduceLROnPlateau)
 
-__all__ = ["Callback", "EarlyStopping", "History"]
+__all__ = ["CSVLogger", "Callback", "EarlyStopping", "History", "LambdaCallback", "LearningRateScheduler",
+           "ReduceLROnPlateau"]

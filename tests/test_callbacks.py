@@ -1,0 +1,74 @@
+"""Keras's scheduling and logging callbacks, with Keras's rules."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from conftest import small_classification
+from hpctrain.keras import optimizers
+from hpctrain.keras.callbacks import CSVLogger, LambdaCallback, LearningRateScheduler, ReduceLROnPlateau
+from hpctrain.keras.layers import Dense
+from hpctrain.keras.models import Sequential
+
+
+def _model(optimizer):
+    model = Sequential([Dense(3, activation="softmax", input_dim=6)])
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_learning_rate_scheduler_sets_each_epochs_rate_and_logs_it(rng):
+    x, y = small_classification(rng)
+    model = _model(optimizers.SGD(learning_rate=0.08))
+    seen = []
+    history = model.fit(x, y, epochs=4, verbose=0, callbacks=[
+        LearningRateScheduler(lambda epoch, lr: lr if epoch == 0 else lr / 2),
+        LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(model.optimizer.learning_rate))])
+    assert history.history["learning_rate"] == pytest.approx([0.08, 0.04, 0.02, 0.01])
+    assert seen == pytest.approx([0.08, 0.04, 0.02, 0.01])  # the rate in force during each epoch
+    one_argument = model.fit(x, y, epochs=2, verbose=0, callbacks=[LearningRateScheduler(lambda epoch: 0.5 ** epoch)])
+    assert one_argument.history["learning_rate"] == pytest.approx([1.0, 0.5])
+
+
+def test_reduce_lr_on_plateau_follows_patience_and_cooldown(rng):
+    x, y = small_classification(rng)
+    model = _model(optimizers.SGD(learning_rate=1e-9))  # too small to move val_loss: a plateau
+    history = model.fit(x, y, epochs=7, verbose=0, validation_data=(x, y),
+                        callbacks=[ReduceLROnPlateau(factor=0.5, patience=2, cooldown=1)])
+    # Logged before each epoch's decision. Keras's rules: reduce after epoch 2 (patience 2); epoch 3
+    # ends the cooldown and already counts towards the patience again, so the next cut is after epoch 4.
+    assert history.history["learning_rate"] == pytest.approx([1e-9, 1e-9, 1e-9, 5e-10, 5e-10, 2.5e-10, 2.5e-10])
+
+
+def test_reduce_lr_on_plateau_respects_min_lr(rng):
+    x, y = small_classification(rng)
+    model = _model(optimizers.SGD(learning_rate=1e-9))
+    model.fit(x, y, epochs=6, verbose=0, validation_data=(x, y),
+              callbacks=[ReduceLROnPlateau(factor=0.1, patience=1, min_lr=4e-10)])
+    assert model.optimizer.learning_rate == pytest.approx(4e-10)
+
+
+def test_lambda_callback_hooks_run_including_per_batch_ones(rng):
+    x, y = small_classification(rng, n=64)
+    model = _model("adam")
+    batches, epochs = [], []
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[LambdaCallback(
+        on_train_batch_end=lambda batch, logs: batches.append((batch, sorted(logs))),
+        on_epoch_end=lambda epoch, logs: epochs.append(epoch))])
+    assert epochs == [0, 1]
+    assert batches == [(b, ["accuracy", "loss"]) for b in range(4)] * 2
+
+
+def test_csv_logger_writes_the_history_and_appends(tmp_path, rng):
+    x, y = small_classification(rng)
+    path = tmp_path / "log.csv"
+    model = _model("adam")
+    history = model.fit(x, y, epochs=3, verbose=0, callbacks=[CSVLogger(path)])
+    rows = list(csv.reader(open(path)))
+    assert rows[0] == ["epoch", "accuracy", "loss"]
+    assert [int(r[0]) for r in rows[1:]] == [0, 1, 2]
+    np.testing.assert_allclose([float(r[2]) for r in rows[1:]], history.history["loss"], rtol=1e-6)
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[CSVLogger(path, append=True)])
+    rows = list(csv.reader(open(path)))
+    assert len(rows) == 6 and rows.count(["epoch", "accuracy", "loss"]) == 1
