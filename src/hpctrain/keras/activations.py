@@ -64,4 +64,8 @@ def get(identifier):
 
 
 def serialize(activation) -> str:
-    return getattr(activation, "__name__", "custom")
+    name = getattr(activation, "__name__", None)
+    if ACTIVATIONS.get(name) is not activation:
+        raise ConfigError(f"the activation {activation!r} is not one of the named activations, so a saved model "
+                          f"could not rebuild it; {valid_names_hint(ACTIVATIONS)}.")
+    return name

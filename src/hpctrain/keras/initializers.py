@@ -126,3 +126,13 @@ def get(identifier) -> Initializer:
     if isinstance(identifier, str) and identifier.lower() in INITIALIZERS:
         return INITIALIZERS[identifier.lower()]()
     raise ConfigError(f"unknown initializer {identifier!r}; {valid_names_hint(INITIALIZERS)}, or a callable(shape).")
+
+
+def serialize(initializer) -> str:
+    """The name of a built-in initializer (its seed and arguments are not kept: a saved model
+    carries its weights, which is what loading needs)."""
+    for name, cls in INITIALIZERS.items():
+        if type(initializer) is cls:
+            return name
+    raise ConfigError(f"the initializer {initializer!r} is not a built-in one, so a saved model could not "
+                      f"rebuild it; {valid_names_hint(INITIALIZERS)}.")

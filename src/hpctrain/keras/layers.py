@@ -127,7 +127,14 @@ class Layer(torch.nn.Module):
         return None
 
     def get_config(self) -> dict:
-        return {"name": self.name, "trainable": self.trainable}
+        config = {"name": self.name, "trainable": self.trainable}
+        if self.declared_input_shape is not None:
+            config["input_shape"] = list(self.declared_input_shape)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Layer":
+        return cls(**config)
 
     def static_layers(self, include_activation: bool = True):
         """This layer as the engine's static primitives (``None``: it has none, use autograd)."""
@@ -223,7 +230,11 @@ class Dense(Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "activation": activations.serialize(self.activation),
-                "use_bias": self.use_bias}
+                "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
 
 
 class Activation(Layer):
@@ -271,3 +282,14 @@ class Flatten(Layer):
 
     def forward(self, x):
         return x.flatten(1)
+
+
+LAYERS = {cls.__name__: cls for cls in (InputLayer, Dense, Activation, Dropout, Flatten)}
+
+
+def deserialize(entry: dict) -> Layer:
+    """A layer from ``{"class_name": ..., "config": {...}}``, as ``get_config`` wrote it."""
+    name = entry.get("class_name")
+    if name not in LAYERS:
+        raise InputError(f"unknown layer class {name!r} in the saved model; known: {', '.join(sorted(LAYERS))}.")
+    return LAYERS[name].from_config(dict(entry.get("config", {})))

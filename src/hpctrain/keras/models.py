@@ -160,6 +160,12 @@ class Model(Layer):
 
         load_weights(self, filepath)
 
+    def save(self, filepath: str) -> None:
+        """Architecture and weights in one file (``load_model`` reads it back); no code inside."""
+        from hpctrain.keras.saving import save_model
+
+        save_model(self, str(filepath))
+
     def summary(self, print_fn=None, **kwargs) -> None:
         (print_fn or print)(summary_table(self))
 
@@ -287,6 +293,22 @@ class Sequential(Model):
                 "input_dim/input_shape."
             )
 
+    def get_config(self) -> dict:
+        return {"name": self.name,
+                "input_shape": None if self._input_shape is None else list(self._input_shape),
+                "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self.layers]}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Sequential":
+        from hpctrain.keras.layers import deserialize
+
+        model = cls(name=config.get("name"))
+        if config.get("input_shape") is not None:
+            model._set_input_shape(tuple(config["input_shape"]))
+        for entry in config.get("layers", []):
+            model.add(deserialize(entry))
+        return model
+
     def output_shapes(self) -> list[tuple]:
         shape = (None, *self._input_shape) if self._input_shape is not None else None
         shapes = []
@@ -368,3 +390,10 @@ def _reject_unsupported(**arguments) -> None:
     given = [name for name, value in arguments.items() if value is not None]
     if given:
         raise ConfigError(f"{', '.join(given)} is not supported yet; remove it from the call.")
+
+
+def load_model(filepath, compile: bool = False):
+    """A model written by ``model.save(path)``: architecture and weights, uncompiled."""
+    from hpctrain.keras.saving import load_model as _load
+
+    return _load(str(filepath), compile=compile)

@@ -46,7 +46,18 @@ l1_l2 = L1L2
 REGULARIZERS = {"l1": L1, "l2": L2, "l1_l2": L1L2}
 
 
+def serialize(regularizer):
+    if regularizer is None:
+        return None
+    if not isinstance(regularizer, L1L2):
+        raise ConfigError(f"the regularizer {regularizer!r} is not L1, L2 or L1L2, so a saved model could not "
+                          "rebuild it.")
+    return {"class_name": "L1L2", "config": regularizer.get_config()}
+
+
 def get(identifier):
+    if isinstance(identifier, dict) and identifier.get("class_name") == "L1L2":
+        return L1L2(**identifier.get("config", {}))
     if identifier is None or callable(identifier):
         return identifier
     if isinstance(identifier, str) and identifier.lower() in REGULARIZERS:

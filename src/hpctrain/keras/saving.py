@@ -40,3 +40,59 @@ def load_weights(model, filepath: str) -> None:
                 raise InputError(f"weight {stored_key} in {filepath} is shaped {tuple(value.shape)} but the model's "
                                  f"{own_key} is {tuple(param.shape)}; the architectures differ.")
             param.copy_(value)
+
+
+# --- whole models: architecture as JSON plus weights as safetensors, in one zip file -----------
+
+FORMAT = "hpctrain-keras"
+CONFIG_ENTRY = "config.json"
+WEIGHTS_ENTRY = "model.weights.safetensors"
+
+
+def save_model(model, filepath: str) -> None:
+    """``model.save(path)``: the architecture (JSON) and the weights (safetensors) in one zip.
+
+    Nothing in the file is code: loading never unpickles anything.
+    """
+    import json
+    import zipfile
+
+    from safetensors.torch import save
+
+    config = {"format": FORMAT, "version": 1, "class_name": type(model).__name__, "config": model.get_config()}
+    tensors = {key: param.detach().cpu().contiguous() for key, param in _named_weights(model).items()}
+    tmp = f"{filepath}.tmp"
+    with zipfile.ZipFile(tmp, "w") as archive:
+        archive.writestr(CONFIG_ENTRY, json.dumps(config, indent=2))
+        archive.writestr(WEIGHTS_ENTRY, save(tensors))
+    os.replace(tmp, filepath)
+
+
+def load_model(filepath: str, compile: bool = False):
+    """The model ``save_model`` wrote, with its weights; uncompiled (call ``compile`` to train)."""
+    import json
+    import zipfile
+
+    from safetensors.torch import load
+
+    from hpctrain.keras.models import Sequential
+
+    if not os.path.exists(filepath):
+        raise InputError(f"no saved model at {filepath!r}.")
+    try:
+        with zipfile.ZipFile(filepath) as archive:
+            config = json.loads(archive.read(CONFIG_ENTRY))
+            weights = load(archive.read(WEIGHTS_ENTRY))
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise InputError(f"{filepath} is not a model saved by model.save() ({exc}).") from exc
+    if config.get("format") != FORMAT or config.get("class_name") != "Sequential":
+        raise InputError(f"{filepath} holds {config.get('format')!r} / {config.get('class_name')!r}; expected a "
+                         f"{FORMAT!r} Sequential model.")
+    model = Sequential.from_config(config["config"])
+    own = _named_weights(model)
+    if sorted(own) != sorted(weights):
+        raise InputError(f"{filepath}: the weights do not match the architecture stored beside them.")
+    with torch.no_grad():
+        for key, param in own.items():
+            param.copy_(weights[key])
+    return model
