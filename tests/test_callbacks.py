@@ -72,3 +72,36 @@ def test_csv_logger_writes_the_history_and_appends(tmp_path, rng):
     model.fit(x, y, epochs=2, verbose=0, callbacks=[CSVLogger(path, append=True)])
     rows = list(csv.reader(open(path)))
     assert len(rows) == 6 and rows.count(["epoch", "accuracy", "loss"]) == 1
+
+
+def test_model_checkpoint_every_epoch_and_best_only(tmp_path, rng):
+    from hpctrain.keras.callbacks import ModelCheckpoint
+    from hpctrain.keras.models import load_model
+
+    x, y = small_classification(rng)
+    model = _model(optimizers.Adam(0.05))
+    every = ModelCheckpoint(tmp_path / "all" / "m-{epoch:02d}.keras")
+    best = ModelCheckpoint(tmp_path / "best.weights.safetensors", monitor="val_loss", save_best_only=True,
+                           save_weights_only=True)
+    history = model.fit(x, y, epochs=3, verbose=0, validation_data=(x, y), callbacks=[every, best])
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["m-01.keras", "m-02.keras", "m-03.keras"]
+    last = load_model(tmp_path / "all" / "m-03.keras")
+    for a, b in zip(last.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert best.best == pytest.approx(min(history.history["val_loss"]))
+    restored = _model("adam")
+    restored.load_weights(tmp_path / "best.weights.safetensors")
+    assert restored.evaluate(x, y, verbose=0)[0] == pytest.approx(min(history.history["val_loss"]), rel=1e-5)
+
+
+def test_model_checkpoint_every_n_batches_and_bad_fields(tmp_path, rng):
+    from hpctrain.errors import ConfigError
+    from hpctrain.keras.callbacks import ModelCheckpoint
+
+    x, y = small_classification(rng, n=64)
+    model = _model("adam")
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0,
+              callbacks=[ModelCheckpoint(tmp_path / "b-{epoch}-{batch}.weights", save_weights_only=True, save_freq=3)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b-1-2.weights", "b-2-1.weights"]  # batches 3 and 6
+    with pytest.raises(ConfigError, match="names 'val_acc', which is not in the logs"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[ModelCheckpoint(tmp_path / "{val_acc}.keras")])

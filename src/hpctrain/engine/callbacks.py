@@ -334,3 +334,73 @@ class CSVLogger(Callback):
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+class ModelCheckpoint(Callback):
+    """Saves the model (or only its weights) at the end of each epoch, or every ``save_freq`` batches.
+
+    ``filepath`` may hold Keras's fields, e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.keras"`` (epoch
+    counted from 1). With ``save_best_only`` a file is written only when ``monitor`` improves.
+    Rank 0 writes; every file is written to a temporary name and renamed, so a crash mid-write
+    never leaves a truncated checkpoint under the final name.
+    """
+
+    def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
+                 mode="auto", save_freq="epoch", initial_value_threshold=None):
+        super().__init__()
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1):
+            raise ConfigError(f"save_freq must be 'epoch' or a whole number of batches >= 1; got {save_freq!r}.")
+        if mode not in ("auto", "min", "max"):
+            raise ConfigError(f"ModelCheckpoint mode must be 'auto', 'min' or 'max'; got {mode!r}.")
+        self.filepath, self.monitor, self.verbose = str(filepath), monitor, verbose
+        self.save_best_only, self.save_weights_only, self.save_freq = save_best_only, save_weights_only, save_freq
+        self.higher_is_better = mode == "max" or (mode == "auto" and _sounds_like_a_score(monitor))
+        self.best = initial_value_threshold if initial_value_threshold is not None else (
+            -np.inf if self.higher_is_better else np.inf)
+        self.epoch = 0
+        self.batches_seen = 0
+        if save_freq != "epoch":
+            self.on_train_batch_end = self._every_n_batches  # only then: per-batch logs cost a sync each
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save(epoch, logs or {})
+
+    def _every_n_batches(self, batch, logs=None):
+        self.batches_seen += 1
+        if self.batches_seen % self.save_freq == 0:
+            self._save(self.epoch, logs or {}, batch=batch)
+
+    def _save(self, epoch: int, logs: dict, batch: int | None = None) -> None:
+        if self.save_best_only:
+            value = logs.get(self.monitor)
+            if value is None:
+                warn(f"ModelCheckpoint monitors {self.monitor!r}, which is not in the logs "
+                     f"(available: {', '.join(sorted(logs))}); nothing was saved.")
+                return
+            improved = value > self.best if self.higher_is_better else value < self.best
+            if not improved:
+                return
+            self.best = value
+        if not is_chief(self):
+            return
+        path = self._path(epoch, logs, batch)
+        folder = os.path.dirname(path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        if self.save_weights_only:
+            self.model.save_weights(path)
+        else:
+            self.model.save(path)
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: saved the {'weights' if self.save_weights_only else 'model'} to {path}")
+
+    def _path(self, epoch: int, logs: dict, batch: int | None) -> str:
+        try:
+            return self.filepath.format(epoch=epoch + 1, batch=batch, **logs)
+        except KeyError as exc:
+            raise ConfigError(f"ModelCheckpoint filepath {self.filepath!r} names {exc}, which is not in the logs "
+                              f"(available: epoch, batch, {', '.join(sorted(logs))}).") from exc
