@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import RESULT_PREFIX, WORKLOADS  # noqa: E402
+from hpctrain.distribute.spawn import free_local_port as free_port  # noqa: E402
 
 REPLICA_PROGRAM = '''
 import json, sys, time
@@ -57,12 +57,6 @@ model.fit(x, labels, epochs=epochs, batch_size=workload.batch_size, verbose=0, c
 if strategy.plan().rank == 0:
     print({prefix!r} + json.dumps({{"epoch_seconds": times, "plan": model.plan.explain()}}), flush=True)
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_replicas(python: str, replicas: int, workload: str, epochs: int, program: Path) -> dict:

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,18 +13,13 @@ import torch
 import hpctrain as tf
 from conftest import REPO
 from hpctrain.distribute.runtime import GroupSpec, group_spec_from_environment, join_group
+from hpctrain.distribute.spawn import free_local_port as free_port
 from hpctrain.distribute.strategy import parse_device
 from hpctrain.engine.data import ResidentData
 from hpctrain.errors import ConfigError
 
 PROGRAM = os.path.join(REPO, "tests", "dp_program.py")
 HPCTRAIN = [sys.executable, "-m", "hpctrain.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _clean_env():
@@ -155,14 +149,15 @@ def test_each_replica_takes_a_contiguous_share_of_every_global_batch():
     assert [len(shares[rank][2][1]) for rank in range(3)] == [1, 1, 1]
 
 
-def _local_model():
+def _local_model(optimizer="adam"):
     from hpctrain.keras import optimizers
     from hpctrain.keras.layers import Dense
     from hpctrain.keras.models import Sequential
 
     tf.keras.utils.set_random_seed(0)
     model = Sequential([Dense(16, activation="tanh", input_dim=12), Dense(4, activation="softmax")])
-    model.compile(optimizer=optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    chosen = optimizers.Adam(0.01) if optimizer == "adam" else optimizers.SGD(0.1, momentum=0.9)
+    model.compile(optimizer=chosen, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
 
@@ -179,16 +174,16 @@ def _fit_twice(model, x, y):
     return history, after_first, model.get_weights()
 
 
-@pytest.mark.parametrize("replicas", [2, 3])
-def test_local_spawn_brings_weights_and_history_back_equal_to_one_process(monkeypatch, replicas):
+@pytest.mark.parametrize("replicas, optimizer", [(2, "adam"), (3, "adam"), (2, "sgd")])
+def test_local_spawn_brings_weights_and_history_back_equal_to_one_process(monkeypatch, replicas, optimizer):
     for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(key, raising=False)
     x, y = _local_data()
-    reference = _local_model()
+    reference = _local_model(optimizer)
     reference_history, (reference_weights, reference_predictions), reference_final = _fit_twice(reference, x, y)
     strategy = tf.distribute.MirroredStrategy(devices=[f"cpu:{i}" for i in range(replicas)])
     with strategy.scope():
-        model = _local_model()
+        model = _local_model(optimizer)
     history, (weights, predictions), final = _fit_twice(model, x, y)
     assert history.epoch == [0, 1, 2]
     for key, values in reference_history.history.items():
@@ -197,7 +192,8 @@ def test_local_spawn_brings_weights_and_history_back_equal_to_one_process(monkey
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
     np.testing.assert_allclose(predictions, reference_predictions, atol=1e-5)
     # The second fit continued as in one process: optimizer state and RNG came back too.
-    assert model.optimizer.iterations == reference.optimizer.iterations == 3 * 10 + 11  # 182 rows, then 203
+    if optimizer == "adam":  # Adam counts its steps in its state (SGD's state has no counter)
+        assert model.optimizer.iterations == reference.optimizer.iterations == 3 * 10 + 11  # 182, then 203 rows
     for a, b in zip(final, reference_final):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 

@@ -150,6 +150,11 @@ class MetricSet:
         for metric in self.metrics:
             metric.update(output, target)
 
+    def local_results(self) -> dict[str, float]:
+        """This replica's running means, with no collective: what rank 0's progress bar reads
+        (a collective must be joined by every rank, and only rank 0 refreshes a bar)."""
+        return self.results(across_replicas=False)
+
     def slot(self, rows: int, target: torch.Tensor):
         """Where a step may write its logits for deferred metrics; ``None``: update eagerly."""
         return None

@@ -106,14 +106,17 @@ def fast_update(optimizer):
     return as_torch_optimizer(optimizer).step
 
 
+def _optimizer_class(optimizer) -> type:
+    return optimizer.optimizer_class if isinstance(optimizer, LazyOptimizer) else type(optimizer)
+
+
 def is_direct_fused_update(update) -> bool:
     """Whether ``update`` (from :func:`fast_update`) is the bare fused kernel call."""
     return isinstance(update, _FusedAdamUpdate)
 
 
 def _is_plain_fused_adam(optimizer) -> bool:
-    optimizer_class = optimizer.optimizer_class if isinstance(optimizer, LazyOptimizer) else type(optimizer)
-    if optimizer_class not in (torch.optim.Adam, torch.optim.AdamW) or len(optimizer.param_groups) != 1:
+    if _optimizer_class(optimizer) not in (torch.optim.Adam, torch.optim.AdamW) or len(optimizer.param_groups) != 1:
         return False
     group = optimizer.param_groups[0]
     return bool(group.get("fused")) and not group["amsgrad"] and not group["maximize"] and not group[
@@ -134,8 +137,7 @@ class _FusedAdamUpdate:
         group = optimizer.param_groups[0]
         self.params = [p for p in (optimizer.params if isinstance(optimizer, LazyOptimizer) else group["params"])
                        if p.grad is not None]
-        optimizer_class = optimizer.optimizer_class if isinstance(optimizer, LazyOptimizer) else type(optimizer)
-        self.decoupled = group.get("decoupled_weight_decay", optimizer_class is torch.optim.AdamW)
+        self.decoupled = group.get("decoupled_weight_decay", _optimizer_class(optimizer) is torch.optim.AdamW)
         for param in self.params:
             state = optimizer.state.setdefault(param, {})
             if not state:  # the same lazily created state torch.optim.Adam would create

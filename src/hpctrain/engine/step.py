@@ -46,10 +46,13 @@ class AutogradStep:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         # One flag per parameter rides along: a parameter no replica computed a gradient for
         # keeps None, so the optimizer skips it as it would in one process.
-        had_gradient = torch.tensor([float(p.grad is not None) for p in params], device=grads[0].device)
+        local_flags = [p.grad is not None for p in params]
+        had_gradient = torch.tensor([float(flag) for flag in local_flags], device=grads[0].device)
         flat = torch.cat([*(g.reshape(-1) for g in grads), had_gradient])
         self.communicator.all_reduce_sum_(flat)  # sync point: every replica waits here
-        offset, flags = 0, flat[-len(params):].tolist()
+        # Reading the summed flags is a host sync; it is needed only where this replica had a None.
+        flags = local_flags if all(local_flags) else [bool(f) for f in flat[-len(params):].tolist()]
+        offset = 0
         for param, flag in zip(params, flags):
             param.grad = flat[offset:offset + param.numel()].view_as(param) if flag else None
             offset += param.numel()

@@ -101,7 +101,8 @@ class Trainer:
             logs = self._run_epoch(step, data.train, batch_size, shuffler, train_metrics, hooks, progress)
             _raise_if_not_finite(logs, epoch)
             if data.validation is not None:
-                logs.update(self._evaluate_logs(data.validation, INFERENCE_BATCH, prefix="val_"))
+                logs.update(self._evaluate_logs(data.validation, INFERENCE_BATCH, prefix="val_",
+                                                output_shape=data.output_shape))
             progress.finish(steps, logs)
             hooks.call("on_epoch_end", epoch, logs)
             if self.stop_training:
@@ -195,15 +196,10 @@ class Trainer:
                 break
             start += graphed.rows
             done += graphed.steps_per_launch
-            progress.step(done, self._progress_logs(metrics))
+            progress.step(done, metrics.local_results)
             if self.stop_training:
                 break
         return done, order[start:]
-
-    @staticmethod
-    def _progress_logs(metrics):
-        # Only rank 0 refreshes the bar, so it reads its own share: no collective off-step.
-        return lambda: metrics.results(across_replicas=False)
 
     def _run_steps(self, step, batches, done: int, metrics, hooks: CallbackList, progress: Progress):
         """Each batch is ``(x, y)``, or ``(x, y, global_rows)`` for a replica's share of a global batch."""
@@ -213,13 +209,13 @@ class Trainer:
             step(xb, yb, metrics, *global_rows)
             if hooks.wants_train_batch_logs:
                 hooks.train_batch_end(done - 1, metrics.results())  # a host sync, only when asked for
-            progress.step(done, self._progress_logs(metrics))
+            progress.step(done, metrics.local_results)
             if self.stop_training:
                 break
         return metrics.results()
 
-    def _evaluate_logs(self, data, batch_size: int, prefix: str = "") -> dict[str, float]:
-        metrics = self._metric_set(self._output_shape_of(data), prefix=prefix)
+    def _evaluate_logs(self, data, batch_size: int, prefix: str = "", output_shape=None) -> dict[str, float]:
+        metrics = self._metric_set(output_shape or self._output_shape_of(data), prefix=prefix)
         if self.communicator is not None and isinstance(data, ResidentData):
             data = data.shard(self.plan.rank, self.plan.world_size)  # sums are reduced in results()
         self.module.eval()

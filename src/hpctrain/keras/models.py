@@ -91,7 +91,7 @@ class Model(Layer):
                          validation_data=validation_data, shuffle=shuffle, initial_epoch=initial_epoch)
         strategy = (self._compiled or {}).get("strategy")
         if strategy is not None and strategy.spawns_locally:
-            self._ready_trainer(x, "fit")  # checks the data here, before any process starts
+            self._ready_trainer(x, "fit")  # builds the model and checks x's shape before any process starts
             self.history = strategy.fit(self, arguments)
             return self.history
         self.history = self._ready_trainer(x, "fit").fit(**arguments, callback_model=self)
