@@ -14,6 +14,12 @@ def rng():
 
 
 @pytest.fixture(autouse=True)
+def _own_plan_cache(tmp_path_factory, monkeypatch):
+    """Each test measures its own plans: none left by another test or an earlier run."""
+    monkeypatch.setenv("HPCTRAIN_CACHE_DIR", str(tmp_path_factory.mktemp("hpctrain-cache")))
+
+
+@pytest.fixture(autouse=True)
 def _seeded():
     import hpctrain as tf
 

@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.set_defaults(run=_print_plan)
     doctor = commands.add_parser("doctor", help="describe this machine and what hpctrain will do with it")
     doctor.add_argument("--json", action="store_true", help="print one JSON object instead of the text screen")
+    doctor.add_argument("--clear-cache", action="store_true",
+                        help="forget the plans measured on earlier runs, so the next fit measures again")
     doctor.set_defaults(run=_print_doctor)
     launch = commands.add_parser("launch", help="start one process per replica (data-parallel training)",
                                  description="Start SCRIPT once per replica, through torchrun.")
@@ -50,8 +52,12 @@ def _print_plan(args) -> int:
 
 
 def _print_doctor(args) -> int:
-    from hpctrain.hardware import diagnose, diagnosis_as_dict, render_text
+    from hpctrain.hardware import diagnose, diagnosis_as_dict, plan_cache, render_text
 
+    if args.clear_cache:
+        removed = plan_cache.clear()
+        print(f"removed {removed} cached {'plan' if removed == 1 else 'plans'} from {plan_cache.cache_dir()}")
+        return 0
     diagnosis = diagnose()
     print(json.dumps(diagnosis_as_dict(diagnosis), indent=2) if args.json else render_text(diagnosis))
     return 0

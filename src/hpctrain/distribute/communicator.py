@@ -19,6 +19,10 @@ class Communicator:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def all_reduce_min_(self, tensor: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return tensor
+
     def broadcast_(self, tensor: torch.Tensor, source: int = 0) -> torch.Tensor:
         dist.broadcast(tensor, src=source)
         return tensor

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from hpctrain.engine.metrics import MetricSet, ModelOutput
@@ -16,8 +18,12 @@ class AutogradStep:
 
     name = "autograd"
 
-    def __init__(self, module, loss, optimizer, *, penalty=None, output_activation=None, communicator=None):
+    def __init__(self, module, loss, optimizer, *, penalty=None, output_activation=None, communicator=None,
+                 precision="float32", forward=None):
         self.module = module
+        # ``forward``: the module itself, or its torch.compile'd wrapper (same parameters).
+        self.forward = module if forward is None else forward
+        self.precision = precision
         self.loss = loss
         self.optimizer = optimizer
         self.penalty = penalty
@@ -26,8 +32,9 @@ class AutogradStep:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, metrics: MetricSet, batch_rows: int | None = None) -> None:
         rows = x.shape[0]
-        logits = self.module(x)
-        loss = self.loss(logits, y) if rows else logits.sum() * 0.0  # an empty share adds nothing
+        with autocast(x.device, self.precision):
+            logits = self.forward(x)
+            loss = self.loss(logits, y) if rows else logits.sum() * 0.0  # an empty share adds nothing
         if self.penalty is not None:
             loss = loss + self.penalty()
         # Weights n_r / b sum to one over the replicas, so the penalty, added by each, counts once.
@@ -56,3 +63,10 @@ class AutogradStep:
         for param, flag in zip(params, flags):
             param.grad = flat[offset:offset + param.numel()].view_as(param) if flag else None
             offset += param.numel()
+
+
+def autocast(device: torch.device, precision: str):
+    """Matrix multiplies in bfloat16 where the plan says so; losses and reductions stay float32."""
+    if precision != "bfloat16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

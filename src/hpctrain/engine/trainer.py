@@ -7,13 +7,12 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 
 import numpy as np
 import torch
 
-from hpctrain.engine import tuning, validation
+from hpctrain.engine import autotune, tuning, validation
 from hpctrain.engine.callbacks import Callback, CallbackList, History
 from hpctrain.engine.cuda_graph import GraphedSteps, graph_steps_per_launch
 from hpctrain.engine.data import LoaderData, ResidentData, to_tensor
@@ -22,9 +21,8 @@ from hpctrain.engine.metrics import DeferredMetricSet, Metric, MetricSet, ModelO
 from hpctrain.engine.optim import as_torch_optimizer, build_optimizer, optimizer_class_by_name
 from hpctrain.engine.progress import Progress, format_logs
 from hpctrain.engine.static_step import StaticStep, why_not_static
-from hpctrain.engine.step import AutogradStep
+from hpctrain.engine.step import AutogradStep, autocast
 from hpctrain.errors import ConfigError, InputError, NonFiniteLossError
-from hpctrain.hardware.batch_size import cpu_batch_candidates, largest_fitting_batch, with_headroom
 
 # Evaluation and prediction keep no activations for backward, so they run in large batches.
 INFERENCE_BATCH = 8192
@@ -56,6 +54,8 @@ class Trainer:
 
             plan = make_plan()
         self.plan = plan
+        # The plan records the executor fit settles on; what was asked for decides what may be tried.
+        self.requested_executor = plan.executor
         self.module = module.to(plan.device)
         self.loss = loss if isinstance(loss, Loss) else from_torch(loss) or CallableLoss(loss)
         self.optimizer = _build_optimizer(optimizer, self.module, plan.device)
@@ -65,6 +65,7 @@ class Trainer:
         self.stop_training = False
         self.history = None
         self._graphed = None
+        self._compiled = None
         # Replicas of a data-parallel strategy share work through this; None in a single process.
         self.communicator = plan.communicator if plan.world_size > 1 else None
 
@@ -84,11 +85,8 @@ class Trainer:
         history = History()
         params = {"verbose": verbose, "epochs": epochs, "steps": None}
         hooks = CallbackList([*(callbacks or []), history], model=callback_model or self, params=params)
-        if batch_size == "auto":
-            batch_size = self._auto_batch_size(data, hooks)
+        batch_size, step, train_metrics = self._settle_plan(data, batch_size, epochs, hooks)
         steps = params["steps"] = _steps_per_epoch(data.train, batch_size)
-        step, train_metrics = self._make_step(data, batch_size, hooks)
-        self._tune_threads(step, data.train, batch_size, train_metrics)
         shuffler = _Shuffler(self.plan.device, self.communicator) if shuffle else None
         self.stop_training = False
         hooks.call("on_train_begin", {})
@@ -139,9 +137,10 @@ class Trainer:
 
     def predict_tensor(self, inputs: torch.Tensor, *, batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
         self.module.eval()
-        with torch.inference_mode():
-            parts = [self._activate(self.module(xb)) for xb, _ in ResidentData(inputs, None).batches(batch_size)]
-        return torch.cat(parts) if parts else self._activate(self.module(inputs))
+        with torch.inference_mode(), autocast(self.plan.device, self.plan.precision):
+            parts = [self._activate(self.module(xb)).float()
+                     for xb, _ in ResidentData(inputs, None).batches(batch_size)]
+            return torch.cat(parts) if parts else self._activate(self.module(inputs)).float()
 
     # --- weights ------------------------------------------------------------------------------
 
@@ -219,7 +218,7 @@ class Trainer:
         if self.communicator is not None and isinstance(data, ResidentData):
             data = data.shard(self.plan.rank, self.plan.world_size)  # sums are reduced in results()
         self.module.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.plan.device, self.plan.precision):
             batches = data.batches() if isinstance(data, LoaderData) else data.batches(batch_size)
             for xb, yb in batches:
                 logits = self.module(xb)
@@ -237,20 +236,35 @@ class Trainer:
             for tensor in [*self.module.parameters(), *self.module.buffers()]:
                 self.communicator.broadcast_(tensor.detach())
 
-    # --- the executor -------------------------------------------------------------------------
+    # --- the measured plan and the executor ---------------------------------------------------
+
+    def _settle_plan(self, data: _PreparedData, batch_size, epochs: int, hooks: CallbackList):
+        """Batch size, threads, precision and compile: measured on this model where asked ("auto"),
+        or taken from the plan cache where this model was measured before on this machine."""
+        cache_key = autotune.cache_key(self, data, batch_size, epochs)
+        cached_batch_size = autotune.apply_cached_choices(self, cache_key)
+        if batch_size == "auto":
+            batch_size = cached_batch_size or autotune.auto_batch_size(self, data, hooks)
+        step, metrics = self._make_step(data, batch_size, hooks)
+        self._tune_threads(step, data.train, batch_size, metrics)
+        step, metrics = autotune.settle_precision(self, data, batch_size, hooks, step, metrics)
+        step, metrics = autotune.settle_compile(self, data, batch_size, epochs, hooks, step, metrics)
+        autotune.store_choices(self, cache_key)
+        return batch_size, step, metrics
 
     def _make_step(self, data: _PreparedData, batch_size: int, hooks: CallbackList):
         """The static executor where the model allows it (or the plan demands it), else autograd."""
         self._graphed = None
         reason = self._why_not_static(data)
-        if self.plan.executor == "static" and reason is not None:
+        if self.requested_executor == "static" and reason is not None:
             raise ConfigError(f"executor='static' cannot train this model: {reason}. Use 'auto' or 'autograd'.")
         if reason is not None:
             self.plan = self.plan.with_choice("executor", "autograd", reason)
             for param in self.module.parameters():
                 param.grad = None  # a static step leaves its last gradient; autograd would add onto it
             step = AutogradStep(self.module, self.loss, as_torch_optimizer(self.optimizer), penalty=self.penalty,
-                                output_activation=self.output_activation, communicator=self.communicator)
+                                output_activation=self.output_activation, communicator=self.communicator,
+                                precision=self.plan.precision, forward=self._compiled_forward())
             return step, self._metric_set(data.output_shape)
         self.plan = self.plan.with_choice("executor", "static", "every layer and the loss have a known backward")
         step = StaticStep(self.module, self.loss, self.optimizer, batch_size=batch_size,
@@ -276,56 +290,6 @@ class Trainer:
         self.plan = self.plan.with_choice("cuda_graph", True, f"{steps_per_launch} static steps per launch")
         return GraphedSteps(step, data.train, batch_size, steps_per_launch, self.module, self.optimizer)
 
-    def _auto_batch_size(self, data: _PreparedData, hooks: CallbackList) -> int:
-        """``batch_size="auto"``: the largest that fits a GPU's memory, or the fastest on a CPU.
-
-        Each candidate runs real steps on the first rows; weights, optimizer state and RNG are
-        restored after each, so the trials leave no trace on training.
-        """
-        if isinstance(data.train, LoaderData):
-            raise ConfigError("batch_size='auto' needs arrays or tensors; a DataLoader fixes its own batch size.")
-        if self.communicator is not None:
-            raise ConfigError("batch_size='auto' with several replicas is not supported yet; give a number.")
-        rows = len(data.train)
-        if self.plan.device.type == "cuda":
-            search = largest_fitting_batch(lambda size: self._fits_on_gpu(data, size, hooks), start=32, limit=rows)
-            chosen = with_headroom(search.batch_size)
-            reason = f"largest that fits the GPU ({search.describe()}), less 10% headroom"
-        else:
-            rates = {size: size / self._measure(data, size, hooks) for size in cpu_batch_candidates(rows)}
-            chosen = max(rates, key=rates.get)
-            measured = ", ".join(f"{size} → {rate:,.0f} samples/s" for size, rate in rates.items())
-            reason = f"the most samples per second on this model: {measured}"
-        self.plan = dataclasses.replace(self.plan.with_choice("batch_size", chosen, reason))
-        return chosen
-
-    def _measure(self, data: _PreparedData, size: int, hooks: CallbackList) -> float:
-        step, metrics = self._make_step(data, size, hooks)
-        # A small data set has few large batches: go round them again to get enough steps to time.
-        first = list(itertools.islice(data.train.batches(size), tuning.WARMUP_STEPS + tuning.MEASURED_STEPS))
-        batches = list(itertools.islice(itertools.cycle(first), tuning.WARMUP_STEPS + tuning.MEASURED_STEPS))
-        state = tuning.TrainingState(self.module, self.optimizer)
-        try:
-            self.module.train()
-            return tuning.seconds_per_step(step, batches, metrics)
-        finally:
-            state.restore()
-
-    def _fits_on_gpu(self, data: _PreparedData, size: int, hooks: CallbackList) -> bool:
-        state = tuning.TrainingState(self.module, self.optimizer)
-        try:
-            step, metrics = self._make_step(data, size, hooks)
-            x, y = next(iter(data.train.batches(size)))
-            self.module.train()
-            step(x, y, metrics)
-            torch.cuda.synchronize(self.plan.device)
-            return True
-        except torch.cuda.OutOfMemoryError:
-            return False
-        finally:
-            state.restore()
-            torch.cuda.empty_cache()
-
     def _tune_threads(self, step, data, batch_size: int, metrics) -> None:
         """Measure the thread counts up to the physical cores on real steps; keep the fastest.
 
@@ -334,8 +298,11 @@ class Trainer:
         """
         if not self.plan.tune_threads or isinstance(data, LoaderData):
             return
-        batches = list(itertools.islice(data.batches(batch_size), tuning.WARMUP_STEPS + tuning.MEASURED_STEPS))
+        batches = tuning.trial_batches(data, batch_size)
         if len(batches) <= tuning.WARMUP_STEPS:
+            self.plan = dataclasses.replace(self.plan.with_choice(
+                "threads", self.plan.threads, "one per physical core; an epoch has too few batches to measure fewer"),
+                tune_threads=False)
             return
         self.module.train()
         best, measured = tuning.fastest_thread_count(step, batches, metrics, self.module, self.optimizer,
@@ -345,9 +312,21 @@ class Trainer:
                                         tune_threads=False)
         self._apply_plan()
 
+    def _compiled_forward(self):
+        """torch.compile of the module where the plan says so; built once, it keeps its compiled code."""
+        if self.plan.compile is not True:
+            return None
+        if self._compiled is None:
+            self._compiled = torch.compile(self.module)
+        return self._compiled
+
     def _why_not_static(self, data: _PreparedData) -> str | None:
-        if self.plan.executor == "autograd":
+        if self.requested_executor == "autograd":
             return "autograd was asked for"
+        if self.plan.precision == "bfloat16":
+            return "bfloat16 autocast runs under autograd"
+        if self.plan.compile is True:
+            return "torch.compile compiles the module's forward and its autograd backward"
         if isinstance(data.train, LoaderData):
             return "batches come from a DataLoader"
         if self.penalty is not None and not getattr(self.penalty, "described_by_static_layers", False):

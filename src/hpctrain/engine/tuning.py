@@ -6,6 +6,7 @@ and the RNG are restored afterwards, so the measured steps leave no trace on tra
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import torch
@@ -59,7 +60,7 @@ def seconds_per_step(step, batches: list, metrics) -> float:
     for x, y in batches[WARMUP_STEPS:]:
         start = time.perf_counter()
         step(x, y, metrics)
-        _synchronize(x.device)
+        synchronize(x.device)
         timings.append(time.perf_counter() - start)
         if time.perf_counter() > deadline and len(timings) >= 3:
             break
@@ -93,6 +94,13 @@ def thread_candidates(cores: int) -> list[int]:
     return candidates + [cores]
 
 
-def _synchronize(device: torch.device) -> None:
+def trial_batches(data, batch_size: int, *, cycle: bool = False) -> list:
+    """The first batches of ``data`` for timing; ``cycle`` goes round a small data set again."""
+    count = WARMUP_STEPS + MEASURED_STEPS
+    first = list(itertools.islice(data.batches(batch_size), count))
+    return list(itertools.islice(itertools.cycle(first), count)) if cycle and first else first
+
+
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -1,7 +1,7 @@
 """What the machine is and the choices made from it, recorded in one :class:`Plan`."""
 
 from hpctrain.hardware.cpu import physical_core_count
-from hpctrain.hardware.doctor import Diagnosis, Machine, advise, diagnose, diagnosis_as_dict, render_text
+from hpctrain.hardware.doctor import Diagnosis, advise, diagnose, diagnosis_as_dict, render_text
 from hpctrain.hardware.inventory import (
     CpuFeatures,
     CpuInfo,
@@ -18,6 +18,8 @@ from hpctrain.hardware.inventory import (
     torch_build,
 )
 from hpctrain.hardware.launcher import LauncherInfo, detect_launcher
+from hpctrain.hardware.machine import Machine, inspect_machine
+from hpctrain.hardware import plan_cache
 from hpctrain.hardware.plan import Plan, make_plan
 
 __all__ = [
@@ -38,11 +40,13 @@ __all__ = [
     "diagnosis_as_dict",
     "gpu_infos",
     "gpu_precision",
+    "inspect_machine",
     "make_plan",
     "memory_info",
     "parse_cpuinfo",
     "parse_meminfo",
     "physical_core_count",
+    "plan_cache",
     "render_text",
     "torch_build",
 ]

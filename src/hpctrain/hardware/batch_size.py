@@ -7,6 +7,7 @@ real step of ``b`` rows (or a simulated allocator) and says whether it ran out o
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 from hpctrain.errors import ConfigError
@@ -64,3 +65,27 @@ def cpu_batch_candidates(limit: int, start: int = 32, most: int = 1024) -> list[
         sizes.append(size)
         size *= 2
     return sizes or [limit]
+
+
+def fits_in_memory(run_step: Callable[[], None], out_of_memory: type[BaseException] | None = None) -> bool:
+    """Runs one real step; False where the device ran out of memory (any other error propagates)."""
+    import torch
+
+    try:
+        run_step()
+    except (out_of_memory or torch.cuda.OutOfMemoryError):
+        return False
+    return True
+
+
+# The batch size a learning rate is assumed tuned for: Keras's default.
+REFERENCE_BATCH = 32
+
+
+def rescaled_learning_rate(learning_rate: float, batch_size: int, rule: str,
+                           reference: int = REFERENCE_BATCH) -> tuple[float, str]:
+    """The learning rate for ``batch_size`` by the linear (Goyal et al.) or square-root rule."""
+    ratio = batch_size / reference
+    factor = ratio if rule == "linear" else math.sqrt(ratio)
+    formula = f"{batch_size}/{reference}" if rule == "linear" else f"sqrt({batch_size}/{reference})"
+    return learning_rate * factor, f"{learning_rate:g} × {formula} by the {rule} rule for the chosen batch size"

@@ -16,24 +16,12 @@ from hpctrain.hardware.inventory import (
     GpuInfo,
     MemoryInfo,
     TorchBuild,
-    cpu_info,
-    gpu_infos,
-    memory_info,
-    torch_build,
 )
-from hpctrain.hardware.launcher import LauncherInfo, detect_launcher
+from hpctrain.hardware.launcher import LauncherInfo
+from hpctrain.hardware.machine import Machine, inspect_machine
 from hpctrain.hardware.plan import Plan, make_plan
 
 GIB = 1024**3
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Machine:
-    cpu: CpuInfo
-    memory: MemoryInfo
-    gpus: tuple[GpuInfo, ...]
-    pytorch: TorchBuild
-    launcher: LauncherInfo
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -43,19 +31,9 @@ class Diagnosis:
     advice: tuple[str, ...]
 
 
-def inspect_machine(env: Mapping[str, str] | None = None) -> Machine:
-    return Machine(
-        cpu=cpu_info(),
-        memory=memory_info(),
-        gpus=gpu_infos(),
-        pytorch=torch_build(),
-        launcher=detect_launcher(env),
-    )
-
-
 def diagnose(env: Mapping[str, str] | None = None) -> Diagnosis:
     machine = inspect_machine(env)
-    plan = make_plan()
+    plan = make_plan(machine=machine)
     return Diagnosis(machine=machine, plan=plan, advice=advise(machine, plan))
 
 
@@ -95,7 +73,8 @@ def _cpu_precision_advice(cpu: CpuInfo) -> str:
         return "CPU instruction flags could not be read here: training stays in float32"
     if cpu.features.bf16_hardware:
         present = [CPU_FEATURE_LABELS[flag] for flag in ("avx512_bf16", "amx_bf16") if getattr(cpu.features, flag)]
-        return f"bfloat16 autocast can pay on this CPU ({', '.join(present)}); hpctrain's plan trains in float32"
+        return (f"bfloat16 autocast can pay on this CPU ({', '.join(present)}): make_plan(precision='auto') "
+                "measures it on your model; the default is float32, as in Keras")
     return "no bf16 hardware: training stays in float32"
 
 
@@ -107,8 +86,8 @@ def _gpu_advice(gpu: GpuInfo, plan: Plan) -> list[str]:
     ]
     if gpu.precision.bf16:
         advice.append(
-            f"bfloat16 autocast can pay on this GPU (bf16 tensor cores, compute capability {major}.{minor}); "
-            "hpctrain's plan trains in float32"
+            f"bfloat16 autocast can pay on this GPU (bf16 tensor cores, compute capability {major}.{minor}): "
+            "make_plan(precision='auto') measures it on your model; the default is float32, as in Keras"
         )
     else:
         advice.append(f"no bf16 tensor cores (compute capability {major}.{minor} < 8.0): training stays in float32")

@@ -7,7 +7,8 @@ import dataclasses
 import torch
 
 from hpctrain.errors import ConfigError
-from hpctrain.hardware.cpu import physical_core_count
+from hpctrain.hardware.inventory import CPU_FEATURE_LABELS
+from hpctrain.hardware.machine import Machine, inspect_machine
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -21,6 +22,9 @@ class Plan:
     tune_threads: bool = False  # threads came from a rule; fit may measure a better count
     batch_size: int | None = None  # set when fit(batch_size="auto") has chosen one
     cuda_graph: bool = False  # on a GPU, replay groups of static steps as one CUDA graph (opt-in for now)
+    precision: str = "float32"  # "float32", "bfloat16" (autocast), or "auto": fit measures both
+    compile: bool | str = False  # torch.compile the module's forward; "auto": fit decides from measurements
+    lr_scaling: str | None = None  # with batch_size="auto": "linear" or "sqrt" rescaling from REFERENCE_BATCH
     world_size: int = 1
     rank: int = 0
     # The distribute layer's collectives (sum, broadcast, gather) when world_size > 1.
@@ -32,13 +36,22 @@ class Plan:
             raise ConfigError(f"threads must be at least 1, got {self.threads}.")
         if self.executor not in EXECUTORS:
             raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}; got {self.executor!r}.")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
+        if self.compile not in (True, False, "auto"):
+            raise ConfigError(f"compile must be True, False or 'auto'; got {self.compile!r}.")
+        if self.lr_scaling not in LR_SCALING_RULES:
+            raise ConfigError(f"lr_scaling must be None, 'linear' or 'sqrt'; got {self.lr_scaling!r}.")
         if self.data_placement not in ("device", "host"):
             raise ConfigError(f"data_placement must be 'device' or 'host', got {self.data_placement!r}.")
 
     def with_choice(self, key: str, value, reason: str) -> "Plan":
         """A copy with one more decision made, and the reason recorded for ``explain``."""
-        reasons = tuple(item for item in self.reasons if item[0] != key) + ((key, f"{value} ({reason})"),)
-        return dataclasses.replace(self, **{key: value}, reasons=reasons)
+        return dataclasses.replace(self.with_reason(key, f"{value} ({reason})"), **{key: value})
+
+    def with_reason(self, key: str, text: str) -> "Plan":
+        """A copy that explains ``key``, a choice made outside the plan's fields (e.g. the learning rate)."""
+        return dataclasses.replace(self, reasons=tuple(item for item in self.reasons if item[0] != key) + ((key, text),))
 
     def explain(self) -> str:
         lines = [f"{key}: {value}" for key, value in self.reasons]
@@ -46,13 +59,26 @@ class Plan:
 
 
 EXECUTORS = ("auto", "static", "autograd")
+PRECISIONS = ("auto", "float32", "bfloat16")
+# Keras's dtype-policy names and the short forms people type, for the same two precisions.
+PRECISION_ALIASES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+                     "mixed_bfloat16": "bfloat16", "auto": "auto"}
+LR_SCALING_RULES = (None, "linear", "sqrt")
 
 
 def make_plan(*, device: str | torch.device = "auto", threads: int | str = "auto", executor: str = "auto",
-              cuda_graph: bool = False) -> Plan:
-    """Resolve ``"auto"`` choices against this machine; explicit values always win."""
-    resolved_device, device_reason = _resolve_device(device)
-    resolved_threads, threads_reason = _resolve_threads(threads)
+              cuda_graph: bool = False, precision: str = "float32", compile: bool | str = "auto",
+              lr_scaling: str | None = None, machine: Machine | None = None) -> Plan:
+    """Resolve ``"auto"`` choices against ``machine`` (this one by default); explicit values always win.
+
+    What only a measurement on the user's model can settle (threads, precision, compile, batch
+    size) is left for ``fit`` to measure; the rules that need no measurement are applied here.
+    """
+    machine = machine or inspect_machine()
+    resolved_device, device_reason = _resolve_device(device, machine)
+    resolved_threads, threads_reason = _resolve_threads(threads, machine)
+    resolved_precision, precision_reason = _resolve_precision(precision, resolved_device, machine)
+    resolved_compile, compile_reason = _resolve_compile(compile)
     return Plan(
         tune_threads=threads == "auto" and resolved_device.type == "cpu" and resolved_threads > 1,
         device=resolved_device,
@@ -60,32 +86,86 @@ def make_plan(*, device: str | torch.device = "auto", threads: int | str = "auto
         data_placement="device",
         executor=executor,
         cuda_graph=cuda_graph,
+        precision=resolved_precision,
+        compile=resolved_compile,
+        lr_scaling=lr_scaling,
         reasons=(
             ("device", f"{resolved_device} ({device_reason})"),
+            ("workers", _workers_reason(machine, resolved_device)),
             ("threads", f"{resolved_threads} ({threads_reason})"),
             ("data", "resident on the device as one tensor; batches gathered by index"),
             ("executor", f"{executor} ({'decided per model at fit' if executor == 'auto' else 'given explicitly'})"),
+            ("precision", f"{resolved_precision} ({precision_reason})"),
+            ("compile", f"{resolved_compile} ({compile_reason})"),
         ),
     )
 
 
-def _resolve_device(device) -> tuple[torch.device, str]:
+def _workers_reason(machine: Machine, device: torch.device) -> str:
+    launcher = machine.launcher
+    if launcher.name != "none" and launcher.world_size:
+        return (f"{launcher.world_size} (started by {launcher.name}; a model compiled in a MirroredStrategy or "
+                "MultiWorkerMirroredStrategy scope trains as one replica of them)")
+    gpus = len(machine.gpus)
+    if device.type == "cuda" and gpus > 1:
+        return (f"1 ({gpus} GPUs visible: MirroredStrategy() trains one replica per GPU, or "
+                f"hpctrain launch --nproc-per-node {gpus})")
+    return "1 (one process; several CPU processes would only split the same cores)"
+
+
+def _resolve_precision(precision, device: torch.device, machine: Machine) -> tuple[str, str]:
+    resolved = PRECISION_ALIASES.get(str(precision).lower()) if isinstance(precision, str) else None
+    if resolved is None:
+        raise ConfigError(f"precision must be 'auto', 'float32' or 'bfloat16' (or 'mixed_bfloat16'); got {precision!r}.")
+    if resolved != "auto":
+        return resolved, "as Keras trains by default" if resolved == "float32" else "given explicitly"
+    has_bf16, hardware = bf16_hardware(machine, device)
+    if not has_bf16:
+        return "float32", f"no bfloat16 hardware: {hardware}"
+    return "auto", f"{hardware}: fit measures bfloat16 autocast against float32 on this model"
+
+
+def bf16_hardware(machine: Machine, device: torch.device) -> tuple[bool, str]:
+    """Whether ``device`` computes in bfloat16 natively, and the fact that says so."""
+    if device.type == "cuda":
+        gpu = machine.gpus[device.index or 0]
+        major, minor = gpu.compute_capability
+        if gpu.precision.bf16:
+            return True, f"{gpu.name} has bf16 tensor cores (compute capability {major}.{minor})"
+        return False, f"{gpu.name} has compute capability {major}.{minor} < 8.0"
+    features = machine.cpu.features
+    if features is None:
+        return False, "the CPU's instruction flags could not be read"
+    present = [CPU_FEATURE_LABELS[flag] for flag in ("avx512_bf16", "amx_bf16") if getattr(features, flag)]
+    if present:
+        return True, f"this CPU has {' and '.join(present)}"
+    return False, "this CPU has neither AVX-512 BF16 nor AMX"
+
+
+def _resolve_compile(compile) -> tuple[bool | str, str]:
+    if compile in ("auto", True, False):
+        return compile, ("fit compiles only where the measured speed-up repays the compile time"
+                         if compile == "auto" else "given explicitly")
+    raise ConfigError(f"compile must be True, False or 'auto'; got {compile!r}.")
+
+
+def _resolve_device(device, machine: Machine) -> tuple[torch.device, str]:
     if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device()), "a CUDA GPU is visible"
+        if machine.gpus:
+            return torch.device("cuda", machine.gpus[0].index), f"a CUDA GPU is visible ({machine.gpus[0].name})"
         return torch.device("cpu"), "no CUDA GPU is visible"
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"device {device!r} is not a device PyTorch knows; use 'auto', 'cpu' or 'cuda:N'.") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
+    if resolved.type == "cuda" and not machine.gpus:
         raise ConfigError(f"device {device!r} was asked for but no CUDA GPU is visible; use 'cpu' or 'auto'.")
     return resolved, "given explicitly"
 
 
-def _resolve_threads(threads) -> tuple[int, str]:
+def _resolve_threads(threads, machine: Machine) -> tuple[int, str]:
     if threads == "auto":
-        return physical_core_count(), "one per physical core this process may use; fit measures fewer"
+        return machine.cpu.physical_cores, "one per physical core this process may use; fit measures fewer"
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ConfigError(f"threads must be 'auto' or a whole number >= 1, got {threads!r}.")
     return threads, "given explicitly"

@@ -55,7 +55,8 @@ class Model(Layer):
                               "replica; compile outside the scope to pass a plan of your own.")
         # As in Keras, a model compiled inside strategy.scope() trains with that strategy.
         self._compiled = {"loss": keras_losses.get(loss), "metrics": list(metrics or []), "plan": plan,
-                          "strategy": get_strategy(), "run_eagerly": bool(run_eagerly)}
+                          "strategy": get_strategy(), "run_eagerly": bool(run_eagerly),
+                          "jit_compile": _check_jit_compile(jit_compile)}
         for metric in self._compiled["metrics"]:
             _check_metric_name(metric)
         self._trainer = None  # the next fit builds a trainer for the new settings
@@ -197,6 +198,8 @@ class Model(Layer):
             plan = make_plan() if in_this_process else strategy.plan()
         if self._compiled["run_eagerly"]:
             plan = plan.with_choice("executor", "autograd", "run_eagerly=True")
+        if self._compiled.get("jit_compile", "auto") != "auto":
+            plan = plan.with_choice("compile", self._compiled["jit_compile"], "jit_compile in compile()")
         return Trainer(module, loss=loss, optimizer=self.optimizer.build, metrics=self._compiled["metrics"],
                        output_activation=output_activation, penalty=self._penalty_fn(), plan=plan)
 
@@ -374,6 +377,12 @@ def _numeric_or_loader(x, name: str):
 
 def _features(shape) -> str:
     return f"{shape[0]} features" if len(shape) == 1 else f"shape {shape}"
+
+
+def _check_jit_compile(jit_compile):
+    if jit_compile not in ("auto", True, False):
+        raise ConfigError(f"jit_compile must be 'auto', True or False; got {jit_compile!r}.")
+    return jit_compile
 
 
 def _check_metric_name(metric) -> None:
