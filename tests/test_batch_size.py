@@ -57,7 +57,7 @@ def test_fit_with_batch_size_auto_on_the_cpu_measures_and_explains(rng):
     explained = model.plan.explain()
     chosen = model.plan.batch_size
     assert chosen in cpu_batch_candidates(3000)
-    assert f"batch_size: {chosen} (the most samples per second on this model: 32 → " in explained
+    assert f"batch_size: {chosen} (the smallest batch within 5% of the most samples per second on this model: 32 → " in explained
     assert "1024 → " in explained
     assert len(history.history["loss"]) == 2
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))

@@ -6,7 +6,6 @@ and the RNG are restored afterwards, so the measured steps leave no trace on tra
 
 from __future__ import annotations
 
-import itertools
 import time
 
 import torch
@@ -94,11 +93,40 @@ def thread_candidates(cores: int) -> list[int]:
     return candidates + [cores]
 
 
-def trial_batches(data, batch_size: int, *, cycle: bool = False) -> list:
-    """The first batches of ``data`` for timing; ``cycle`` goes round a small data set again."""
+class TrialBatches:
+    """Batches of rows drawn at random from the whole data set, gathered when iterated.
+
+    Timing them includes the gather of scattered rows that every shuffled epoch pays; batches of
+    the first rows, gathered beforehand, would flatter large batches, whose rows then come from
+    cache instead of memory.
+    """
+
+    def __init__(self, data, indices: list[torch.Tensor]):
+        self.data = data
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, part: slice) -> "TrialBatches":
+        return TrialBatches(self.data, self.indices[part])
+
+    def __iter__(self):
+        for index in self.indices:
+            yield self.data.x.index_select(0, index), self.data.y.index_select(0, index)
+
+
+def trial_batches(data, batch_size: int, *, cycle: bool = False) -> TrialBatches:
+    """Up to ``WARMUP_STEPS + MEASURED_STEPS`` batches of ``data`` (as many as an epoch has, or,
+    with ``cycle``, that many from a small data set by drawing its rows again)."""
     count = WARMUP_STEPS + MEASURED_STEPS
-    first = list(itertools.islice(data.batches(batch_size), count))
-    return list(itertools.islice(itertools.cycle(first), count)) if cycle and first else first
+    if not cycle:
+        count = min(count, len(data) // batch_size)
+    # Its own generator: the trials must not move the RNG that training draws from.
+    generator = torch.Generator(device=data.x.device).manual_seed(0)
+    batch_size = min(batch_size, len(data))
+    indices = [torch.randperm(len(data), generator=generator, device=data.x.device)[:batch_size] for _ in range(count)]
+    return TrialBatches(data, indices)
 
 
 def synchronize(device: torch.device) -> None:
