@@ -16,8 +16,65 @@ import torch
 from hpctrain.errors import InputError
 
 
+class Columns:
+    """Several tensors with the same number of rows that travel together: a model's several
+    inputs, outputs or targets.
+
+    It offers the few tensor operations the data path uses (row slices, ``index_select``,
+    ``detach``, ``shape[0]``), each applied to every part, so single-tensor data takes the same
+    code with no branch per batch.
+    """
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts):
+        self.parts = tuple(parts)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.parts[0].shape[0],)
+
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(part.shape) for part in self.parts)
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts[0].device
+
+    def __getitem__(self, rows) -> "Columns":
+        return Columns(part[rows] for part in self.parts)
+
+    def index_select(self, dim: int, index: torch.Tensor) -> "Columns":
+        return Columns(part.index_select(dim, index) for part in self.parts)
+
+    def detach(self) -> "Columns":
+        return Columns(part.detach() for part in self.parts)
+
+    def float(self) -> "Columns":
+        return Columns(part.float() for part in self.parts)
+
+    def cpu(self) -> "Columns":
+        return Columns(part.cpu() for part in self.parts)
+
+    def numpy(self) -> list[np.ndarray]:
+        return [part.numpy() for part in self.parts]
+
+    def __repr__(self) -> str:
+        return f"Columns(shapes={self.shapes})"
+
+
+def concat_rows(batches: list):
+    """Batches of a tensor, or of ``Columns``, joined along the rows."""
+    if isinstance(batches[0], Columns):
+        return Columns(torch.cat(parts) for parts in zip(*(batch.parts for batch in batches)))
+    return torch.cat(batches)
+
+
 def to_tensor(array, *, name: str, device: torch.device) -> torch.Tensor:
     """Numeric array-like -> tensor on ``device``; floats become float32 as Keras casts them."""
+    if isinstance(array, Columns):
+        return Columns(to_tensor(part, name=f"{name}[{i}]", device=device) for i, part in enumerate(array.parts))
     if isinstance(array, torch.Tensor):
         tensor = array.detach()
     else:

@@ -207,3 +207,38 @@ def _float_label_shape_message(loss_name: str, y: torch.Tensor, classes: int) ->
         f"or (N, 1) for a model with {classes} outputs; got {y.dtype} labels shaped {tuple(y.shape)}. "
         "Use utils.to_categorical(labels, num_classes) for one-hot labels, or pass integer class ids."
     )
+
+
+class MultiOutputLoss(Loss):
+    """One loss per model output, summed with weights (Keras's ``compile(loss=[...], loss_weights=...)``).
+
+    Predictions and targets arrive as :class:`~hpctrain.engine.data.Columns`, one part per output.
+    """
+
+    name = "loss"
+
+    def __init__(self, losses: list[Loss], weights: list[float], output_names: list[str]):
+        self.losses = list(losses)
+        self.weights = [float(w) for w in weights]
+        self.output_names = list(output_names)
+
+    def __call__(self, prediction, target):
+        total = None
+        for loss, weight, part, part_target in zip(self.losses, self.weights, prediction.parts, target.parts):
+            term = loss(part, part_target)
+            term = term if weight == 1.0 else term * weight
+            total = term if total is None else total + term
+        return total
+
+    def prepare_targets(self, y, output_shape):
+        from hpctrain.engine.data import Columns
+
+        count = len(self.losses)
+        if not isinstance(y, Columns) or len(y.parts) != count:
+            given = f"{len(y.parts)} arrays" if isinstance(y, Columns) else "one array"
+            raise InputError(
+                f"the model has {count} outputs ({', '.join(self.output_names)}) but y is {given}; give y as a "
+                f"list of {count} arrays in output order, or a dict keyed by output name."
+            )
+        return Columns(loss.prepare_targets(part, shape)
+                       for loss, part, shape in zip(self.losses, y.parts, output_shape))

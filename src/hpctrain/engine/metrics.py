@@ -268,3 +268,40 @@ class DeferredMetricSet(MetricSet):
 
 
 DEFERRED_BUFFER_ELEMENTS = 1 << 24  # 64 MiB of float32 logits
+
+
+class OutputLoss(Metric):
+    """The running mean of one output's own (unweighted) loss, reported as ``<output>_loss``."""
+
+    def __init__(self, loss, index: int, name: str):
+        super().__init__(name)
+        self.loss_fn = loss
+        self.index = index
+
+    def update(self, output: ModelOutput, target) -> None:
+        rows = target.shape[0]
+        self.total.add_(self.loss_fn(output.logits.parts[self.index], target.parts[self.index]), alpha=rows)
+        self.count.add_(rows)
+
+
+class OutputMetric(Metric):
+    """A metric of one output of a multi-output model, reported as ``<output>_<metric>``.
+
+    The wrapped metric keeps the accumulators; this one shares them, so results read as usual.
+    """
+
+    def __init__(self, metric: Metric, index: int, name: str):
+        super().__init__(name)
+        self.metric = metric
+        self.index = index
+
+    def bind(self, device: torch.device) -> "OutputMetric":
+        self.metric = copy.copy(self.metric).bind(device)  # train and validation sets keep their own
+        self.total, self.count = self.metric.total, self.metric.count
+        return self
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+    def update(self, output: ModelOutput, target) -> None:
+        self.metric.update(ModelOutput(output.logits.parts[self.index]), target.parts[self.index])

@@ -15,7 +15,7 @@ import torch
 from hpctrain.engine import autotune, tuning, validation
 from hpctrain.engine.callbacks import Callback, CallbackList, History
 from hpctrain.engine.cuda_graph import GraphedSteps, graph_steps_per_launch
-from hpctrain.engine.data import LoaderData, ResidentData, to_tensor
+from hpctrain.engine.data import LoaderData, ResidentData, concat_rows, to_tensor
 from hpctrain.engine.losses import CallableLoss, Loss, from_torch
 from hpctrain.engine.metrics import DeferredMetricSet, Metric, MetricSet, ModelOutput, resolve_metric
 from hpctrain.engine.optim import as_torch_optimizer, build_optimizer, optimizer_class_by_name
@@ -140,7 +140,7 @@ class Trainer:
         with torch.inference_mode(), autocast(self.plan.device, self.plan.precision):
             parts = [self._activate(self.module(xb)).float()
                      for xb, _ in ResidentData(inputs, None).batches(batch_size)]
-            return torch.cat(parts) if parts else self._activate(self.module(inputs)).float()
+            return concat_rows(parts) if parts else self._activate(self.module(inputs)).float()
 
     # --- weights ------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from hpctrain.engine.data import Columns
 from hpctrain.errors import ConfigError, InputError
 
 
@@ -35,6 +36,10 @@ def check_same_length(x: torch.Tensor, y: torch.Tensor | None, *, x_name="x", y_
 
 def check_finite(x: torch.Tensor, *, name: str) -> None:
     # One pass over the data and one host sync, paid once before training.
+    if isinstance(x, Columns):
+        for i, part in enumerate(x.parts):
+            check_finite(part, name=f"{name}[{i}]")
+        return
     if not x.is_floating_point():
         return
     finite = torch.isfinite(x)
@@ -63,4 +68,4 @@ def probe_output_shape(module: torch.nn.Module, x: torch.Tensor, *, name: str = 
         ) from exc
     finally:
         module.train(was_training)
-    return tuple(output.shape)
+    return output.shapes if isinstance(output, Columns) else tuple(output.shape)
