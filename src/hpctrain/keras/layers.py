@@ -37,21 +37,30 @@ def _snake_case(name: str) -> str:
 
 
 class KerasTensor:
-    """A symbolic input: the shape of one sample, with ``None`` for the batch dimension."""
+    """A symbolic tensor: the shape of one batch, with ``None`` for the batch dimension.
 
-    def __init__(self, shape: tuple, name: str | None = None, dtype: str = "float32"):
+    ``node`` is the layer call that produced it (``None`` for a bare placeholder) and ``index`` its
+    position among that call's outputs; the functional ``Model`` walks these links back to its inputs.
+    """
+
+    def __init__(self, shape: tuple, name: str | None = None, dtype: str = "float32", node=None, index: int = 0):
         self.shape = (None, *shape)
         self.name = name or unique_name("input_layer")
         self.dtype = dtype
+        self.node = node
+        self.index = index
 
     def __repr__(self) -> str:
         return f"<KerasTensor shape={self.shape}, name={self.name}>"
 
 
 def Input(shape=None, batch_size=None, name=None, dtype="float32", **kwargs):  # noqa: N802 (Keras name)
+    """A model input: the output of a new ``InputLayer``, to call layers on (the functional API)."""
     if shape is None:
         raise ConfigError("Input needs shape=, the shape of one sample, e.g. Input(shape=(784,)).")
-    return KerasTensor(tuple(shape), name=name, dtype=dtype)
+    from hpctrain.keras.functional import input_tensor
+
+    return input_tensor(InputLayer(shape=tuple(shape), name=name), dtype=dtype)
 
 
 class Layer(torch.nn.Module):
@@ -70,6 +79,32 @@ class Layer(torch.nn.Module):
         self._trainable = trainable
         self.declared_input_shape = _declared_input_shape(input_shape, input_dim, batch_input_shape)
         self.input_shape_built = None
+
+    # --- calling ------------------------------------------------------------------------------
+
+    def __call__(self, inputs, *args, training=None, mask=None, **kwargs):
+        """On tensors: the forward (building the weights on the first call). On symbolic inputs
+        (``Input``): records the call for a functional ``Model``. On NumPy data: inference,
+        returning a NumPy array that also has ``.numpy()``, as Keras's eager tensors do."""
+        if isinstance(inputs, torch.Tensor):
+            if not self.built:
+                self._build_on(inputs)
+            return super().__call__(inputs, *args, **kwargs)
+        from hpctrain.keras import functional
+
+        if functional.is_symbolic(inputs):
+            return functional.call_symbolic(self, inputs, kwargs)
+        if functional.is_tensor_structure(inputs):
+            if not self.built:
+                self._build_on(inputs)
+            return super().__call__(inputs, *args, **kwargs)
+        return functional.call_on_arrays(self, inputs, training=bool(training))
+
+    def _build_on(self, inputs) -> None:
+        """Builds the weights from the first real inputs (a tensor, or a list of them)."""
+        from hpctrain.keras.functional import batch_shapes
+
+        self.build(batch_shapes(inputs))
 
     # --- Keras surface ------------------------------------------------------------------------
 
@@ -284,7 +319,74 @@ class Flatten(Layer):
         return x.flatten(1)
 
 
+class _Merge(Layer):
+    """A layer that takes a list of tensors (``Concatenate``, ``Add``)."""
+
+    def build(self, input_shape):
+        if not isinstance(input_shape, (list, tuple)) or not input_shape or not isinstance(input_shape[0], tuple) \
+                or len(input_shape) < 2:
+            raise ConfigError(f"{type(self).__name__} takes a list of at least two inputs; got shape(s) {input_shape}.")
+        self._check_shapes([tuple(shape) for shape in input_shape])
+        super().build(input_shape)
+
+    def _check_shapes(self, shapes: list[tuple]) -> None:
+        raise NotImplementedError
+
+
+def _same_dims(a, b) -> bool:
+    return a is None or b is None or a == b
+
+
+class Concatenate(_Merge):
+    """Joins a list of inputs along ``axis`` (the last by default); other dimensions must agree."""
+
+    def __init__(self, axis=-1, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = int(axis)
+
+    def _check_shapes(self, shapes):
+        rank = len(shapes[0])
+        axis = self.axis % rank
+        for shape in shapes[1:]:
+            if len(shape) != rank or not all(_same_dims(a, b) for i, (a, b) in enumerate(zip(shapes[0], shape))
+                                             if i != axis):
+                raise ConfigError(f"{self.name}: Concatenate(axis={self.axis}) needs inputs whose shapes agree "
+                                  f"except on that axis; got {', '.join(map(str, shapes))}.")
+
+    def compute_output_shape(self, input_shape):
+        shapes = [tuple(shape) for shape in input_shape]
+        axis = self.axis % len(shapes[0])
+        sizes = [shape[axis] for shape in shapes]
+        joined = None if None in sizes else sum(sizes)
+        return (*shapes[0][:axis], joined, *shapes[0][axis + 1:])
+
+    def forward(self, inputs):
+        return torch.cat(list(inputs), dim=self.axis)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
+
+
+class Add(_Merge):
+    """The element-wise sum of a list of inputs of one shape."""
+
+    def _check_shapes(self, shapes):
+        for shape in shapes[1:]:
+            if len(shape) != len(shapes[0]) or not all(_same_dims(a, b) for a, b in zip(shapes[0], shape)):
+                raise ConfigError(f"{self.name}: Add needs inputs of one shape; got {', '.join(map(str, shapes))}.")
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0])
+
+    def forward(self, inputs):
+        total = inputs[0]
+        for tensor in inputs[1:]:
+            total = total + tensor
+        return total
+
+
 LAYERS = {cls.__name__: cls for cls in (InputLayer, Dense, Activation, Dropout, Flatten)}
+LAYERS.update(Concatenate=Concatenate, Add=Add)
 
 
 def deserialize(entry: dict) -> Layer:

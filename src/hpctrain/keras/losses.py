@@ -71,7 +71,12 @@ class Loss:
         raise NotImplementedError
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        return self.call(y_true, y_pred).mean()
+        value = self.call(y_true, y_pred).mean()
+        if isinstance(y_true, torch.Tensor) or isinstance(y_pred, torch.Tensor):
+            return value  # differentiable, e.g. inside a custom training step
+        from hpctrain.keras.functional import eager_value
+
+        return eager_value(value)  # on NumPy data: a value with .numpy(), as Keras returns
 
     def engine_loss(self) -> engine_losses.Loss:
         """The engine's form of this loss; subclasses written by users fall back to ``call``."""

@@ -8,6 +8,8 @@ never takes the log of a rounded-to-zero probability.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
@@ -17,14 +19,25 @@ from hpctrain.engine.metrics import ModelOutput  # noqa: F401  (re-exported for 
 from hpctrain.errors import ConfigError, InputError, NotCompiledError
 from hpctrain.hardware import make_plan
 from hpctrain.keras import activations, losses as keras_losses, optimizers as keras_optimizers
-from hpctrain.keras.layers import InputLayer, KerasTensor, Layer, unique_name
+from hpctrain.keras.layers import LAYERS, InputLayer, KerasTensor, Layer, _snake_case, unique_name
 from hpctrain.keras.summary import summary_table
 
 _FOLDABLE = {activations.softmax: "categorical", activations.sigmoid: "binary"}
 
 
 class Model(Layer):
-    """Keras's training surface over a module; subclasses define the layer graph."""
+    """Keras's training surface over a module; subclasses define the layer graph.
+
+    ``Model(inputs, outputs)`` makes a functional model; a subclass that defines ``call`` is a
+    subclassed model (layers assigned as attributes are tracked, weights built on the first call).
+    """
+
+    def __new__(cls, *args, **kwargs):
+        if cls is Model and (args or "inputs" in kwargs or "outputs" in kwargs):
+            from hpctrain.keras.functional import Functional
+
+            return super().__new__(Functional)
+        return super().__new__(cls)
 
     def __init__(self, name=None, **kwargs):
         super().__init__(name=name or unique_name(self._default_name()), **kwargs)
@@ -35,7 +48,7 @@ class Model(Layer):
 
     @classmethod
     def _default_name(cls) -> str:
-        return "model"
+        return "model" if cls is Model else _snake_case(cls.__name__)
 
     # --- compile ------------------------------------------------------------------------------
 
@@ -45,8 +58,9 @@ class Model(Layer):
         ``plan`` (hpctrain's own) overrides the hardware plan, e.g. ``hpctrain.make_plan(threads=1)``."""
         if loss is None:
             raise ConfigError("compile needs a loss, e.g. loss='sparse_categorical_crossentropy'.")
-        if loss_weights is not None or weighted_metrics is not None:
-            raise ConfigError("loss_weights and weighted_metrics are not supported yet; remove them.")
+        if weighted_metrics is not None:
+            raise ConfigError("weighted_metrics is not supported yet; remove it.")
+        loss, metrics = self._compile_loss_and_metrics(loss, loss_weights, metrics)
         self.optimizer = keras_optimizers.get(optimizer)
         from hpctrain.distribute import get_strategy
 
@@ -54,12 +68,20 @@ class Model(Layer):
             raise ConfigError("compile(plan=...) inside strategy.scope(): the strategy makes the plan of each "
                               "replica; compile outside the scope to pass a plan of your own.")
         # As in Keras, a model compiled inside strategy.scope() trains with that strategy.
-        self._compiled = {"loss": keras_losses.get(loss), "metrics": list(metrics or []), "plan": plan,
+        self._compiled = {"loss": loss, "metrics": metrics, "plan": plan,
                           "strategy": get_strategy(), "run_eagerly": bool(run_eagerly),
                           "jit_compile": _check_jit_compile(jit_compile)}
-        for metric in self._compiled["metrics"]:
-            _check_metric_name(metric)
         self._trainer = None  # the next fit builds a trainer for the new settings
+
+    def _compile_loss_and_metrics(self, loss, loss_weights, metrics):
+        """The engine's loss and metric list (a model with several outputs has one loss per output)."""
+        if loss_weights is not None:
+            raise ConfigError("loss_weights weighs the losses of several outputs; this model has one output. "
+                              "Remove loss_weights.")
+        metrics = list(metrics or [])
+        for metric in metrics:
+            _check_metric_name(metric)
+        return keras_losses.get(loss), metrics
 
     @property
     def plan(self):
@@ -86,7 +108,8 @@ class Model(Layer):
                             validation_steps=validation_steps)
         if validation_freq != 1:
             raise ConfigError("validation_freq other than 1 is not supported yet.")
-        x = _numeric_or_loader(x, "x")
+        x, y = self._model_inputs(x, "x"), self._model_targets(y, "y")
+        validation_data = self._structured_validation(validation_data)
         arguments = dict(x=x, y=y, batch_size=32 if batch_size is None else batch_size, epochs=epochs,
                          verbose=verbose, callbacks=callbacks, validation_split=validation_split,
                          validation_data=validation_data, shuffle=shuffle, initial_epoch=initial_epoch)
@@ -112,28 +135,62 @@ class Model(Layer):
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
                  callbacks=None, return_dict=False):
         _reject_unsupported(sample_weight=sample_weight, steps=steps)
-        x = _numeric_or_loader(x, "x")
+        x, y = self._model_inputs(x, "x"), self._model_targets(y, "y")
         return self._ready_trainer(x, "evaluate").evaluate(x, y, batch_size=batch_size, verbose=verbose,
                                                           return_dict=return_dict)
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None) -> np.ndarray:
         _reject_unsupported(steps=steps)
-        x = _numeric_or_loader(x, "x")
+        x = self._model_inputs(x, "x")
         self._build_from_data(x)
-        if self._trainer is None:
-            return self._inference_trainer().predict(x, batch_size=batch_size, verbose=verbose)
-        return self._trainer.predict(x, batch_size=batch_size, verbose=verbose)
+        trainer = self._trainer or self._inference_trainer()
+        return self._model_outputs(trainer.predict(x, batch_size=batch_size, verbose=verbose))
 
-    def __call__(self, inputs, training=False):
-        """On a tensor: a differentiable forward. On NumPy data: inference, returning a CPU tensor."""
-        if isinstance(inputs, torch.Tensor):
-            return super().__call__(inputs)
-        array = np.asarray(_numeric_or_loader(inputs, "inputs"), dtype=np.float32)
-        self._build_from_data(array)
-        device = next(self.parameters()).device
-        self.train(bool(training))
-        with torch.inference_mode():
-            return super().__call__(torch.from_numpy(array).to(device)).cpu()
+    def _build_on(self, inputs) -> None:
+        self._build_from_data(inputs)
+
+    # --- data in the shapes the engine carries (a functional model may take several) -----------
+
+    def _model_inputs(self, x, name: str):
+        return _numeric_or_loader(x, name)
+
+    def _model_targets(self, y, name: str):
+        return y
+
+    def _structured_validation(self, validation_data):
+        return validation_data
+
+    def _model_outputs(self, outputs):
+        return outputs
+
+    def _engine_module(self) -> torch.nn.Module:
+        return self
+
+    # --- subclassed models: call() and the layers assigned as attributes ------------------------
+
+    @property
+    def layers(self) -> list[Layer]:
+        return _tracked_layers(self)
+
+    def call(self, inputs, training=False):
+        raise ConfigError(f"{type(self).__name__} defines no call(self, inputs, training=False); a subclassed "
+                          "Model computes its outputs there.")
+
+    def forward(self, inputs):
+        if isinstance(inputs, torch.utils.data.DataLoader):
+            raise ConfigError("a model is called on tensors or arrays, not on a DataLoader.")
+        from hpctrain.engine.data import Columns
+
+        if isinstance(inputs, Columns):
+            inputs = list(inputs.parts)
+        if _takes_training(type(self)):
+            return self.call(inputs, training=self.training)
+        return self.call(inputs)
+
+    def get_config(self) -> dict:
+        raise ConfigError(f"{type(self).__name__} is a subclassed model: its architecture is Python code, which "
+                          "model.save does not store. Use save_weights/load_weights, or build it as a Sequential "
+                          "or functional model.")
 
     # --- weights ------------------------------------------------------------------------------
 
@@ -187,7 +244,7 @@ class Model(Layer):
 
     def _make_trainer(self) -> Trainer:
         loss = self._compiled["loss"]
-        module, output_activation = self, None
+        module, output_activation = self._engine_module(), None
         folded = self._foldable_output_activation(loss)
         if folded is not None:
             module, output_activation, loss = _LogitsView(self), folded, loss.with_logits()
@@ -204,10 +261,10 @@ class Model(Layer):
                        output_activation=output_activation, penalty=self._penalty_fn(), plan=plan)
 
     def _inference_trainer(self) -> Trainer:
-        return Trainer(self, loss=keras_losses.get("mse"), optimizer=lambda params, device: None)
+        return Trainer(self._engine_module(), loss=keras_losses.get("mse"), optimizer=lambda params, device: None)
 
     def _foldable_output_activation(self, loss):
-        raise NotImplementedError
+        return None  # only a Sequential's last Dense splits its activation off
 
     def _penalty_fn(self):
         layers = [layer for layer in self.layers if layer.regularization_penalty() is not None]
@@ -222,8 +279,50 @@ class Model(Layer):
         penalty.described_by_static_layers = all(layer.static_layers() is not None for layer in layers)
         return penalty
 
+    def regularization_penalty(self):
+        penalty = self._penalty_fn()  # a model used as a layer contributes its layers' penalties
+        return None if penalty is None else penalty()
+
     def _build_from_data(self, x) -> None:
-        raise NotImplementedError
+        """A subclassed model builds its layers by running once on the first two samples."""
+        if self.built or x is None:
+            return
+        if isinstance(x, torch.utils.data.DataLoader):
+            raise ConfigError(f"{self.name} is not built yet; call it once on a batch (model(x[:1])) before "
+                              "training it from a DataLoader.")
+        from hpctrain.engine.data import to_tensor
+
+        sample = to_tensor(x[:2], name="x", device=torch.device("cpu"))
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                self.forward(sample)
+        finally:
+            self.train(was_training)
+        self.built = True
+
+
+def _tracked_layers(module: torch.nn.Module) -> list[Layer]:
+    """The layers assigned to ``module`` as attributes (directly or in module lists/dicts), in order."""
+    layers = []
+    for child in module.children():
+        if isinstance(child, Layer):
+            layers.append(child)
+        elif isinstance(child, (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Sequential)):
+            layers.extend(_tracked_layers(child))
+    return list({id(layer): layer for layer in layers}.values())
+
+
+_TAKES_TRAINING: dict[type, bool] = {}
+
+
+def _takes_training(cls: type) -> bool:
+    if cls not in _TAKES_TRAINING:
+        parameters = inspect.signature(cls.call).parameters
+        _TAKES_TRAINING[cls] = "training" in parameters or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return _TAKES_TRAINING[cls]
 
 
 class Sequential(Model):
@@ -251,6 +350,10 @@ class Sequential(Model):
         if not isinstance(layer, torch.nn.Module):
             raise ConfigError(f"Sequential.add takes a layer; got {type(layer).__name__}.")
         declared = getattr(layer, "declared_input_shape", None)
+        if isinstance(layer, Model) and not len(self._stack) and self._input_shape is None:
+            lent = getattr(layer, "input_shape", None)  # a built model in first place lends its input shape
+            if isinstance(lent, tuple):
+                self._set_input_shape(lent[1:])
         if declared is not None:
             if len(self._stack) and self._input_shape is None:
                 raise ConfigError(f"layer {layer.name} declares an input shape but is not the first layer.")
@@ -312,6 +415,16 @@ class Sequential(Model):
             model.add(deserialize(entry))
         return model
 
+    def compute_output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self.layers:
+            shape = layer.compute_output_shape(shape) if isinstance(layer, Layer) else shape
+        return shape
+
+    @property
+    def input_shape(self):
+        return None if self._input_shape is None else (None, *self._input_shape)
+
     def output_shapes(self) -> list[tuple]:
         shape = (None, *self._input_shape) if self._input_shape is not None else None
         shapes = []
@@ -325,12 +438,13 @@ class Sequential(Model):
             x = layer(x)
         return x
 
-    def static_layers(self, include_output_activation: bool = True):
-        """The stack as the engine's static primitives, or ``None`` if some layer has none."""
+    def static_layers(self, include_activation: bool = True):
+        """The stack as the engine's static primitives, or ``None`` if some layer has none;
+        ``include_activation=False`` leaves out the final activation (the loss takes logits)."""
         layers = []
         for position, layer in enumerate(self.layers):
             is_last = position == len(self.layers) - 1
-            described = layer.static_layers(include_activation=include_output_activation or not is_last) \
+            described = layer.static_layers(include_activation=include_activation or not is_last) \
                 if hasattr(layer, "static_layers") else None
             if described is None:
                 return None
@@ -366,7 +480,7 @@ class _LogitsView(torch.nn.Module):
         return self.model.forward_logits(x)
 
     def static_layers(self):
-        return self.model.static_layers(include_output_activation=False)
+        return self.model.static_layers(include_activation=False)
 
 
 def _numeric_or_loader(x, name: str):
@@ -399,6 +513,9 @@ def _reject_unsupported(**arguments) -> None:
     given = [name for name, value in arguments.items() if value is not None]
     if given:
         raise ConfigError(f"{', '.join(given)} is not supported yet; remove it from the call.")
+
+
+LAYERS["Sequential"] = Sequential  # a model can be a layer of another model, and is saved as one
 
 
 def load_model(filepath, compile: bool = False):

@@ -75,7 +75,9 @@ def load_model(filepath: str, compile: bool = False):
 
     from safetensors.torch import load
 
-    from hpctrain.keras.models import Sequential
+    from hpctrain.keras import functional  # noqa: F401  (registers Functional as a loadable class)
+    from hpctrain.keras.layers import LAYERS
+    from hpctrain.keras.models import Model
 
     if not os.path.exists(filepath):
         raise InputError(f"no saved model at {filepath!r}.")
@@ -85,10 +87,11 @@ def load_model(filepath: str, compile: bool = False):
             weights = load(archive.read(WEIGHTS_ENTRY))
     except (zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise InputError(f"{filepath} is not a model saved by model.save() ({exc}).") from exc
-    if config.get("format") != FORMAT or config.get("class_name") != "Sequential":
+    model_class = LAYERS.get(config.get("class_name"))
+    if config.get("format") != FORMAT or not (isinstance(model_class, type) and issubclass(model_class, Model)):
         raise InputError(f"{filepath} holds {config.get('format')!r} / {config.get('class_name')!r}; expected a "
-                         f"{FORMAT!r} Sequential model.")
-    model = Sequential.from_config(config["config"])
+                         f"{FORMAT!r} Sequential or Functional model.")
+    model = model_class.from_config(config["config"])
     own = _named_weights(model)
     if sorted(own) != sorted(weights):
         raise InputError(f"{filepath}: the weights do not match the architecture stored beside them.")
