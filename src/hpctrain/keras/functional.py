@@ -8,6 +8,8 @@ list of (layer, input slots, output slots), so autograd trains it like any other
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
@@ -57,9 +59,15 @@ def batch_shapes(inputs):
 
 
 class Node:
-    """One call of a layer on symbolic tensors; ``inputs`` is ``None`` for an ``InputLayer``."""
+    """One call of a layer on symbolic tensors; ``inputs`` is ``None`` for an ``InputLayer``.
+
+    ``serial`` counts calls in the order they were made, which is always a topological order.
+    """
+
+    _serials = itertools.count()
 
     def __init__(self, layer, inputs, kwargs: dict):
+        self.serial = next(Node._serials)
         self.layer = layer
         self.inputs = inputs
         self.kwargs = kwargs
@@ -360,7 +368,8 @@ class _OutputColumns(torch.nn.Module):
 
 
 def _nodes_in_order(outputs: list[KerasTensor], inputs: list[KerasTensor]) -> list[Node]:
-    """The layer calls between ``inputs`` and ``outputs``, each after the calls it depends on."""
+    """The layer calls between ``inputs`` and ``outputs``, in the order they were made (so each
+    comes after the calls it depends on, and the layers keep the order the program wrote them in)."""
     input_ids = {id(tensor) for tensor in inputs}
     ordered, seen = [], set()
 
@@ -380,7 +389,7 @@ def _nodes_in_order(outputs: list[KerasTensor], inputs: list[KerasTensor]) -> li
 
     for tensor in outputs:
         visit(tensor)
-    return ordered
+    return sorted(ordered, key=lambda node: node.serial)
 
 
 def _unique(items: list) -> list:
