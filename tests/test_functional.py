@@ -102,6 +102,7 @@ def test_multi_input_multi_output_fit_equals_torch_sgd(rng):
             totals += [loss.item(), cls_loss.item(), reg_loss.item()]
         epoch_losses.append(totals / 3)
 
+    assert model.plan.executor == "autograd"  # a graph, not a plain stack: autograd trains it
     for got, ref in zip(model.get_weights(), reference):
         np.testing.assert_allclose(got, ref.detach().numpy(), atol=1e-5)
     assert list(history.history) == ["loss", "cls_loss", "reg_loss", "cls_accuracy"]
@@ -124,6 +125,11 @@ def test_one_loss_for_every_output_and_validation_keys(rng):
                                               "val_reg_loss"])
     assert history.history["val_loss"][0] == pytest.approx(
         history.history["val_cls_loss"][0] + history.history["val_reg_loss"][0], rel=1e-5)
+    # validation_split holds out the last rows of every input and output alike
+    split = model.fit([a, b], [labels, target], epochs=1, validation_split=0.25, verbose=0).history
+    held_out = model.evaluate([a[36:], b[36:]], [labels[36:], target[36:]], verbose=0, return_dict=True)
+    for key in ("loss", "cls_loss", "reg_loss"):
+        assert split[f"val_{key}"][0] == pytest.approx(held_out[key], rel=1e-5)
 
 
 class ResidualNet(Model):
@@ -242,6 +248,22 @@ def test_functional_save_and_load_round_trip(rng, tmp_path):
             np.testing.assert_array_equal(got_part, expected_part)
 
 
+def test_get_layer_output_makes_a_feature_extractor(rng):
+    model, shared = _two_input_two_output_model()
+    assert model.get_layer("shared") is shared and model.get_layer(index=-1).name == "reg"
+    extractor = Model(inputs=model.inputs, outputs=model.get_layer("joined").output)
+    a, b, _, _ = _data(rng, n=3)
+    weights = [torch.tensor(w) for w in model.get_weights()]
+    shared_k, shared_b, proj_k, proj_b = weights[:4]
+    expected = torch.cat([torch.tanh(torch.tensor(a) @ shared_k + shared_b),
+                          torch.tanh((torch.tensor(b) @ proj_k + proj_b) @ shared_k + shared_b)], dim=-1)
+    np.testing.assert_allclose(extractor.predict([a, b], verbose=0), expected.numpy(), atol=1e-6)
+    with pytest.raises(InputError, match="two_by_two has no layer named 'nope'; its layers are a, b, shared"):
+        model.get_layer("nope")
+    with pytest.raises(ConfigError, match="layer dense_free has no output yet"):
+        Dense(2, name="dense_free").output
+
+
 def test_dict_outputs_predict_as_a_dict(rng):
     inputs = Input(shape=(4,))
     hidden = Dense(3)(inputs)
@@ -282,6 +304,10 @@ def test_functional_errors_say_what_to_do(rng):
         model.fit({"a": x, "c": x}, [x, x], verbose=0)
     with pytest.raises(InputError, match=r"input b expects samples shaped \(3,\) but got \(4,\)"):
         model.fit([x, x], [x[:, :3], x[:, :1]], verbose=0)
+    with tf.distribute.MirroredStrategy(devices=["cpu:0", "cpu:1"]).scope():
+        model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ConfigError, match="several inputs or outputs cannot train in spawned replicas yet"):
+        model.fit([x, x[:, :3]], [x[:, :3], x[:, :1]], verbose=0)
 
 
 def test_functional_program_on_real_mnist_resumes_from_its_checkpoint(tmp_path):

@@ -100,6 +100,23 @@ class Layer(torch.nn.Module):
             return super().__call__(inputs, *args, **kwargs)
         return functional.call_on_arrays(self, inputs, training=bool(training))
 
+    @property
+    def output(self):
+        """The symbolic output of this layer's first call on ``Input`` tensors (Keras's ``layer.output``)."""
+        return self._first_node("output").outputs[0]
+
+    @property
+    def input(self):
+        """The symbolic input of this layer's first call on ``Input`` tensors."""
+        node = self._first_node("input")
+        return node.outputs[0] if node.inputs is None else node.inputs
+
+    def _first_node(self, what: str):
+        nodes = self.__dict__.get("_inbound_nodes")
+        if not nodes:
+            raise ConfigError(f"layer {self.name} has no {what} yet: it has not been called on Input() tensors.")
+        return nodes[0]
+
     def _build_on(self, inputs) -> None:
         """Builds the weights from the first real inputs (a tensor, or a list of them)."""
         from hpctrain.keras.functional import batch_shapes

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from hpctrain.engine import Trainer
-from hpctrain.engine.data import as_numeric
+from hpctrain.engine.data import Columns, as_numeric
 from hpctrain.engine.metrics import ModelOutput  # noqa: F401  (re-exported for custom steps)
 from hpctrain.errors import ConfigError, InputError, NotCompiledError
 from hpctrain.hardware import make_plan
@@ -115,6 +115,9 @@ class Model(Layer):
                          validation_data=validation_data, shuffle=shuffle, initial_epoch=initial_epoch)
         strategy = (self._compiled or {}).get("strategy")
         if strategy is not None and strategy.spawns_locally:
+            if any(isinstance(data, Columns) for data in (x, y)):
+                raise ConfigError("a model with several inputs or outputs cannot train in spawned replicas yet; "
+                                  "start the script with hpctrain launch, or train it in one process.")
             self._ready_trainer(x, "fit")  # builds the model and checks x's shape before any process starts
             self.history = strategy.fit(self, arguments)
             return self.history
@@ -179,8 +182,6 @@ class Model(Layer):
     def forward(self, inputs):
         if isinstance(inputs, torch.utils.data.DataLoader):
             raise ConfigError("a model is called on tensors or arrays, not on a DataLoader.")
-        from hpctrain.engine.data import Columns
-
         if isinstance(inputs, Columns):
             inputs = list(inputs.parts)
         if _takes_training(type(self)):
@@ -229,6 +230,19 @@ class Model(Layer):
 
     def count_params(self) -> int:
         return sum(layer.count_params() for layer in self.layers)
+
+    def get_layer(self, name=None, index=None) -> Layer:
+        """One of the model's layers, by name or by position in ``layers``."""
+        layers = self.layers
+        if index is not None:
+            if not -len(layers) <= index < len(layers):
+                raise InputError(f"get_layer(index={index}): {self.name} has {len(layers)} layers.")
+            return layers[index]
+        for layer in layers:
+            if layer.name == name:
+                return layer
+        raise InputError(f"{self.name} has no layer named {name!r}; its layers are "
+                         f"{', '.join(layer.name for layer in layers)}.")
 
     # --- plumbing to the engine ---------------------------------------------------------------
 
