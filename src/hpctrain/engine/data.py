@@ -39,6 +39,10 @@ class Columns:
         return tuple(tuple(part.shape) for part in self.parts)
 
     @property
+    def dtype(self) -> tuple[torch.dtype, ...]:
+        return tuple(part.dtype for part in self.parts)
+
+    @property
     def device(self) -> torch.device:
         return self.parts[0].device
 
