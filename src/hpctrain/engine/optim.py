@@ -23,8 +23,9 @@ def fastest_kernel_options(optimizer_class: type, device: torch.device) -> dict:
     return {}
 
 
-def build_optimizer(optimizer_class: type, params, device: torch.device, **hyperparameters) -> "LazyOptimizer":
-    return LazyOptimizer(optimizer_class, list(params), device, hyperparameters)
+def build_optimizer(optimizer_class: type, params, device: torch.device, *, schedule=None,
+                    **hyperparameters) -> "LazyOptimizer":
+    return LazyOptimizer(optimizer_class, list(params), device, hyperparameters, schedule=schedule)
 
 
 class LazyOptimizer:
@@ -37,8 +38,12 @@ class LazyOptimizer:
     never needs the object; ``torch()`` builds it on demand and hands it that very state.
     """
 
-    def __init__(self, optimizer_class: type, params: list, device: torch.device, hyperparameters: dict):
+    def __init__(self, optimizer_class: type, params: list, device: torch.device, hyperparameters: dict,
+                 schedule=None):
         self.optimizer_class = optimizer_class
+        # ``schedule(update_count) -> rate``; the count of updates lives on the host (see scheduled_rate).
+        self.schedule = schedule
+        self.scheduled_updates = 0
         self.params = params
         self.device = device
         self.group = {**_class_defaults(optimizer_class), **hyperparameters,
@@ -67,6 +72,39 @@ class LazyOptimizer:
 
     def step(self) -> None:
         self.torch().step()
+
+
+def update_count(optimizer) -> int | None:
+    """Updates applied so far, from the optimizer state's step counter (a host read); ``None`` for
+    an optimizer that keeps no counter (plain SGD)."""
+    for state in optimizer.state.values():
+        if "step" in state:
+            return int(state["step"])
+    return None
+
+
+def scheduled_rate(optimizer):
+    """A no-argument callable to run before each update that sets the scheduled learning rate, or
+    ``None`` when the rate is fixed.
+
+    The update count is read from the optimizer state once here (one host sync per ``fit``, which
+    also picks up restored state) and then counted on the host, so the per-step cost is one
+    Python call of the schedule and no device round trip.
+    """
+    schedule = getattr(optimizer, "schedule", None)
+    if schedule is None:
+        return None
+    counted = update_count(optimizer)
+    if counted is not None:
+        optimizer.scheduled_updates = counted
+
+    def set_rate() -> None:
+        rate = float(schedule(optimizer.scheduled_updates))
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        optimizer.scheduled_updates += 1
+
+    return set_rate
 
 
 def _class_defaults(optimizer_class: type) -> dict:

@@ -18,7 +18,7 @@ from hpctrain.engine.cuda_graph import GraphedSteps, graph_steps_per_launch
 from hpctrain.engine.data import LoaderData, ResidentData, concat_rows, to_tensor
 from hpctrain.engine.losses import CallableLoss, Loss, from_torch
 from hpctrain.engine.metrics import DeferredMetricSet, Metric, MetricSet, ModelOutput, resolve_metric
-from hpctrain.engine.optim import as_torch_optimizer, build_optimizer, optimizer_class_by_name
+from hpctrain.engine.optim import as_torch_optimizer, build_optimizer, optimizer_class_by_name, scheduled_rate
 from hpctrain.engine.progress import Progress, format_logs
 from hpctrain.engine.static_step import StaticStep, why_not_static
 from hpctrain.engine.step import AutogradStep, autocast
@@ -66,6 +66,7 @@ class Trainer:
         self.history = None
         self._graphed = None
         self._compiled = None
+        self._before_update = None  # sets a scheduled learning rate before each update
         # Replicas of a data-parallel strategy share work through this; None in a single process.
         self.communicator = plan.communicator if plan.world_size > 1 else None
 
@@ -87,6 +88,7 @@ class Trainer:
         hooks = CallbackList([*(callbacks or []), history], model=callback_model or self, params=params)
         batch_size, step, train_metrics = self._settle_plan(data, batch_size, epochs, hooks)
         steps = params["steps"] = _steps_per_epoch(data.train, batch_size)
+        self._before_update = scheduled_rate(self.optimizer)
         shuffler = _Shuffler(self.plan.device, self.communicator) if shuffle else None
         self.stop_training = False
         hooks.call("on_train_begin", {})
@@ -205,6 +207,8 @@ class Trainer:
         for done, (xb, yb, *global_rows) in enumerate(batches, start=done + 1):
             if hooks.wants_train_batch_begin:
                 hooks.train_batch_begin(done - 1)
+            if self._before_update is not None:
+                self._before_update()
             step(xb, yb, metrics, *global_rows)
             if hooks.wants_train_batch_logs:
                 hooks.train_batch_end(done - 1, metrics.results())  # a host sync, only when asked for
@@ -281,6 +285,8 @@ class Trainer:
         reason = ("not asked for" if not self.plan.cuda_graph else "not a CUDA device" if steps_per_launch == 0
                   else "not with replicas yet" if self.communicator is not None
                   else "only the fused Adam/AdamW update is captured" if not step.update_is_capturable
+                  else "a learning-rate schedule sets the rate before every step"
+                  if getattr(self.optimizer, "schedule", None) is not None
                   else "a callback listens to every batch" if hooks.wants_train_batch_logs
                   or hooks.wants_train_batch_begin else None)
         if reason is not None:

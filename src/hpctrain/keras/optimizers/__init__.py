@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from hpctrain.engine.optim import build_optimizer
+from hpctrain.engine.optim import build_optimizer, update_count
 from hpctrain.errors import ConfigError, valid_names_hint
+from hpctrain.keras.optimizers import schedules
+from hpctrain.keras.optimizers.schedules import LearningRateSchedule
 
 _UNSUPPORTED = ("clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency",
                 "loss_scale_factor", "gradient_accumulation_steps")
@@ -31,8 +33,12 @@ class Optimizer:
             raise ConfigError(f"{type(self).__name__}: {', '.join(unsupported)} is not supported yet; remove it.")
         if kwargs:
             raise ConfigError(f"{type(self).__name__} got unexpected argument(s): {', '.join(sorted(kwargs))}.")
+        self._schedule = learning_rate if isinstance(learning_rate, LearningRateSchedule) else None
+        if self._schedule is not None:
+            learning_rate = self._schedule(0)
         if not isinstance(learning_rate, (int, float)) or learning_rate < 0:
-            raise ConfigError(f"learning_rate must be a number >= 0; got {learning_rate!r}.")
+            raise ConfigError(f"learning_rate must be a number >= 0 or a keras.optimizers.schedules."
+                              f"LearningRateSchedule; got {learning_rate!r}.")
         self.name = name or type(self).__name__.lower()
         self._learning_rate = float(learning_rate)
         self._engine_optimizer = None
@@ -52,7 +58,8 @@ class Optimizer:
                 a is b for a, b in zip(existing.params, params)) and existing.device == device:
             return existing
         self._engine_optimizer = build_optimizer(
-            self.torch_class, params, device, lr=self._learning_rate, **self.torch_hyperparameters()
+            self.torch_class, params, device, lr=self._learning_rate, schedule=self._schedule,
+            **self.torch_hyperparameters()
         )
         return self._engine_optimizer
 
@@ -63,12 +70,19 @@ class Optimizer:
 
     @property
     def learning_rate(self) -> float:
+        """The rate the next update will use; with a schedule, ``schedule(updates so far)`` as in Keras."""
+        if self._schedule is not None:
+            updates = 0 if self._engine_optimizer is None else self._engine_optimizer.scheduled_updates
+            return float(self._schedule(updates))
         if self._engine_optimizer is not None:
             return self._engine_optimizer.param_groups[0]["lr"]
         return self._learning_rate
 
     @learning_rate.setter
     def learning_rate(self, value: float) -> None:
+        if self._schedule is not None:
+            raise ConfigError(f"this optimizer's learning rate follows {type(self._schedule).__name__}, so it cannot "
+                              "be set; build the optimizer with a number as learning_rate to set it by hand.")
         self._learning_rate = float(value)
         if self._engine_optimizer is not None:
             for group in self._engine_optimizer.param_groups:
@@ -81,10 +95,8 @@ class Optimizer:
         """Updates applied so far (a host read of the first parameter's step count)."""
         if self._engine_optimizer is None:
             return 0
-        for state in self._engine_optimizer.state.values():
-            if "step" in state:
-                return int(state["step"])
-        return 0
+        counted = update_count(self._engine_optimizer)
+        return self._engine_optimizer.scheduled_updates if counted is None else counted
 
     def state_by_position(self) -> list[dict]:
         """The optimizer state of each weight, in ``model.parameters()`` order, as CPU tensors."""
@@ -103,7 +115,8 @@ class Optimizer:
                                           for key, value in state.items()}
 
     def get_config(self) -> dict:
-        return {"name": self.name, "learning_rate": self.learning_rate, **self.torch_hyperparameters()}
+        rate = self.learning_rate if self._schedule is None else schedules.serialize(self._schedule)
+        return {"name": self.name, "learning_rate": rate, **self.torch_hyperparameters()}
 
 
 class SGD(Optimizer):
