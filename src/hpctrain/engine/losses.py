@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hpctrain.errors import InputError, warn
+from hpctrain.errors import ConfigError, InputError, warn
 
 # Keras clips probabilities to [eps, 1 - eps] before taking logs.
 KERAS_EPSILON = 1e-7
@@ -24,6 +24,20 @@ class Loss:
 
     def __call__(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def per_sample(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """One loss value per sample (shape ``(N, ...)``); their mean is ``__call__``."""
+        raise ConfigError(f"the loss {self.name} gives only a batch mean, so it cannot weight samples; use a "
+                          "built-in or Keras loss, or a function returning one value per sample.")
+
+    def weighted(self, prediction, target, weights: torch.Tensor) -> torch.Tensor:
+        """Keras's ``sum_over_batch_size`` with sample weights: ``sum(w * loss) / N``.
+
+        Keras divides by the number of loss values, not by the sum of the weights, so a weight
+        of 2 counts a sample twice and weights of 0 shrink the batch loss.
+        """
+        weighted = weighted_values(self.per_sample(prediction, target), weights)
+        return weighted.sum() / weighted.numel()
 
     def prepare_targets(self, y: torch.Tensor, output_shape: tuple[int, ...]) -> torch.Tensor:
         return y
@@ -57,6 +71,14 @@ class CrossEntropy(Loss):
         if target.dtype == torch.int64:
             return F.nll_loss(log_probs, target)
         return -(target * log_probs).sum(dim=-1).mean()
+
+    def per_sample(self, prediction, target):
+        if self.from_logits:
+            return F.cross_entropy(prediction, target, reduction="none")
+        log_probs = _clipped_log_probs(prediction)
+        if target.dtype == torch.int64:
+            return F.nll_loss(log_probs, target, reduction="none")
+        return -(target * log_probs).sum(dim=-1)
 
     def prepare_targets(self, y, output_shape):
         classes = output_shape[-1]
@@ -102,6 +124,12 @@ class BinaryCrossentropy(Loss):
         probs = prediction.clamp(KERAS_EPSILON, 1.0 - KERAS_EPSILON)
         return F.binary_cross_entropy(probs, target)
 
+    def per_sample(self, prediction, target):
+        if self.from_logits:
+            return F.binary_cross_entropy_with_logits(prediction, target, reduction="none").mean(dim=-1)
+        probs = prediction.clamp(KERAS_EPSILON, 1.0 - KERAS_EPSILON)
+        return F.binary_cross_entropy(probs, target, reduction="none").mean(dim=-1)
+
     def prepare_targets(self, y, output_shape):
         y = _match_output_shape(self.name, y.to(torch.float32), output_shape)
         outside = (y < 0) | (y > 1)
@@ -120,6 +148,9 @@ class MeanSquaredError(Loss):
     def __call__(self, prediction, target):
         return F.mse_loss(prediction, target)
 
+    def per_sample(self, prediction, target):
+        return (prediction - target).square().mean(dim=-1)
+
     def prepare_targets(self, y, output_shape):
         return _match_output_shape(self.name, y.to(torch.float32), output_shape)
 
@@ -129,6 +160,9 @@ class MeanAbsoluteError(Loss):
 
     def __call__(self, prediction, target):
         return F.l1_loss(prediction, target)
+
+    def per_sample(self, prediction, target):
+        return (prediction - target).abs().mean(dim=-1)
 
     def prepare_targets(self, y, output_shape):
         return _match_output_shape(self.name, y.to(torch.float32), output_shape)
@@ -162,6 +196,14 @@ class CallableLoss(Loss):
 
     def __call__(self, prediction, target):
         return self.fn(prediction, target)
+
+
+def weighted_values(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``values * weights`` with one weight per sample broadcast over each sample's values."""
+    weights = weights.to(values.dtype)
+    if values.dim() > 1:
+        weights = weights.reshape(weights.shape[0], *([1] * (values.dim() - 1)))
+    return values * weights
 
 
 def _clipped_log_probs(probs: torch.Tensor) -> torch.Tensor:

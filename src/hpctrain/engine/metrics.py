@@ -129,6 +129,67 @@ class MeanAbsoluteError(Metric):
         return (output.probs - dense_target(target, output.probs)).abs().mean(dim=-1)
 
 
+def keras_y_true(target: torch.Tensor, output: torch.Tensor, loss) -> torch.Tensor:
+    """The labels as a Keras metric would see them: one-hot rows again where the engine stored
+    categorical cross-entropy's one-hot labels as class indices."""
+    if getattr(loss, "sparse", None) is False and target.dtype == torch.int64:
+        return dense_target(target, output)
+    return target
+
+
+class FunctionMetric(Metric):
+    """A metric function ``fn(y_true, y_pred) -> per-sample values``, averaged over samples (Keras's
+    ``MeanMetricWrapper``); ``y_true`` is cast to float as Keras casts it."""
+
+    def __init__(self, fn, loss=None):
+        super().__init__(getattr(fn, "__name__", type(fn).__name__))
+        self.fn = fn
+        self.loss = loss
+
+    def per_sample(self, output, target):
+        y_true = keras_y_true(target, output.probs, self.loss).to(output.probs.dtype)
+        return torch.as_tensor(self.fn(y_true, output.probs), dtype=self.total.dtype)
+
+
+class StatefulMetric(Metric):
+    """A Keras-style metric object (``update_state``/``result``/``reset_state``) run by the engine.
+
+    Each pass (train, validation) gets its own copy of the user's object, so their states stay
+    apart. ``update_state`` runs once per batch, as in Keras; the result is read (a host sync)
+    only with the other metrics.
+    """
+
+    batchwise = True
+
+    def __init__(self, metric, loss=None):
+        super().__init__(metric.name)
+        self.metric = metric
+        self.loss = loss
+
+    def bind(self, device):
+        self.metric = copy.deepcopy(self.metric)
+        self.metric.to_device(device)
+        # result() / 1: the engine reads every metric as total / count.
+        self.count = torch.ones((), dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
+        return self
+
+    def reset(self):
+        self.metric.reset_state()
+
+    def update(self, output, target):
+        self.metric.update_state(keras_y_true(target, output.probs, self.loss), output.probs)
+
+    @property
+    def total(self):
+        if self.count is None:  # not bound yet
+            return None
+        return torch.as_tensor(self.metric.result(), dtype=self.count.dtype, device=self.count.device).reshape(())
+
+    @total.setter
+    def total(self, value):
+        pass  # the state lives in the metric's own variables
+
+
 class MetricSet:
     """The loss tracker and the compiled metrics of one pass (train or test)."""
 
@@ -138,6 +199,9 @@ class MetricSet:
         # Copies: the train and the validation pass each keep their own accumulators.
         self.metrics = [copy.copy(m).bind(device) for m in metrics]
         self.prefix = prefix
+        if communicator is not None and any(isinstance(m, StatefulMetric) for m in self.metrics):
+            raise ConfigError("custom Metric objects are not reduced across replicas yet; train them in one "
+                              "process, or use a metric function fn(y_true, y_pred) returning per-sample values.")
 
     def reset(self) -> None:
         self.loss.reset()
@@ -197,8 +261,13 @@ def resolve_metric(spec, loss, output_shape: tuple[int, ...]) -> Metric:
     """
     if isinstance(spec, Metric):
         return spec
+    if hasattr(spec, "update_state") and hasattr(spec, "result"):
+        return StatefulMetric(spec, loss)
+    if callable(spec) and not isinstance(spec, type):
+        return FunctionMetric(spec, loss)
     if not isinstance(spec, str):
-        raise ConfigError(f"a metric must be a name or a Metric; got {type(spec).__name__}.")
+        raise ConfigError(f"a metric must be a name, a Metric object or a function fn(y_true, y_pred); got "
+                          f"{type(spec).__name__}.")
     key = spec.lower()
     if key in ("accuracy", "acc"):
         binary = output_shape[-1] == 1 or getattr(loss, "name", "") == "binary_crossentropy"
@@ -224,11 +293,13 @@ class DeferredMetricSet(MetricSet):
         self.output_activation = output_activation
         capacity = max(1, min(rows, DEFERRED_BUFFER_ELEMENTS // max(1, math.prod(width))))
         self.buffer = torch.empty(capacity, *width, device=device)
+        self.batchwise = any(getattr(m, "batchwise", False) for m in self.metrics)
         self.filled = 0
         self.targets = []
 
     def slot(self, rows, target):
-        if self.filled + rows > self.buffer.shape[0]:
+        # A stateful metric's update_state must see each batch on its own, as in Keras.
+        if self.filled + rows > self.buffer.shape[0] or self.filled and self.batchwise:
             self.flush()
         if rows > self.buffer.shape[0]:
             self.buffer = torch.empty(rows, *self.buffer.shape[1:], device=self.buffer.device)

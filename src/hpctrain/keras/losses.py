@@ -11,6 +11,7 @@ import torch
 
 from hpctrain.engine import losses as engine_losses
 from hpctrain.errors import ConfigError, valid_names_hint
+from hpctrain.keras.layers import _snake_case
 
 
 def _tensors(y_true, y_pred):
@@ -59,31 +60,104 @@ mse = MSE = mean_squared_error
 mae = MAE = mean_absolute_error
 
 
-class Loss:
-    """Keras loss class: ``loss(y_true, y_pred)`` is the batch mean of the per-sample losses."""
+REDUCTIONS = ("sum_over_batch_size", "sum", "mean", "mean_with_sample_weight", "none", None)
 
-    def __init__(self, name=None, reduction="sum_over_batch_size"):
-        if reduction not in ("sum_over_batch_size", "auto"):
-            raise ConfigError(f"only reduction='sum_over_batch_size' is supported; got {reduction!r}.")
-        self.name = name or type(self).__name__
+
+class Loss:
+    """Keras loss class: subclasses implement ``call(y_true, y_pred)`` returning per-sample losses.
+
+    ``loss(y_true, y_pred, sample_weight=None)`` weights them and reduces them as Keras does:
+    ``"sum_over_batch_size"`` (default) and ``"mean"`` divide the weighted sum by the number of
+    values, ``"mean_with_sample_weight"`` by the sum of the weights, ``"sum"`` does not divide,
+    ``"none"``/``None`` returns the weighted values. Both arguments are cast to float32 first.
+    """
+
+    def __init__(self, name=None, reduction="sum_over_batch_size", dtype=None):
+        if reduction not in REDUCTIONS:
+            raise ConfigError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {reduction!r}.")
+        self.name = name or _snake_case(type(self).__name__)
+        self.reduction = reduction
 
     def call(self, y_true, y_pred):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement call(self, y_true, y_pred).")
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        value = self.call(y_true, y_pred).mean()
+        value = self._reduced(y_true, y_pred, sample_weight)
         if isinstance(y_true, torch.Tensor) or isinstance(y_pred, torch.Tensor):
             return value  # differentiable, e.g. inside a custom training step
         from hpctrain.keras.functional import eager_value
 
         return eager_value(value)  # on NumPy data: a value with .numpy(), as Keras returns
 
+    def _reduced(self, y_true, y_pred, sample_weight):
+        y_pred = torch.as_tensor(y_pred, dtype=torch.float32) if not isinstance(y_pred, torch.Tensor) else y_pred
+        y_true = torch.as_tensor(y_true).to(y_pred.dtype)
+        values = torch.as_tensor(self.call(y_true, y_pred))
+        if sample_weight is not None:
+            sample_weight = torch.as_tensor(sample_weight, device=values.device)
+            values = engine_losses.weighted_values(values, sample_weight)
+        if self.reduction in ("none", None) or values.dim() == 0:
+            return values
+        total = values.sum()
+        if self.reduction == "sum":
+            return total
+        if self.reduction == "mean_with_sample_weight" and sample_weight is not None:
+            return total / sample_weight.sum()
+        return total / values.numel()
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "reduction": self.reduction}
+
     def engine_loss(self) -> engine_losses.Loss:
-        """The engine's form of this loss; subclasses written by users fall back to ``call``."""
-        return engine_losses.CallableLoss(lambda prediction, target: self.call(target, prediction).mean())
+        """The engine's form of this loss; losses written by users run their ``call`` under autograd."""
+        return KerasLoss(self)
 
 
-class _FromLogitsLoss(Loss):
+class LossFunctionWrapper(Loss):
+    """A Keras loss from a function ``fn(y_true, y_pred) -> per-sample losses``."""
+
+    def __init__(self, fn, reduction="sum_over_batch_size", name=None, **kwargs):
+        super().__init__(name=name or getattr(fn, "__name__", "loss"), reduction=reduction)
+        self.fn = fn
+        self.fn_kwargs = kwargs
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred, **self.fn_kwargs)
+
+
+class KerasLoss(engine_losses.Loss):
+    """A Keras :class:`Loss` object as the engine's loss, with the engine's ``(prediction, target)`` order."""
+
+    def __init__(self, loss: Loss):
+        if loss.reduction in ("none", None):
+            raise ConfigError(f"the loss {loss.name} has reduction={loss.reduction!r}: one value per sample, but "
+                              "training needs one number per batch. Use 'sum_over_batch_size' (the default).")
+        self.keras_loss = loss
+        self.name = loss.name
+
+    def __call__(self, prediction, target):
+        return self.keras_loss(target, prediction)
+
+    def per_sample(self, prediction, target):
+        return torch.as_tensor(self.keras_loss.call(target.to(prediction.dtype), prediction))
+
+    def weighted(self, prediction, target, weights):
+        return self.keras_loss(target, prediction, sample_weight=weights)
+
+
+class _BuiltinLoss(Loss):
+    """A built-in loss: the engine runs its own form (static executor) unless the reduction differs."""
+
+    def engine_loss(self):
+        if self.reduction in ("sum_over_batch_size", "mean"):
+            return self.builtin_engine_loss()
+        return KerasLoss(self)
+
+    def builtin_engine_loss(self) -> engine_losses.Loss:
+        raise NotImplementedError
+
+
+class _FromLogitsLoss(_BuiltinLoss):
     function = None
 
     def __init__(self, from_logits=False, name=None, **kwargs):
@@ -97,37 +171,37 @@ class _FromLogitsLoss(Loss):
 class CategoricalCrossentropy(_FromLogitsLoss):
     function = staticmethod(categorical_crossentropy)
 
-    def engine_loss(self):
+    def builtin_engine_loss(self):
         return engine_losses.CrossEntropy(sparse=False, from_logits=self.from_logits)
 
 
 class SparseCategoricalCrossentropy(_FromLogitsLoss):
     function = staticmethod(sparse_categorical_crossentropy)
 
-    def engine_loss(self):
+    def builtin_engine_loss(self):
         return engine_losses.CrossEntropy(sparse=True, from_logits=self.from_logits)
 
 
 class BinaryCrossentropy(_FromLogitsLoss):
     function = staticmethod(binary_crossentropy)
 
-    def engine_loss(self):
+    def builtin_engine_loss(self):
         return engine_losses.BinaryCrossentropy(from_logits=self.from_logits)
 
 
-class MeanSquaredError(Loss):
+class MeanSquaredError(_BuiltinLoss):
     def call(self, y_true, y_pred):
         return mean_squared_error(y_true, y_pred)
 
-    def engine_loss(self):
+    def builtin_engine_loss(self):
         return engine_losses.MeanSquaredError()
 
 
-class MeanAbsoluteError(Loss):
+class MeanAbsoluteError(_BuiltinLoss):
     def call(self, y_true, y_pred):
         return mean_absolute_error(y_true, y_pred)
 
-    def engine_loss(self):
+    def builtin_engine_loss(self):
         return engine_losses.MeanAbsoluteError()
 
 
@@ -165,7 +239,5 @@ def get(identifier) -> engine_losses.Loss:
     if identifier in _CLASS_BY_FUNCTION:
         return _CLASS_BY_FUNCTION[identifier]().engine_loss()
     if callable(identifier):
-        loss = engine_losses.CallableLoss(lambda prediction, target: identifier(target, prediction).mean())
-        loss.name = getattr(identifier, "__name__", "loss")
-        return loss
+        return KerasLoss(LossFunctionWrapper(identifier))
     raise ConfigError(f"loss must be a name, a Keras loss or a callable(y_true, y_pred); got {identifier!r}.")

@@ -1,6 +1,12 @@
-"""Keras metric names and classes, accumulated on the device by the engine."""
+"""Keras metric names and classes, accumulated on the device by the engine; ``Metric`` for your own."""
+
+from __future__ import annotations
+
+import torch
 
 from hpctrain.engine import metrics as _engine
+from hpctrain.errors import ConfigError
+from hpctrain.keras.layers import _snake_case
 
 
 class CategoricalAccuracy(_engine.ClassAccuracy):
@@ -32,8 +38,98 @@ class MeanAbsoluteError(_engine.MeanAbsoluteError):
         super().__init__(name)
 
 
-Metric = _engine.Metric
+class Variable(torch.Tensor):
+    """A metric's state: a tensor with Keras's ``assign``, ``assign_add`` and ``assign_sub`` (in place)."""
+
+    def assign(self, value):
+        with torch.no_grad():
+            self.copy_(torch.as_tensor(value, dtype=self.dtype, device=self.device))
+        return self
+
+    def assign_add(self, value):
+        with torch.no_grad():
+            self.add_(torch.as_tensor(value, dtype=self.dtype, device=self.device))
+        return self
+
+    def assign_sub(self, value):
+        with torch.no_grad():
+            self.sub_(torch.as_tensor(value, dtype=self.dtype, device=self.device))
+        return self
+
+    @property
+    def value(self) -> torch.Tensor:
+        return self.as_subclass(torch.Tensor)
+
+    def __deepcopy__(self, memo):
+        copied = self.value.clone().as_subclass(Variable)
+        copied.initial_value = self.initial_value.clone()
+        memo[id(self)] = copied
+        return copied
+
+
+_INITIALIZERS = {"zeros": torch.zeros, "ones": torch.ones}
+
+
+class Metric:
+    """Base class of your own metrics, as in Keras: state from ``add_variable``/``add_weight``,
+    ``update_state(y_true, y_pred, sample_weight=None)``, ``result()``, ``reset_state()``.
+
+    The engine calls ``update_state`` once per batch with torch tensors on the training device
+    (``y_pred`` is the model's output: probabilities after a softmax) and reads ``result()``
+    when it reports; a pass (train, validation) works on its own copy of the object.
+    """
+
+    def __init__(self, name=None, dtype=None):
+        self.name = name or _snake_case(type(self).__name__)
+        self.dtype = dtype
+        self._variables: list[Variable] = []
+
+    def add_variable(self, shape=(), initializer="zeros", dtype=None, aggregation="sum", name=None) -> Variable:
+        if isinstance(initializer, str) and initializer not in _INITIALIZERS:
+            raise ConfigError(f"metric variable initializer must be 'zeros', 'ones' or a number; got {initializer!r}.")
+        dtype = dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype) if dtype else torch.float32
+        shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+        start = (_INITIALIZERS[initializer](shape, dtype=dtype) if isinstance(initializer, str)
+                 else torch.full(shape, float(initializer), dtype=dtype))
+        variable = start.as_subclass(Variable)
+        variable.initial_value = start.clone()
+        self._variables.append(variable)
+        return variable
+
+    def add_weight(self, name=None, shape=(), initializer="zeros", dtype=None, aggregation="sum") -> Variable:
+        return self.add_variable(shape=shape, initializer=initializer, dtype=dtype, aggregation=aggregation,
+                                 name=name)
+
+    @property
+    def variables(self) -> list[Variable]:
+        return list(self._variables)
+
+    def update_state(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must implement update_state(y_true, y_pred).")
+
+    def result(self):
+        raise NotImplementedError(f"{type(self).__name__} must implement result().")
+
+    def reset_state(self) -> None:
+        for variable in self._variables:
+            variable.assign(variable.initial_value)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        """Update with one batch and return the result, as Keras's ``metric(y_true, y_pred)`` does."""
+        self.update_state(torch.as_tensor(y_true), torch.as_tensor(y_pred), sample_weight=sample_weight)
+        return self.result()
+
+    def to_device(self, device) -> None:
+        """Moves the state onto the training device; the variables stay the same objects."""
+        for variable in self._variables:
+            variable.data = variable.data.to(device)
+            variable.initial_value = variable.initial_value.to(device)
+
+    def get_config(self) -> dict:
+        return {"name": self.name}
+
+
 get = _engine.resolve_metric
 
 __all__ = ["BinaryAccuracy", "CategoricalAccuracy", "MeanAbsoluteError", "MeanSquaredError", "Metric",
-           "SparseCategoricalAccuracy"]
+           "SparseCategoricalAccuracy", "Variable"]
