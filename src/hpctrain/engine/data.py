@@ -68,6 +68,36 @@ class Columns:
         return f"Columns(shapes={self.shapes})"
 
 
+class WeightedTargets:
+    """Targets with one loss weight per sample (``sample_weight``/``class_weight``).
+
+    Rows are taken from both at once (``[rows]``, ``index_select``) as from a tensor, so every
+    gather, split and shard of the targets keeps the weights aligned with them.
+    """
+
+    def __init__(self, targets, weights: torch.Tensor):
+        self.targets = targets
+        self.weights = weights
+
+    def __len__(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.weights.shape[0],)
+
+    def __getitem__(self, rows) -> "WeightedTargets":
+        return WeightedTargets(self.targets[rows], self.weights[rows])
+
+    def index_select(self, dim: int, index: torch.Tensor) -> "WeightedTargets":
+        return WeightedTargets(self.targets.index_select(dim, index), self.weights.index_select(dim, index))
+
+
+def split_weights(y):
+    """``(targets, weights)``; weights ``None`` for unweighted targets."""
+    return (y.targets, y.weights) if isinstance(y, WeightedTargets) else (y, None)
+
+
 def concat_rows(batches: list):
     """Batches of a tensor, or of ``Columns``, joined along the rows."""
     if isinstance(batches[0], Columns):
@@ -209,11 +239,10 @@ class LoaderData:
     def batches(self):
         # non_blocking lets the copy of batch k+1 overlap the step of batch k with pinned memory.
         for batch in self.loader:
-            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
                 raise InputError(
-                    "each batch from the data loader must be an (x, y) pair; got "
-                    f"{type(batch).__name__}. Return (inputs, targets) from the dataset."
+                    "each batch from the data loader must be an (x, y) pair or an (x, y, sample_weight) triple; "
+                    f"got {type(batch).__name__}. Return (inputs, targets) from the dataset."
                 )
-            xb, yb = batch[0], batch[1]
-            yield (torch.as_tensor(xb).to(self.device, non_blocking=True),
-                   torch.as_tensor(yb).to(self.device, non_blocking=True))
+            xb, *targets = (torch.as_tensor(part).to(self.device, non_blocking=True) for part in batch)
+            yield xb, targets[0] if len(targets) == 1 else WeightedTargets(targets[0], targets[1].to(torch.float32))

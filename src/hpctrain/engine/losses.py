@@ -265,9 +265,17 @@ class MultiOutputLoss(Loss):
         self.output_names = list(output_names)
 
     def __call__(self, prediction, target):
+        return self._combined(prediction, target, lambda loss, part, part_target: loss(part, part_target))
+
+    def weighted(self, prediction, target, weights):
+        """Each output's loss weighted by the same sample weights, as Keras applies one array to all."""
+        return self._combined(prediction, target,
+                              lambda loss, part, part_target: loss.weighted(part, part_target, weights))
+
+    def _combined(self, prediction, target, output_loss):
         total = None
         for loss, weight, part, part_target in zip(self.losses, self.weights, prediction.parts, target.parts):
-            term = loss(part, part_target)
+            term = output_loss(loss, part, part_target)
             term = term if weight == 1.0 else term * weight
             total = term if total is None else total + term
         return total

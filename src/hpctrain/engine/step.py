@@ -6,6 +6,7 @@ import contextlib
 
 import torch
 
+from hpctrain.engine.data import split_weights
 from hpctrain.engine.metrics import MetricSet, ModelOutput
 
 
@@ -32,9 +33,13 @@ class AutogradStep:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, metrics: MetricSet, batch_rows: int | None = None) -> None:
         rows = x.shape[0]
+        y, weights = split_weights(y)
         with autocast(x.device, self.precision):
             logits = self.forward(x)
-            loss = self.loss(logits, y) if rows else logits.sum() * 0.0  # an empty share adds nothing
+            if not rows:
+                loss = logits.sum() * 0.0  # an empty share adds nothing
+            else:
+                loss = self.loss(logits, y) if weights is None else self.loss.weighted(logits, y, weights)
         if self.penalty is not None:
             loss = loss + self.penalty()
         # Weights n_r / b sum to one over the replicas, so the penalty, added by each, counts once.

@@ -12,10 +12,10 @@ import math
 import numpy as np
 import torch
 
-from hpctrain.engine import autotune, tuning, validation
+from hpctrain.engine import autotune, fit_options, tuning, validation
 from hpctrain.engine.callbacks import Callback, CallbackList, History
 from hpctrain.engine.cuda_graph import GraphedSteps, graph_steps_per_launch
-from hpctrain.engine.data import LoaderData, ResidentData, concat_rows, to_tensor
+from hpctrain.engine.data import LoaderData, ResidentData, concat_rows, split_weights, to_tensor
 from hpctrain.engine.losses import CallableLoss, Loss, from_torch
 from hpctrain.engine.metrics import DeferredMetricSet, Metric, MetricSet, ModelOutput, resolve_metric
 from hpctrain.engine.optim import as_torch_optimizer, build_optimizer, optimizer_class_by_name, scheduled_rate
@@ -74,22 +74,31 @@ class Trainer:
 
     def fit(self, x, y=None, *, batch_size=32, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
-            callback_model=None) -> History:
+            callback_model=None, sample_weight=None, class_weight=None, steps_per_epoch=None,
+            validation_steps=None, validation_batch_size=None, validation_freq=1) -> History:
         if batch_size != "auto":
             batch_size = validation.check_batch_size(batch_size)
         validation.check_positive_int(epochs, name="epochs")
         validation_split = validation.check_fraction(validation_split, name="validation_split")
+        steps_per_epoch = fit_options.check_steps(steps_per_epoch, "steps_per_epoch")
+        validation_steps = fit_options.check_steps(validation_steps, "validation_steps")
+        validation_freq = fit_options.check_validation_freq(validation_freq)
         verbose = _resolve_verbose(verbose) if self.plan.rank == 0 else 0  # one voice: rank 0 prints
         self._apply_plan()
         self._start_replicas_equal()
-        data = self._prepare_fit_data(x, y, validation_split, validation_data)
+        data = self._prepare_fit_data(x, y, validation_split, validation_data, sample_weight, class_weight)
         history = History()
         params = {"verbose": verbose, "epochs": epochs, "steps": None}
         hooks = CallbackList([*(callbacks or []), history], model=callback_model or self, params=params)
         batch_size, step, train_metrics = self._settle_plan(data, batch_size, epochs, hooks)
-        steps = params["steps"] = _steps_per_epoch(data.train, batch_size)
+        steps = params["steps"] = steps_per_epoch or _steps_per_epoch(data.train, batch_size)
         self._before_update = scheduled_rate(self.optimizer)
         shuffler = _Shuffler(self.plan.device, self.communicator) if shuffle else None
+        train_stream = None if steps_per_epoch is None else fit_options.BatchStream(
+            lambda: self._pass_batches(data.train, batch_size, shuffler), steps_per_epoch,
+            _steps_per_epoch(data.train, batch_size))
+        validation_batches = self._validation_batches(data.validation, validation_steps,
+                                                      validation_batch_size or batch_size)
         self.stop_training = False
         hooks.call("on_train_begin", {})
         logs = {}
@@ -98,11 +107,12 @@ class Trainer:
                 print(f"Epoch {epoch + 1}/{epochs}")
             hooks.call("on_epoch_begin", epoch, {})
             progress = Progress(verbose=verbose, total_steps=steps)
-            logs = self._run_epoch(step, data.train, batch_size, shuffler, train_metrics, hooks, progress)
+            logs = self._run_epoch(step, data.train, batch_size, shuffler, train_metrics, hooks, progress,
+                                   stream=train_stream)
             _raise_if_not_finite(logs, epoch)
-            if data.validation is not None:
+            if data.validation is not None and fit_options.validates_after(epoch, validation_freq):
                 logs.update(self._evaluate_logs(data.validation, INFERENCE_BATCH, prefix="val_",
-                                                output_shape=data.output_shape))
+                                                output_shape=data.output_shape, batches=validation_batches()))
             progress.finish(steps, logs)
             hooks.call("on_epoch_end", epoch, logs)
             if self.stop_training:
@@ -111,9 +121,9 @@ class Trainer:
         self.history = history
         return history
 
-    def evaluate(self, x, y=None, *, batch_size=None, verbose="auto", return_dict=False):
+    def evaluate(self, x, y=None, *, batch_size=None, verbose="auto", return_dict=False, sample_weight=None):
         self._apply_plan()
-        data, _ = self._prepare_labelled(x, y, name="x")
+        data, _ = self._prepare_labelled(x, y, name="x", sample_weight=sample_weight)
         steps = _steps_per_epoch(data, batch_size or 32)
         progress = Progress(verbose=_resolve_verbose(verbose) if self.plan.rank == 0 else 0, total_steps=steps)
         logs = self._evaluate_logs(data, batch_size or INFERENCE_BATCH)
@@ -166,9 +176,11 @@ class Trainer:
     # --- the epoch ----------------------------------------------------------------------------
 
     def _run_epoch(self, step, data, batch_size, shuffler, metrics: MetricSet, hooks: CallbackList,
-                   progress: Progress) -> dict[str, float]:
+                   progress: Progress, stream=None) -> dict[str, float]:
         self.module.train()
         metrics.reset()
+        if stream is not None:  # steps_per_epoch: the epoch takes the next batches of a running pass
+            return self._run_steps(step, stream.epoch(), 0, metrics, hooks, progress)
         if isinstance(data, LoaderData):
             return self._run_steps(step, data.batches(), 0, metrics, hooks, progress)
         order = shuffler.permutation(len(data)) if shuffler else None
@@ -181,6 +193,31 @@ class Trainer:
             if self.stop_training:
                 return metrics.results()
         return self._run_steps(step, data.batches(batch_size, order=order), done, metrics, hooks, progress)
+
+    def _pass_batches(self, data, batch_size: int, shuffler):
+        """The batches of one pass over the training data: shuffled, and this replica's share."""
+        if isinstance(data, LoaderData):
+            return data.batches()
+        order = shuffler.permutation(len(data)) if shuffler else None
+        if self.communicator is not None:
+            return data.shard_batches(batch_size, self.plan.rank, self.plan.world_size, order=order)
+        return data.batches(batch_size, order=order)
+
+    def _validation_batches(self, data, validation_steps: int | None, batch_size: int):
+        """A function giving each validation pass's batches: all of them, or with ``validation_steps``
+        the next that many batches of ``batch_size`` (Keras carries on where the last pass stopped)."""
+        if data is None or validation_steps is None:
+            return lambda: None
+        data = self._share_of(data)
+        new_pass = data.batches if isinstance(data, LoaderData) else lambda: data.batches(batch_size)
+        stream = fit_options.BatchStream(new_pass, validation_steps, _steps_per_epoch(data, batch_size),
+                                         what="validation")
+        return stream.epoch
+
+    def _share_of(self, data):
+        if self.communicator is not None and isinstance(data, ResidentData):
+            return data.shard(self.plan.rank, self.plan.world_size)  # sums are reduced in results()
+        return data
 
     def _run_graphed(self, data: ResidentData, order, metrics, progress) -> tuple[int, torch.Tensor]:
         """Whole groups of steps through the CUDA graph; returns steps done and the rows left."""
@@ -217,16 +254,18 @@ class Trainer:
                 break
         return metrics.results()
 
-    def _evaluate_logs(self, data, batch_size: int, prefix: str = "", output_shape=None) -> dict[str, float]:
+    def _evaluate_logs(self, data, batch_size: int, prefix: str = "", output_shape=None,
+                       batches=None) -> dict[str, float]:
         metrics = self._metric_set(output_shape or self._output_shape_of(data), prefix=prefix)
-        if self.communicator is not None and isinstance(data, ResidentData):
-            data = data.shard(self.plan.rank, self.plan.world_size)  # sums are reduced in results()
+        data = self._share_of(data)
         self.module.eval()
         with torch.inference_mode(), autocast(self.plan.device, self.plan.precision):
-            batches = data.batches() if isinstance(data, LoaderData) else data.batches(batch_size)
+            if batches is None:
+                batches = data.batches() if isinstance(data, LoaderData) else data.batches(batch_size)
             for xb, yb in batches:
+                yb, weights = split_weights(yb)
                 logits = self.module(xb)
-                loss = self.loss(logits, yb)
+                loss = self.loss(logits, yb) if weights is None else self.loss.weighted(logits, yb, weights)
                 if self.penalty is not None:
                     loss = loss + self.penalty()
                 metrics.update(loss, ModelOutput(logits, self.output_activation), yb)
@@ -337,6 +376,8 @@ class Trainer:
             return "batches come from a DataLoader"
         if self.penalty is not None and not getattr(self.penalty, "described_by_static_layers", False):
             return "a custom penalty function needs autograd"
+        if fit_options.has_weights(data.train):
+            return "sample or class weights scale each sample's loss"
         return why_not_static(self.module, self.loss)
 
     # --- preparation --------------------------------------------------------------------------
@@ -346,25 +387,31 @@ class Trainer:
         if self.plan.device.type == "cpu" and torch.get_num_threads() != self.plan.threads:
             torch.set_num_threads(self.plan.threads)
 
-    def _prepare_fit_data(self, x, y, validation_split, validation_data) -> _PreparedData:
+    def _prepare_fit_data(self, x, y, validation_split, validation_data, sample_weight=None,
+                          class_weight=None) -> _PreparedData:
         if _is_loader(x):
             if self.communicator is not None:
                 raise ConfigError("with several replicas, pass arrays or tensors (each replica takes its share of "
                                   "every global batch); a DataLoader would give every replica every batch.")
             if validation_split:
                 raise ConfigError("validation_split needs arrays; with a DataLoader pass validation_data instead.")
+            if sample_weight is not None or class_weight is not None:
+                raise ConfigError("with a DataLoader, give sample weights as a third item of each batch "
+                                  "(x, y, sample_weight); sample_weight and class_weight need arrays.")
             loader = LoaderData(x, self.plan.device)
             return _PreparedData(loader, self._prepare_validation(validation_data), self._loader_output_shape(loader))
-        train, output_shape = self._prepare_labelled(x, y, name="x")
-        if validation_split:
+        train, output_shape = self._prepare_labelled(x, y, name="x", sample_weight=sample_weight)
+        held_out = self._prepare_validation(validation_data)
+        if validation_split and validation_data is None:  # as in Keras, validation_data wins
             train, held_out = train.split_tail(validation_split)
             if len(train) == 0 or len(held_out) == 0:
                 raise InputError(
                     f"validation_split={validation_split} leaves {len(train)} training and {len(held_out)} "
                     "validation samples; both need at least one. Use more data or another split."
                 )
-            return _PreparedData(train, held_out, output_shape)
-        return _PreparedData(train, self._prepare_validation(validation_data), output_shape)
+        if class_weight is not None:  # as in Keras, for the training rows only
+            train = ResidentData(train.x, fit_options.with_class_weight(train.y, class_weight))
+        return _PreparedData(train, held_out, output_shape)
 
     def _prepare_validation(self, validation_data):
         if validation_data is None:
@@ -373,12 +420,16 @@ class Trainer:
             return LoaderData(validation_data, self.plan.device)
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
             raise InputError(
-                f"validation_data must be a tuple (x_val, y_val); got {type(validation_data).__name__}."
+                f"validation_data must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val); got "
+                f"{type(validation_data).__name__}."
             )
-        data, _ = self._prepare_labelled(validation_data[0], validation_data[1], name="x_val", y_name="y_val")
+        weights = validation_data[2] if len(validation_data) == 3 else None
+        data, _ = self._prepare_labelled(validation_data[0], validation_data[1], name="x_val", y_name="y_val",
+                                         sample_weight=weights, weight_name="sample_weight_val")
         return data
 
-    def _prepare_labelled(self, x, y, *, name: str, y_name: str = "y") -> tuple[ResidentData, tuple[int, ...]]:
+    def _prepare_labelled(self, x, y, *, name: str, y_name: str = "y", sample_weight=None,
+                          weight_name: str = "sample_weight") -> tuple[ResidentData, tuple[int, ...]]:
         if y is None:
             raise InputError(f"{y_name} is missing: training and evaluation need a label for each sample of {name}.")
         inputs = self._inputs_tensor(x, name=name)
@@ -387,6 +438,7 @@ class Trainer:
         validation.check_finite(targets, name=y_name)
         output_shape = validation.probe_output_shape(self.module, inputs, name=name)
         targets = self.loss.prepare_targets(targets, output_shape)
+        targets = fit_options.with_sample_weight(targets, sample_weight, rows=inputs.shape[0], name=weight_name)
         return ResidentData(inputs, targets), output_shape
 
     def _inputs_tensor(self, x, *, name: str) -> torch.Tensor:

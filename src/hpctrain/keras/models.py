@@ -84,6 +84,13 @@ class Model(Layer):
         return keras_losses.get(loss), metrics
 
     @property
+    def metrics_names(self) -> list[str]:
+        """``["loss", ...]`` then each compiled metric's name, in the order ``evaluate`` returns them."""
+        if self._compiled is None:
+            return []
+        return ["loss", *(_metric_name(metric) for metric in self._compiled["metrics"])]
+
+    @property
     def plan(self):
         """The hardware plan: after ``fit``, with the executor and thread count it settled on."""
         if self._trainer is not None:
@@ -104,15 +111,14 @@ class Model(Layer):
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
             steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1):
-        _reject_unsupported(class_weight=class_weight, sample_weight=sample_weight, steps_per_epoch=steps_per_epoch,
-                            validation_steps=validation_steps)
-        if validation_freq != 1:
-            raise ConfigError("validation_freq other than 1 is not supported yet.")
         x, y = self._model_inputs(x, "x"), self._model_targets(y, "y")
         validation_data = self._structured_validation(validation_data)
         arguments = dict(x=x, y=y, batch_size=32 if batch_size is None else batch_size, epochs=epochs,
                          verbose=verbose, callbacks=callbacks, validation_split=validation_split,
-                         validation_data=validation_data, shuffle=shuffle, initial_epoch=initial_epoch)
+                         validation_data=validation_data, shuffle=shuffle, initial_epoch=initial_epoch,
+                         sample_weight=sample_weight, class_weight=class_weight, steps_per_epoch=steps_per_epoch,
+                         validation_steps=validation_steps, validation_batch_size=validation_batch_size,
+                         validation_freq=validation_freq)
         strategy = (self._compiled or {}).get("strategy")
         if strategy is not None and strategy.spawns_locally:
             if any(isinstance(data, Columns) for data in (x, y)):
@@ -137,10 +143,10 @@ class Model(Layer):
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
                  callbacks=None, return_dict=False):
-        _reject_unsupported(sample_weight=sample_weight, steps=steps)
+        _reject_unsupported(steps=steps)
         x, y = self._model_inputs(x, "x"), self._model_targets(y, "y")
         return self._ready_trainer(x, "evaluate").evaluate(x, y, batch_size=batch_size, verbose=verbose,
-                                                          return_dict=return_dict)
+                                                          return_dict=return_dict, sample_weight=sample_weight)
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None) -> np.ndarray:
         _reject_unsupported(steps=steps)
@@ -476,7 +482,7 @@ class Sequential(Model):
         last = self.layers[-1] if self.layers else None
         activation = getattr(last, "activation", None)
         kind = _FOLDABLE.get(activation)
-        if kind is None or not hasattr(last, "pre_activation") or loss.from_logits:
+        if kind is None or not hasattr(last, "pre_activation") or loss.from_logits or not _has_logits_form(loss):
             return None
         matches = (kind == "categorical" and loss.name.endswith("categorical_crossentropy")) or (
             kind == "binary" and loss.name == "binary_crossentropy")
@@ -495,6 +501,12 @@ class _LogitsView(torch.nn.Module):
 
     def static_layers(self):
         return self.model.static_layers(include_activation=False)
+
+
+def _has_logits_form(loss) -> bool:
+    from hpctrain.engine.losses import BinaryCrossentropy, CrossEntropy
+
+    return isinstance(loss, (CrossEntropy, BinaryCrossentropy))
 
 
 def _numeric_or_loader(x, name: str):
@@ -517,10 +529,18 @@ def _check_metric_name(metric) -> None:
     from hpctrain.engine.metrics import METRIC_NAMES, Metric
     from hpctrain.errors import valid_names_hint
 
-    if isinstance(metric, Metric):
+    if isinstance(metric, Metric) or hasattr(metric, "update_state") or callable(metric) and not isinstance(
+            metric, type):
         return
     if not isinstance(metric, str) or metric.lower() not in METRIC_NAMES:
-        raise ConfigError(f"unknown metric {metric!r}; {valid_names_hint(METRIC_NAMES)}, or a Metric object.")
+        raise ConfigError(f"unknown metric {metric!r}; {valid_names_hint(METRIC_NAMES)}, a Metric object, or a "
+                          "function fn(y_true, y_pred).")
+
+
+def _metric_name(metric) -> str:
+    if isinstance(metric, str):
+        return metric
+    return getattr(metric, "name", None) or getattr(metric, "__name__", type(metric).__name__)
 
 
 def _reject_unsupported(**arguments) -> None:
