@@ -44,3 +44,7 @@ def warn(message: str) -> None:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package_dir):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, HpctrainWarning, stacklevel=level)
+
+
+class MissingDependencyError(HpctrainError, ImportError):
+    """An optional package that a feature needs is not installed."""

@@ -1,5 +1,6 @@
 """Callbacks with Keras's hooks: ``History``, ``EarlyStopping``, ``LambdaCallback``,
-``LearningRateScheduler``, ``ReduceLROnPlateau``, ``CSVLogger``. Only rank 0 prints or writes files.
+``LearningRateScheduler``, ``ReduceLROnPlateau``, ``CSVLogger``, ``ModelCheckpoint``,
+``TensorBoard``. Only rank 0 prints or writes files.
 
 Callbacks see ``self.model``: the Keras model for the Keras front end, the ``Trainer`` for the
 native API. Both offer ``stop_training``, ``get_weights`` and ``set_weights``.
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 
 import numpy as np
 
-from hpctrain.errors import ConfigError, warn
+from hpctrain.errors import ConfigError, MissingDependencyError, warn
 
 _HOOKS = (
     "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
@@ -404,3 +406,108 @@ class ModelCheckpoint(Callback):
         except KeyError as exc:
             raise ConfigError(f"ModelCheckpoint filepath {self.filepath!r} names {exc}, which is not in the logs "
                               f"(available: epoch, batch, {', '.join(sorted(logs))}).") from exc
+
+
+class TensorBoard(Callback):
+    """Writes TensorBoard event files as Keras does: ``log_dir/train`` and ``log_dir/validation``.
+
+    Each epoch: ``epoch_<metric>`` scalars (the validation ones, without ``val_``, under
+    ``validation``) and ``epoch_learning_rate``; with ``update_freq="batch"`` or ``N``, also
+    ``batch_<metric>`` every N training batches (each read is a host sync, so it costs speed);
+    with ``histogram_freq=N``, a histogram of every weight every N epochs. Written with
+    ``torch.utils.tensorboard.SummaryWriter``; needs ``pip install tensorboard``.
+    """
+
+    def __init__(self, log_dir="logs", histogram_freq=0, write_graph=True, write_images=False,
+                 write_steps_per_second=False, update_freq="epoch", profile_batch=0, embeddings_freq=0,
+                 embeddings_metadata=None):
+        super().__init__()
+        if write_images or profile_batch or embeddings_freq or embeddings_metadata is not None:
+            raise ConfigError("TensorBoard: write_images, profile_batch and embeddings are not supported yet; "
+                              "remove them (scalars, histograms and steps per second are written).")
+        if isinstance(histogram_freq, bool) or not isinstance(histogram_freq, int) or histogram_freq < 0:
+            raise ConfigError(f"TensorBoard histogram_freq must be a whole number >= 0; got {histogram_freq!r}.")
+        self.log_dir = str(log_dir)
+        self.histogram_freq = histogram_freq
+        self.write_steps_per_second = write_steps_per_second
+        self.update_freq = _batch_frequency(update_freq)
+        self.writers = {}
+        self.global_batch = 0
+        if self.update_freq:
+            self.on_train_batch_end = self._log_batch  # only then: per-batch logs cost a sync each
+
+    def _writer(self, name: str):
+        if name not in self.writers:
+            self.writers[name] = _summary_writer(os.path.join(self.log_dir, name))
+        return self.writers[name]
+
+    def on_train_begin(self, logs=None):
+        self.global_batch = 0
+        if is_chief(self):
+            self._writer("train")  # fails here, before any step, when tensorboard is missing
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started, self.epoch_batches = time.perf_counter(), 0
+
+    def _log_batch(self, batch, logs=None):
+        self.global_batch += 1
+        if self.global_batch % self.update_freq or not is_chief(self):
+            return
+        writer = self._writer("train")
+        for name, value in (logs or {}).items():
+            writer.add_scalar("batch_" + name, value, self.global_batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not is_chief(self):
+            return
+        logs = dict(logs or {})
+        train = {name: value for name, value in logs.items() if not name.startswith("val_")}
+        train["learning_rate"] = _learning_rate_of(self.model)
+        if self.write_steps_per_second:
+            steps = self.params.get("steps") or 0
+            train["steps_per_second"] = steps / max(time.perf_counter() - self.epoch_started, 1e-9)
+        for writer_name, values in (("train", train),
+                                    ("validation", {n[4:]: v for n, v in logs.items() if n.startswith("val_")})):
+            for name, value in values.items():
+                self._writer(writer_name).add_scalar("epoch_" + name, value, epoch)
+        if self.histogram_freq and epoch % self.histogram_freq == 0:
+            for tag, weight in _named_weights(self.model):
+                self._writer("train").add_histogram(tag + "/histogram", weight.detach().cpu(), epoch)
+        for writer in self.writers.values():
+            writer.flush()  # an epoch's numbers are on disk while training goes on
+
+    def on_train_end(self, logs=None):
+        for writer in self.writers.values():
+            writer.close()
+        self.writers = {}
+
+
+def _batch_frequency(update_freq) -> int:
+    if update_freq == "epoch":
+        return 0
+    if update_freq == "batch":
+        return 1
+    if isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq < 1:
+        raise ConfigError(f"TensorBoard update_freq must be 'epoch', 'batch' or a whole number of batches >= 1; "
+                          f"got {update_freq!r}.")
+    return update_freq
+
+
+def _summary_writer(path: str):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "the TensorBoard callback writes event files with tensorboard's writer, which is not installed. "
+            "Install it with: pip install tensorboard (or pip install 'hpctrain[tensorboard]')."
+        ) from exc
+    return SummaryWriter(log_dir=path)
+
+
+def _named_weights(model):
+    """``(layer/weight, tensor)`` pairs: by Keras layer where the model has layers, else by parameter name."""
+    layers = getattr(model, "layers", None)
+    if layers is not None:
+        return [(f"{layer.name}/{name}", weight) for layer in layers for name, weight in layer.named_parameters()]
+    module = getattr(model, "module", model)
+    return [(name.replace(".", "/"), weight) for name, weight in module.named_parameters()]
