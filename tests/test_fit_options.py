@@ -175,3 +175,36 @@ def test_bad_step_options_are_rejected(rng):
         model.fit(x, y, steps_per_epoch=0, verbose=0)
     with pytest.raises(ConfigError, match=r"validation_freq as a list names the epochs .* got \[0\]"):
         model.fit(x, y, validation_freq=[0], verbose=0)
+
+
+def test_two_replicas_train_weighted_scheduled_steps_as_one_process(monkeypatch, rng):
+    import hpctrain as tf
+    from hpctrain.keras.optimizers.schedules import ExponentialDecay
+
+    for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    x, y = small_classification(rng, n=80, features=5)  # 4 batches of 20: epochs take 2, 2, then a new pass
+    weights = rng.uniform(0.0, 2.0, size=80)
+
+    def compiled_model():
+        model = Sequential([Dense(3, activation="softmax", input_dim=5)])
+        model.compile(optimizer=optimizers.Adam(ExponentialDecay(0.05, decay_steps=3, decay_rate=0.5)),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    def fit(model):
+        return model.fit(x, y, sample_weight=weights, epochs=3, batch_size=20, steps_per_epoch=2, verbose=0,
+                         validation_data=(x[:30], y[:30], weights[:30]))
+
+    tf.keras.utils.set_random_seed(0)
+    reference = compiled_model()
+    expected = fit(reference)
+    tf.keras.utils.set_random_seed(0)
+    with tf.distribute.MirroredStrategy(devices=["cpu:0", "cpu:1"]).scope():  # spawns two replicas at fit
+        model = compiled_model()
+    history = fit(model)
+    for key, values in expected.history.items():
+        np.testing.assert_allclose(history.history[key], values, atol=1e-5)
+    for got, want in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert model.optimizer.iterations == 6
