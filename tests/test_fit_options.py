@@ -5,11 +5,13 @@ Keras 3 weights each sample's loss and divides the sum by the number of samples 
 (``sum_over_batch_size``), not by the sum of the weights.
 """
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
-from conftest import small_classification
+from conftest import REPO, small_classification
 from hpctrain.errors import ConfigError, HpctrainWarning, InputError
 from hpctrain.keras import optimizers
 from hpctrain.keras.callbacks import LambdaCallback
@@ -177,24 +179,26 @@ def test_bad_step_options_are_rejected(rng):
         model.fit(x, y, validation_freq=[0], verbose=0)
 
 
-def test_two_replicas_train_weighted_scheduled_steps_as_one_process(monkeypatch, rng):
+def test_two_replicas_train_weighted_scheduled_steps_and_custom_metrics_as_one_process(monkeypatch, rng):
     import hpctrain as tf
     from hpctrain.keras.optimizers.schedules import ExponentialDecay
+    from replica_metrics import CorrectFraction
 
     for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PYTHONPATH", os.path.join(REPO, "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     x, y = small_classification(rng, n=80, features=5)  # 4 batches of 20: epochs take 2, 2, then a new pass
     weights = rng.uniform(0.0, 2.0, size=80)
 
     def compiled_model():
         model = Sequential([Dense(3, activation="softmax", input_dim=5)])
         model.compile(optimizer=optimizers.Adam(ExponentialDecay(0.05, decay_steps=3, decay_rate=0.5)),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy", CorrectFraction()])
         return model
 
-    def fit(model):
+    def fit(model):  # 31 validation rows: uneven shares, so summed state and averaged results would differ
         return model.fit(x, y, sample_weight=weights, epochs=3, batch_size=20, steps_per_epoch=2, verbose=0,
-                         validation_data=(x[:30], y[:30], weights[:30]))
+                         validation_data=(x[:31], y[:31], weights[:31]))
 
     tf.keras.utils.set_random_seed(0)
     reference = compiled_model()
@@ -205,6 +209,7 @@ def test_two_replicas_train_weighted_scheduled_steps_as_one_process(monkeypatch,
     history = fit(model)
     for key, values in expected.history.items():
         np.testing.assert_allclose(history.history[key], values, atol=1e-5)
+    np.testing.assert_allclose(history.history["val_correct_fraction"], history.history["val_accuracy"], atol=1e-6)
     for got, want in zip(model.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(got, want, atol=1e-5)
     assert model.optimizer.iterations == 6

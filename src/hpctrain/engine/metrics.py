@@ -156,7 +156,8 @@ class StatefulMetric(Metric):
 
     Each pass (train, validation) gets its own copy of the user's object, so their states stay
     apart. ``update_state`` runs once per batch, as in Keras; the result is read (a host sync)
-    only with the other metrics.
+    only with the other metrics. Across replicas the result is that of the variables summed
+    (or averaged, for ``aggregation="mean"``) over the replicas, as Keras aggregates them.
     """
 
     batchwise = True
@@ -189,6 +190,21 @@ class StatefulMetric(Metric):
     def total(self, value):
         pass  # the state lives in the metric's own variables
 
+    def reduced_pair(self, communicator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(result, 1)`` over all replicas' state, divided by the replica count so that the sum
+        ``MetricSet.results`` takes over replicas gives it back. Every replica must call it."""
+        variables = self.metric.variables
+        saved = [variable.value.clone() for variable in variables]
+        for variable in variables:
+            communicator.all_reduce_sum_(variable.value)  # sync point, with every replica
+            if getattr(variable, "aggregation", "sum") == "mean":
+                variable.value.div_(communicator.world_size)
+        try:
+            return self.total / communicator.world_size, self.count / communicator.world_size
+        finally:  # this replica carries on accumulating its own share
+            for variable, value in zip(variables, saved):
+                variable.value.copy_(value)
+
 
 class MetricSet:
     """The loss tracker and the compiled metrics of one pass (train or test)."""
@@ -199,9 +215,6 @@ class MetricSet:
         # Copies: the train and the validation pass each keep their own accumulators.
         self.metrics = [copy.copy(m).bind(device) for m in metrics]
         self.prefix = prefix
-        if communicator is not None and any(isinstance(m, StatefulMetric) for m in self.metrics):
-            raise ConfigError("custom Metric objects are not reduced across replicas yet; train them in one "
-                              "process, or use a metric function fn(y_true, y_pred) returning per-sample values.")
 
     def reset(self) -> None:
         self.loss.reset()
@@ -231,8 +244,11 @@ class MetricSet:
         """The running means. ``across_replicas=False``: this replica's alone, with no collective
         (for a progress bar that only rank 0 refreshes: a collective must be joined by every rank)."""
         trackers = [self.loss, *self.metrics]
-        totals = torch.stack([value for t in trackers for value in (t.total, t.count)])
-        if self.communicator is not None and across_replicas:
+        across = self.communicator is not None and across_replicas
+        pairs = [t.reduced_pair(self.communicator) if across and isinstance(t, StatefulMetric) else (t.total, t.count)
+                 for t in trackers]
+        totals = torch.stack([value for pair in pairs for value in pair])
+        if across:
             # Sums of sums and of counts: exact global means, not a mean of per-replica means.
             self.communicator.all_reduce_sum_(totals)
         values = totals.tolist()  # host sync

@@ -63,6 +63,7 @@ class Variable(torch.Tensor):
     def __deepcopy__(self, memo):
         copied = self.value.clone().as_subclass(Variable)
         copied.initial_value = self.initial_value.clone()
+        copied.aggregation = self.aggregation
         memo[id(self)] = copied
         return copied
 
@@ -91,8 +92,12 @@ class Metric:
         shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
         start = (_INITIALIZERS[initializer](shape, dtype=dtype) if isinstance(initializer, str)
                  else torch.full(shape, float(initializer), dtype=dtype))
+        if aggregation not in ("sum", "mean"):
+            raise ConfigError(f"metric variable aggregation must be 'sum' or 'mean' (how replicas combine it); "
+                              f"got {aggregation!r}.")
         variable = start.as_subclass(Variable)
         variable.initial_value = start.clone()
+        variable.aggregation = aggregation
         self._variables.append(variable)
         return variable
 
