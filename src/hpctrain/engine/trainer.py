@@ -82,6 +82,7 @@ class Trainer:
         validation_split = validation.check_fraction(validation_split, name="validation_split")
         steps_per_epoch = fit_options.check_steps(steps_per_epoch, "steps_per_epoch")
         validation_steps = fit_options.check_steps(validation_steps, "validation_steps")
+        validation_batch_size = fit_options.check_steps(validation_batch_size, "validation_batch_size")
         validation_freq = fit_options.check_validation_freq(validation_freq)
         verbose = _resolve_verbose(verbose) if self.plan.rank == 0 else 0  # one voice: rank 0 prints
         self._apply_plan()
