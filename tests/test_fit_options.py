@@ -118,6 +118,30 @@ def test_weighted_validation_data_and_validation_split_weigh_the_validation_loss
         model.evaluate(x[30:], y[30:], sample_weight=weights[30:], verbose=0), rel=1e-6)
 
 
+def test_sample_weight_weighs_every_output_of_a_multi_output_model(rng):
+    import hpctrain as tf
+
+    x = rng.normal(size=(40, 4)).astype("float32")
+    labels, target = rng.integers(0, 3, 40), rng.normal(size=(40, 1)).astype("float32")
+    weights = rng.uniform(0.0, 2.0, size=40)
+    inputs = tf.keras.Input(shape=(4,))
+    hidden = tf.keras.layers.Dense(5, activation="tanh")(inputs)
+    outputs = [tf.keras.layers.Dense(3, activation="softmax", name="cls")(hidden),
+               tf.keras.layers.Dense(1, name="reg")(hidden)]
+    model = tf.keras.Model(inputs, outputs)
+    model.compile(optimizer="sgd", loss=["sparse_categorical_crossentropy", "mse"], loss_weights=[1.0, 0.5])
+    model.fit(x, [labels, target], sample_weight=weights, epochs=1, verbose=0)
+    logs = model.evaluate(x, [labels, target], sample_weight=weights, verbose=0, return_dict=True)
+    probs, predicted = model.predict(x, verbose=0)
+    cls_loss = np.sum(weights * -np.log(np.clip(probs[np.arange(40), labels], 1e-7, 1))) / 40
+    reg_loss = np.sum(weights * ((predicted - target) ** 2).mean(-1)) / 40
+    assert logs["cls_loss"] == pytest.approx(cls_loss, rel=1e-5)
+    assert logs["reg_loss"] == pytest.approx(reg_loss, rel=1e-5)
+    assert logs["loss"] == pytest.approx(cls_loss + 0.5 * reg_loss, rel=1e-5)
+    with pytest.raises(ConfigError, match="class_weight is for a model with one output"):
+        model.fit(x, [labels, target], class_weight={0: 2.0}, verbose=0)
+
+
 def test_bad_weights_are_rejected_before_training(rng):
     x, y = small_classification(rng, n=12, features=5)
     model = _model()

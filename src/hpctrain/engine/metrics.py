@@ -65,6 +65,10 @@ class Metric:
     def per_sample(self, output: ModelOutput, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def update_weighted(self, output: ModelOutput, target: torch.Tensor, weights: torch.Tensor) -> None:
+        """With sample weights: compiled metrics ignore them, as in Keras (only losses are weighted)."""
+        self.update(output, target)
+
     def result(self) -> float:
         # Host sync: reads the device accumulators.
         count = float(self.count)
@@ -222,10 +226,13 @@ class MetricSet:
             metric.reset()
 
     @torch.no_grad()
-    def update(self, loss: torch.Tensor, output: ModelOutput, target: torch.Tensor) -> None:
+    def update(self, loss: torch.Tensor, output: ModelOutput, target: torch.Tensor, weights=None) -> None:
         self.loss.update_value(loss, output.logits.shape[0])
         for metric in self.metrics:
-            metric.update(output, target)
+            if weights is None:
+                metric.update(output, target)
+            else:
+                metric.update_weighted(output, target, weights)
 
     def local_results(self) -> dict[str, float]:
         """This replica's running means, with no collective: what rank 0's progress bar reads
@@ -368,6 +375,13 @@ class OutputLoss(Metric):
     def update(self, output: ModelOutput, target) -> None:
         rows = target.shape[0]
         self.total.add_(self.loss_fn(output.logits.parts[self.index], target.parts[self.index]), alpha=rows)
+        self.count.add_(rows)
+
+    def update_weighted(self, output: ModelOutput, target, weights) -> None:
+        # Keras weighs each output's reported loss like the total it is part of.
+        rows = target.shape[0]
+        self.total.add_(self.loss_fn.weighted(output.logits.parts[self.index], target.parts[self.index], weights),
+                        alpha=rows)
         self.count.add_(rows)
 
 

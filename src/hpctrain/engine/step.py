@@ -51,7 +51,7 @@ class AutogradStep:
         # set_to_none: the next backward writes fresh gradients instead of adding into zeroed ones.
         self.optimizer.zero_grad(set_to_none=True)
         if rows:
-            metrics.update(loss, ModelOutput(logits.detach(), self.output_activation), y)
+            metrics.update(loss, ModelOutput(logits.detach(), self.output_activation), y, weights)
 
     def _sum_gradients(self) -> None:
         params = [p for p in self.module.parameters() if p.requires_grad]

@@ -269,7 +269,7 @@ class Trainer:
                 loss = self.loss(logits, yb) if weights is None else self.loss.weighted(logits, yb, weights)
                 if self.penalty is not None:
                     loss = loss + self.penalty()
-                metrics.update(loss, ModelOutput(logits, self.output_activation), yb)
+                metrics.update(loss, ModelOutput(logits, self.output_activation), yb, weights)
         return metrics.results()
 
     def _start_replicas_equal(self) -> None:
