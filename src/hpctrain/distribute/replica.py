@@ -20,9 +20,13 @@ def _attached(value):
     return torch.from_numpy(value.attach()) if isinstance(value, SharedArray) else value
 
 
-def _replica_plan(rank: int, device: torch.device, replicas: int, port: int, timeout_seconds: float):
-    spec = GroupSpec(rank=rank, world_size=replicas, local_rank=rank, local_world_size=replicas,
+def _group_spec(rank: int, replicas: int, port: int) -> GroupSpec:
+    return GroupSpec(rank=rank, world_size=replicas, local_rank=rank, local_world_size=replicas,
                      master_addr="127.0.0.1", master_port=port, launcher="local spawn")
+
+
+def _replica_plan(rank: int, device: torch.device, replicas: int, port: int, timeout_seconds: float):
+    spec = _group_spec(rank, replicas, port)
     communicator = join_group(spec, device, timeout_seconds)  # NCCL for a GPU, gloo for the CPU
     base = make_plan(device=device)
     threads = max(1, base.threads // replicas)
@@ -41,13 +45,20 @@ def main(folder: str, rank: int) -> None:
     model = job["model"]
     torch.set_rng_state(job["rng_state"])
     device = torch.device(job["devices"][rank])
-    model.use_plan(_replica_plan(rank, device, job["replicas"], job["port"], job["timeout_seconds"]))
+    strategy = job["strategy"]  # unpickled with the model: the very strategy its compile recorded
+    if strategy is None:
+        model.use_plan(_replica_plan(rank, device, job["replicas"], job["port"], job["timeout_seconds"]))
+    else:
+        strategy.join_spawned_group(_group_spec(rank, job["replicas"], job["port"]))
     history = model.fit(**arguments)
+    # A pipeline's stages each hold part of the optimizer state: gathered by all, written by rank 0.
+    optimizer_state = (model.optimizer.state_by_position() if strategy is None
+                       else strategy.last_trainer.optimizer_state_by_position())
     if rank == 0:
         result = os.path.join(folder, "result.pickle")
         with open(result + ".tmp", "wb") as f:
             pickle.dump((model.get_weights(), history.history, history.epoch, torch.get_rng_state(),
-                         model.optimizer.state_by_position()), f)
+                         optimizer_state), f)
         os.replace(result + ".tmp", result)
 
 

@@ -106,8 +106,12 @@ def _check_shared_memory_room(needed: int) -> None:
         )
 
 
-def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments: dict) -> History:
-    """Train ``model`` in one fresh process per device; load rank 0's weights and History into it."""
+def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments: dict, strategy=None) -> History:
+    """Train ``model`` in one fresh process per device; load rank 0's weights and History into it.
+
+    ``strategy``: one that lays out each process's part itself (a pipeline's stages); without one,
+    each process is a data-parallel replica.
+    """
     replicas = len(devices)
     blocks: list[SharedArray] = []
     arguments = dict(fit_arguments)
@@ -121,7 +125,8 @@ def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments:
             # as training here would draw.
             job = {"model": model, "arguments": arguments, "devices": [str(d) for d in devices],
                    "replicas": replicas, "port": free_local_port(),
-                   "timeout_seconds": timeout_seconds, "folder": folder, "rng_state": torch.get_rng_state()}
+                   "timeout_seconds": timeout_seconds, "folder": folder, "rng_state": torch.get_rng_state(),
+                   "strategy": strategy}
             with open(os.path.join(folder, "job.pickle"), "wb") as f:
                 pickle.dump(job, f)
             _run_and_watch(folder, replicas)

@@ -39,6 +39,8 @@ def get_strategy() -> "Strategy | None":
 class Strategy:
     """Replicas of one model, each training on its share of every global batch."""
 
+    pipelined = False  # a pipeline strategy builds each process's trainer itself
+
     def __init__(self, devices: list[torch.device], *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS):
         self.devices = devices
         self.timeout_seconds = timeout_seconds
@@ -56,6 +58,9 @@ class Strategy:
             yield self
         finally:
             _scopes.remove(self)
+
+    def on_compile(self, model) -> None:
+        """A model was compiled inside this strategy's scope."""
 
     def plan(self) -> Plan:
         """The plan of this process's replica; joins the process group on first use."""

@@ -46,28 +46,29 @@ class AutogradStep:
         scaled = loss if self.communicator is None else loss * (rows / batch_rows)
         scaled.backward()
         if self.communicator is not None:
-            self._sum_gradients()
+            sum_gradients([p for p in self.module.parameters() if p.requires_grad], self.communicator)
         self.optimizer.step()
         # set_to_none: the next backward writes fresh gradients instead of adding into zeroed ones.
         self.optimizer.zero_grad(set_to_none=True)
         if rows:
             metrics.update(loss, ModelOutput(logits.detach(), self.output_activation), y, weights)
 
-    def _sum_gradients(self) -> None:
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        # One flag per parameter rides along: a parameter no replica computed a gradient for
-        # keeps None, so the optimizer skips it as it would in one process.
-        local_flags = [p.grad is not None for p in params]
-        had_gradient = torch.tensor([float(flag) for flag in local_flags], device=grads[0].device)
-        flat = torch.cat([*(g.reshape(-1) for g in grads), had_gradient])
-        self.communicator.all_reduce_sum_(flat)  # sync point: every replica waits here
-        # Reading the summed flags is a host sync; it is needed only where this replica had a None.
-        flags = local_flags if all(local_flags) else [bool(f) for f in flat[-len(params):].tolist()]
-        offset = 0
-        for param, flag in zip(params, flags):
-            param.grad = flat[offset:offset + param.numel()].view_as(param) if flag else None
-            offset += param.numel()
+
+def sum_gradients(params: list[torch.Tensor], communicator) -> None:
+    """Sums ``params``' gradients over the communicator's replicas, in one all-reduce."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    # One flag per parameter rides along: a parameter no replica computed a gradient for
+    # keeps None, so the optimizer skips it as it would in one process.
+    local_flags = [p.grad is not None for p in params]
+    had_gradient = torch.tensor([float(flag) for flag in local_flags], device=grads[0].device)
+    flat = torch.cat([*(g.reshape(-1) for g in grads), had_gradient])
+    communicator.all_reduce_sum_(flat)  # sync point: every replica waits here
+    # Reading the summed flags is a host sync; it is needed only where this replica had a None.
+    flags = local_flags if all(local_flags) else [bool(f) for f in flat[-len(params):].tolist()]
+    offset = 0
+    for param, flag in zip(params, flags):
+        param.grad = flat[offset:offset + param.numel()].view_as(param) if flag else None
+        offset += param.numel()
 
 
 def autocast(device: torch.device, precision: str):

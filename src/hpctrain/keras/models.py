@@ -71,6 +71,8 @@ class Model(Layer):
         self._compiled = {"loss": loss, "metrics": metrics, "plan": plan,
                           "strategy": get_strategy(), "run_eagerly": bool(run_eagerly),
                           "jit_compile": _check_jit_compile(jit_compile)}
+        if self._compiled["strategy"] is not None:
+            self._compiled["strategy"].on_compile(self)
         self._trainer = None  # the next fit builds a trainer for the new settings
 
     def _compile_loss_and_metrics(self, loss, loss_weights, metrics):
@@ -269,8 +271,12 @@ class Model(Layer):
         if folded is not None:
             module, output_activation, loss = _LogitsView(self), folded, loss.with_logits()
         plan = self._compiled["plan"]
+        strategy = self._compiled["strategy"]
+        if strategy is not None and strategy.pipelined and not strategy.spawns_locally:
+            return strategy.trainer(module, model=self, loss=loss, optimizer=self.optimizer,
+                                    metrics=self._compiled["metrics"], output_activation=output_activation,
+                                    penalty=self._penalty_fn())
         if plan is None:
-            strategy = self._compiled["strategy"]
             in_this_process = strategy is None or strategy.spawns_locally  # spawned replicas train; the rest runs here
             plan = make_plan() if in_this_process else strategy.plan()
         if self._compiled["run_eagerly"]:
