@@ -167,7 +167,7 @@ def split_model(model, stages: int, cut_points=None) -> Split:
 def check_cut_points(cut_points, stages: int, layers: int) -> tuple[int, ...]:
     cuts = tuple(cut_points)
     valid = (len(cuts) == stages - 1 and all(isinstance(c, int) for c in cuts)
-             and all(0 < a < b for a, b in zip((0, *cuts), (*cuts, layers))))
+             and all(a < b for a, b in zip((0, *cuts), (*cuts, layers))))
     if not valid:
         example = list(balanced_cut_points([1.0] * layers, stages)) if stages <= layers else []
         raise ConfigError(

@@ -15,7 +15,6 @@ import itertools
 
 import torch
 import torch.distributed as dist
-from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
 from hpctrain.distribute.communicator import Communicator
 from hpctrain.distribute.partition import Split, optimizer_slots, split_model, stack_layers
@@ -30,7 +29,7 @@ from hpctrain.engine.trainer import INFERENCE_BATCH, Trainer, _build_optimizer, 
 from hpctrain.engine import validation
 from hpctrain.errors import ConfigError, InputError
 
-SCHEDULES = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe}
+SCHEDULES = ("1f1b", "gpipe")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -116,7 +115,8 @@ class PipelineStrategy(Strategy):
         parsed = [parse_device(d) for d in devices] if devices else [torch.device("cpu")] * self.config.world_size
         if len(parsed) != self.config.world_size:
             raise ConfigError(f"devices lists {len(parsed)} devices; {stages} stages × {data_parallel} replicas need "
-                              f"{self.config.world_size}, one per process (stage s of replica d on devices[d*stages+s]).")
+                              f"{self.config.world_size}, one per process (stage s of replica d on "
+                              "devices[d*stages+s]).")
         super().__init__(parsed, timeout_seconds=timeout_seconds)
         self.cut_points = None if cut_points is None else tuple(cut_points)
         if self.group is not None:
@@ -179,6 +179,11 @@ class PipelineStrategy(Strategy):
         if penalty is not None:
             raise ConfigError("weight regularizers are not supported with PipelineStrategy yet; remove the "
                               "kernel_regularizer/bias_regularizer arguments or train without the strategy.")
+        if self.spawns_locally:
+            raise ConfigError(
+                f"strategy.trainer(...) trains the stage of a launched process; start the script with hpctrain launch "
+                f"--nproc-per-node={self.config.world_size}, or, from a plain start, compile a Sequential inside "
+                "strategy.scope() and call fit (which spawns the stages).")
         model = model if model is not None else module
         plan = self.plan()
         if self._groups is None:
@@ -280,6 +285,8 @@ class PipelineTrainer(Trainer):
         if isinstance(optimizer, torch.optim.Optimizer):
             raise ConfigError("a pipeline builds one optimizer per stage: pass a name ('adam'), a Keras optimizer or "
                               "a factory fn(params, device), not a torch.optim.Optimizer instance.")
+        if not list(self.stage_module.parameters()):
+            return None  # a stage of parameter-free layers (an activation) has nothing to update
         carried = optimizer.state_by_position() if hasattr(optimizer, "state_by_position") else []
         factory = optimizer.build if hasattr(optimizer, "build") else optimizer
         built = _build_optimizer(factory, self.stage_module, self.plan.device)
@@ -293,12 +300,17 @@ class PipelineTrainer(Trainer):
         """The stage and schedule for batches of ``rows`` (buffers are sized per shape, so one each)."""
         key = (rows, training)
         if key not in self._schedules:
+            # Imported here: torch.distributed.pipelining takes seconds to import, paid only by pipelines.
+            from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
             microbatches = microbatches_for(rows, self.config.microbatches)
             stage = PipelineStage(self.stage_module, self.groups.stage, self.config.stages, self.plan.device,
                                   input_args=self._example(self.groups.stage, rows // microbatches, training),
                                   output_args=self._example(self.groups.stage + 1, rows // microbatches, training),
                                   group=self.groups.pipeline)
-            kind = SCHEDULES[self.config.schedule] if microbatches >= self.config.stages else ScheduleGPipe
+            # 1F1B needs a micro-batch per stage; an uneven last batch with fewer runs GPipe (the same sums).
+            one_f_one_b = self.config.schedule == "1f1b" and microbatches >= self.config.stages
+            kind = Schedule1F1B if one_f_one_b else ScheduleGPipe
             self._schedules[key] = kind(stage, microbatches, loss_fn=self._microbatch_loss if training else None,
                                         scale_grads=False)
         return self._schedules[key]
@@ -326,11 +338,12 @@ class PipelineTrainer(Trainer):
             self._global_rows = global_rows
             schedule = self._schedule(rows, training=True)
             output = schedule.step(*([x] if self.is_first else []), target=y if self.is_last else None)
-        if self.groups.stage_replicas is not None:
-            sum_gradients(list(self.stage_module.parameters()), self.groups.stage_replicas)
-        optimizer = as_torch_optimizer(self.optimizer)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if self.optimizer is not None:
+            if self.groups.stage_replicas is not None:
+                sum_gradients(list(self.stage_module.parameters()), self.groups.stage_replicas)
+            optimizer = as_torch_optimizer(self.optimizer)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         if self.is_last and output is not None:
             output = output.detach()
             with torch.no_grad():
@@ -444,7 +457,7 @@ class PipelineTrainer(Trainer):
 
     def optimizer_state_by_position(self) -> list[dict]:
         """Each stage's optimizer state, concatenated in model order (a collective)."""
-        state = as_torch_optimizer(self.optimizer).state
+        state = as_torch_optimizer(self.optimizer).state if self.optimizer is not None else {}
         mine = [{k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v for k, v in state.get(p, {}).items()}
                 for p in self.stage_module.parameters()]
         gathered = [None] * self.config.world_size
