@@ -14,7 +14,7 @@ import torch
 from hpctrain.errors import ConfigError
 
 PROBE_ROWS = 64
-_WARMUP, _REPEATS = 2, 5
+_WARMUP, _REPEATS = 2, 7
 # Optimizer state kept per weight (Adam: two moments), for the memory column of describe().
 _OPTIMIZER_SLOTS = {"Adam": 2, "AdamW": 2, "Adamax": 2, "NAdam": 2, "RMSprop": 1, "Adagrad": 1}
 
@@ -67,7 +67,7 @@ class Split:
 
 
 def _mib(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB"
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 // 10 else f"{size / 2**10:.0f} KiB"
 
 
 def stack_layers(model) -> list[torch.nn.Module]:
@@ -106,30 +106,30 @@ def _params(layer: torch.nn.Module) -> int:
 
 
 def _measured_seconds(layers, sample_shape) -> list[float]:
-    """Forward + backward time of each layer on a probe batch.
+    """Forward + backward time of each layer on a probe batch: the fastest of several rounds.
 
-    The RNG is forked (the probe draws inputs and may run dropout) and gradients are taken with
-    ``autograd.grad``, so measuring leaves no trace on training.
+    Rounds pass through every layer in turn, so a burst of other work on the machine slows one
+    round of all layers rather than every repeat of one layer. The RNG is forked (the probe draws
+    inputs and may run dropout) and gradients are taken with ``autograd.grad``, so measuring
+    leaves no trace on training.
     """
     with torch.random.fork_rng():
         device = next((p.device for layer in layers for p in layer.parameters()), torch.device("cpu"))
-        x = torch.randn(PROBE_ROWS, *sample_shape, device=device)
-        seconds = []
-        for layer in layers:
-            timings = []
-            for repeat in range(_WARMUP + _REPEATS):
+        probe = torch.randn(PROBE_ROWS, *sample_shape, device=device)
+        best = [float("inf")] * len(layers)
+        for round_ in range(_WARMUP + _REPEATS):
+            x = probe
+            for index, layer in enumerate(layers):
                 start = time.perf_counter()
                 x_in = x.detach().requires_grad_(True)
-                out = layer(x_in)
+                x = layer(x_in)
                 inputs = [x_in, *(p for p in layer.parameters() if p.requires_grad)]
-                torch.autograd.grad(out, inputs, grad_outputs=torch.ones_like(out), allow_unused=True)
+                torch.autograd.grad(x, inputs, grad_outputs=torch.ones_like(x), allow_unused=True)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)  # a host sync, so the clock measures the kernels
-                if repeat >= _WARMUP:
-                    timings.append(time.perf_counter() - start)
-            seconds.append(sorted(timings)[len(timings) // 2])
-            x = out.detach()
-    return seconds
+                if round_ >= _WARMUP:
+                    best[index] = min(best[index], time.perf_counter() - start)
+    return best
 
 
 def balanced_cut_points(weights: list[float], stages: int) -> tuple[int, ...]:
