@@ -1,5 +1,6 @@
 """Pipeline parallelism on this machine: samples per second and per-process peak memory (RSS) for
-1, 2 and 4 stages of the MLP 784→W→W→W→10 (W=1024 by default), each stage a process started by ``hpctrain launch``.
+1, 2 and 4 stages of the MLP 784→W→W→W→10 (W=1024 by default), each stage a process started by
+``hpctrain launch``.
 
     .venv/bin/python benchmarks/bench_pipeline.py --stages 1,2,4 --epochs 3
     .venv/bin/python benchmarks/bench_pipeline.py --width 4096 --samples 2048 --epochs 3
@@ -29,10 +30,12 @@ sys.path.insert(0, str(HERE))
 from hpctrain.distribute.spawn import free_local_port  # noqa: E402
 
 STAGE_PROGRAM = '''
-import json, resource, sys, time
+import json, resource, sys
+sys.path.insert(0, {here!r})
 import numpy as np
 import hpctrain as tf
 from hpctrain.keras.callbacks import Callback
+from impl_keras_style import make_epoch_timer_class
 from hpctrain.keras.layers import Dense
 from hpctrain.keras.models import Sequential
 from hpctrain.keras.optimizers import Adam
@@ -47,14 +50,7 @@ y = rng.integers(0, 10, samples)
 def rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 before_model = rss_mib()
-times = []
-
-class EpochTimer(Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        times.append(time.perf_counter() - self.start)
+timer = make_epoch_timer_class(Callback)()
 
 strategy = tf.distribute.PipelineStrategy(stages=stages, microbatches=microbatches) if stages > 1 else None
 with strategy.scope() if strategy else open("/dev/null"):
@@ -62,13 +58,14 @@ with strategy.scope() if strategy else open("/dev/null"):
     model = Sequential([Dense(width, activation="relu", input_dim=784), Dense(width, activation="relu"),
                         Dense(width, activation="relu"), Dense(10, activation="softmax")])
     model.compile(optimizer=Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-history = model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0, callbacks=[EpochTimer()])
+history = model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0, callbacks=[timer])
 rank = strategy.plan().rank if strategy else 0
-report = {"rank": rank, "epoch_seconds": times, "rss_before_model_mib": before_model, "peak_rss_mib": rss_mib(),
-          "loss": history.history["loss"], "plan": model.plan.explain()}
+report = {{"rank": rank, "epoch_seconds": timer.clock.epoch_seconds, "rss_before_model_mib": before_model,
+          "peak_rss_mib": rss_mib(),
+          "loss": history.history["loss"], "plan": model.plan.explain()}}
 if strategy and rank == 0:
     report["describe"] = strategy.describe()
-with open(f"{folder}/rank{rank}.json", "w") as f:  # one file each: the ranks' stdout lines interleave
+with open(f"{{folder}}/rank{{rank}}.json", "w") as f:  # one file each: the ranks' stdout lines interleave
     json.dump(report, f)
 '''
 
@@ -102,7 +99,7 @@ def main() -> int:
     parser.add_argument("--output", default=None, help="JSON path (default results/pipeline_mlp<width>x3.json)")
     args = parser.parse_args()
     program = HERE / "results" / ".stage_program.py"
-    program.write_text(STAGE_PROGRAM)
+    program.write_text(STAGE_PROGRAM.format(here=str(HERE)))
     rows = {}
     try:
         for stages in [int(n) for n in args.stages.split(",")]:
