@@ -189,8 +189,10 @@ class PipelineStrategy(Strategy):
         if self._groups is None:
             self._groups = _make_groups(self.config, plan.rank, plan.device, plan.communicator)
         split = self._agreed_split(model)
-        plan = plan.with_choice("executor", "autograd",
-                                f"stage {self._groups.stage} of a {self.config.schedule} pipeline")
+        stage = f"stage {self._groups.stage} of a {self.config.schedule} pipeline"
+        plan = plan.with_choice("executor", "autograd", stage)
+        plan = plan.with_choice("precision", "float32", f"{stage} runs float32")
+        plan = plan.with_choice("compile", False, f"{stage} runs eagerly")
         # A module other than the model is the model's logits view: the last stage ends on logits.
         self.last_trainer = PipelineTrainer(module, layers=stack_layers(model), split=split, config=self.config,
                                             groups=self._groups, loss=loss, optimizer=optimizer, metrics=metrics,
@@ -327,9 +329,13 @@ class PipelineTrainer(Trainer):
 
     # --- the engine's hooks ------------------------------------------------------------------
 
-    def _make_step(self, data, batch_size: int, hooks):
+    def _settle_plan(self, data, batch_size, epochs: int, hooks):
+        # Nothing is measured per stage: a trial step would have to run through every stage at once.
+        if batch_size == "auto":
+            raise ConfigError("batch_size='auto' is not supported with PipelineStrategy yet; give a number that "
+                              f"divides into {self.config.data_parallel * self.config.microbatches} equal parts.")
         self.config.check_batch(batch_size)
-        return self._train_step, self._metric_set(data.output_shape)
+        return batch_size, self._train_step, self._metric_set(data.output_shape)
 
     def _train_step(self, x, y, metrics: MetricSet, global_rows: int) -> None:
         rows = x.shape[0]
@@ -397,10 +403,6 @@ class PipelineTrainer(Trainer):
         # Only the last stage has outputs; its replicas sum their totals.
         return MetricSet(self._resolve_metrics(output_shape), self.plan.device, prefix=prefix,
                          communicator=self.groups.stage_replicas)
-
-    def _auto_batch_size(self, data, hooks) -> int:
-        raise ConfigError("batch_size='auto' is not supported with PipelineStrategy yet; give a number that "
-                          f"divides into {self.config.data_parallel * self.config.microbatches} equal parts.")
 
     def _prepare_labelled(self, x, y, *, name: str, y_name: str = "y"):
         if y is None:
