@@ -192,5 +192,22 @@ def test_bad_settings_say_what_would_work():
         tf.distribute.PipelineStrategy(stages=2, microbatches=2, devices=["cpu:0"])
 
 
+def test_what_a_pipeline_cannot_do_yet_is_refused_before_any_process_starts(plain_start):
+    from hpctrain.keras import regularizers
+    from hpctrain.keras.layers import Dense
+    from hpctrain.keras.models import Sequential
+
+    x, y = data()
+    strategy = tf.distribute.PipelineStrategy(stages=2, microbatches=2)
+    with strategy.scope():
+        model = Sequential([Dense(8, input_dim=12, kernel_regularizer=regularizers.l2(0.01)), Dense(4)])
+        model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ConfigError, match="weight regularizers are not supported with PipelineStrategy yet"):
+        model.fit(x, np.zeros((len(x), 4), "float32"), batch_size=16, verbose=0)
+    with pytest.raises(ConfigError, match=r"strategy.trainer\(...\) trains the stage of a launched process; start "
+                                          r"the script with hpctrain launch --nproc-per-node=2"):
+        strategy.trainer(native_network(), **NATIVE)
+
+
 def test_an_uneven_batch_takes_the_most_micro_batches_that_cut_it_evenly():
     assert [microbatches_for(rows, 4) for rows in (16, 10, 9, 7, 3, 1)] == [4, 2, 3, 1, 3, 1]

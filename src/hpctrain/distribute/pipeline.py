@@ -161,6 +161,8 @@ class PipelineStrategy(Strategy):
 
         self.split(model)  # measured here once; the processes take this cut with them
         self.config.check_batch(fit_arguments["batch_size"])
+        if any(getattr(layer, "regularization_penalty", lambda: None)() is not None for layer in stack_layers(model)):
+            _refuse_penalty()  # here, before any process starts, rather than in every stage
         return fit_in_replicas(model, self.devices, self.timeout_seconds, fit_arguments, strategy=self)
 
     def join_spawned_group(self, spec: GroupSpec) -> None:
@@ -177,8 +179,7 @@ class PipelineStrategy(Strategy):
     def trainer(self, module, *, model=None, loss, optimizer, metrics=(), output_activation=None, penalty=None):
         """This process's stage of ``module`` (a ``Sequential``, or ``model``'s logits view of one)."""
         if penalty is not None:
-            raise ConfigError("weight regularizers are not supported with PipelineStrategy yet; remove the "
-                              "kernel_regularizer/bias_regularizer arguments or train without the strategy.")
+            _refuse_penalty()
         if self.spawns_locally:
             raise ConfigError(
                 f"strategy.trainer(...) trains the stage of a launched process; start the script with hpctrain launch "
@@ -211,6 +212,11 @@ class PipelineStrategy(Strategy):
         state = dict(self.__dict__)
         state.update(_plan=None, _groups=None, last_trainer=None)  # process-local: a spawned process makes its own
         return state
+
+
+def _refuse_penalty():
+    raise ConfigError("weight regularizers are not supported with PipelineStrategy yet; remove the "
+                      "kernel_regularizer/bias_regularizer arguments or train without the strategy.")
 
 
 @dataclasses.dataclass
