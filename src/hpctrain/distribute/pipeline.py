@@ -361,7 +361,10 @@ class PipelineTrainer(Trainer):
             with torch.no_grad():
                 metrics.update(self.loss(output, y), ModelOutput(output, self.output_activation), y)
 
-    def _run_epoch(self, step, data, batch_size, shuffler, metrics, hooks, progress):
+    def _run_epoch(self, step, data, batch_size, shuffler, metrics, hooks, progress, stream=None):
+        if stream is not None:
+            raise ConfigError("steps_per_epoch is not supported with PipelineStrategy yet; every epoch is one "
+                              "pass over the data. Leave steps_per_epoch out.")
         self.stage_module.train()
         metrics.reset()
         order = shuffler.permutation(len(data)) if shuffler else None
@@ -379,7 +382,10 @@ class PipelineTrainer(Trainer):
         self._gather_weights()  # epoch-end callbacks (checkpoints, early stopping) see the whole model
         return logs
 
-    def _evaluate_logs(self, data, batch_size: int, prefix: str = "", output_shape=None) -> dict[str, float]:
+    def _evaluate_logs(self, data, batch_size: int, prefix: str = "", output_shape=None,
+                       batches=None) -> dict[str, float]:
+        if batches is not None:
+            raise ConfigError("validation_steps is not supported with PipelineStrategy yet; leave it out.")
         metrics = self._metric_set(output_shape or self._output_shape_of(data), prefix=prefix)
         share = data.shard(self.groups.replica, self.config.data_parallel)
         for xb, yb in share.batches(batch_size):
@@ -410,7 +416,11 @@ class PipelineTrainer(Trainer):
         return MetricSet(self._resolve_metrics(output_shape), self.plan.device, prefix=prefix,
                          communicator=self.groups.stage_replicas)
 
-    def _prepare_labelled(self, x, y, *, name: str, y_name: str = "y"):
+    def _prepare_labelled(self, x, y, *, name: str, y_name: str = "y", sample_weight=None,
+                          weight_name: str = "sample_weight"):
+        if sample_weight is not None:
+            raise ConfigError(f"{weight_name} is not supported with PipelineStrategy yet; train without "
+                              "sample or class weights, or use MirroredStrategy.")
         if y is None:
             raise InputError(f"{y_name} is missing: training and evaluation need a label for each sample of {name}.")
         inputs = self._inputs_tensor(x, name=name)
