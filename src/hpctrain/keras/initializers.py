@@ -107,6 +107,19 @@ class LecunNormal(VarianceScaling):
         super().__init__(1.0, "fan_in", "truncated_normal", seed)
 
 
+class Orthogonal(Initializer):
+    """Keras's Orthogonal (the default recurrent kernel of LSTM and GRU): rows of ``shape[:-1]``
+    flattened against ``shape[-1]`` columns, orthonormal, times ``gain``."""
+
+    def __init__(self, gain=1.0, seed=None):
+        self.gain, self.seed = gain, seed
+
+    def __call__(self, shape, dtype=torch.float32):
+        flat = torch.empty(math.prod(shape[:-1]), shape[-1], dtype=dtype)
+        torch.nn.init.orthogonal_(flat, gain=self.gain, generator=_generator(self.seed))
+        return flat.reshape(shape)
+
+
 def _generator(seed):
     return None if seed is None else torch.Generator().manual_seed(int(seed))
 
@@ -116,7 +129,8 @@ INITIALIZERS = {
     "random_uniform": RandomUniform, "random_normal": RandomNormal,
     "glorot_uniform": GlorotUniform, "glorot_normal": GlorotNormal,
     "he_uniform": HeUniform, "he_normal": HeNormal,
-    "lecun_uniform": LecunUniform, "lecun_normal": LecunNormal,
+    "lecun_uniform": LecunUniform, "lecun_normal": LecunNormal, "orthogonal": Orthogonal,
+    "uniform": RandomUniform, "normal": RandomNormal,  # Keras's short aliases (Embedding uses "uniform")
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import math
+import re
 
 import numpy as np
 import torch
@@ -28,12 +29,9 @@ def unique_name(base: str) -> str:
 
 
 def _snake_case(name: str) -> str:
-    out = []
-    for i, ch in enumerate(name):
-        if ch.isupper() and i and (not name[i - 1].isupper() or (i + 1 < len(name) and name[i + 1].islower())):
-            out.append("_")
-        out.append(ch.lower())
-    return "".join(out)
+    """Keras's own rule, so automatic names match: Conv2D -> conv2d, ReLU -> re_lu."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 class KerasTensor:
@@ -77,6 +75,7 @@ class Layer(torch.nn.Module):
         self.name = name or unique_name(_snake_case(type(self).__name__))
         self.built = False
         self._trainable = trainable
+        self._statistics: set[str] = set()  # weights updated by forward, never by gradients
         self.declared_input_shape = _declared_input_shape(input_shape, input_dim, batch_input_shape)
         self.input_shape_built = None
 
@@ -139,8 +138,8 @@ class Layer(torch.nn.Module):
     @trainable.setter
     def trainable(self, value: bool) -> None:
         self._trainable = bool(value)
-        for param in self.parameters():
-            param.requires_grad_(self._trainable)
+        for name, param in self.named_parameters():
+            param.requires_grad_(self._trainable and name not in self._statistics)
 
     @property
     def weights(self) -> list[torch.nn.Parameter]:
@@ -195,6 +194,11 @@ class Layer(torch.nn.Module):
     def _new_weight(self, shape, initializer) -> torch.nn.Parameter:
         return torch.nn.Parameter(initializer(tuple(shape)).to(torch.float32), requires_grad=self._trainable)
 
+    def _new_statistic(self, name: str, shape, initializer) -> None:
+        """A non-trainable weight (BatchNormalization's moving mean): saved and listed as Keras lists it."""
+        self._statistics.add(name)
+        setattr(self, name, torch.nn.Parameter(initializer(tuple(shape)).to(torch.float32), requires_grad=False))
+
 
 def _declared_input_shape(input_shape, input_dim, batch_input_shape):
     if batch_input_shape is not None:
@@ -229,6 +233,32 @@ def _static_penalties(kernel_regularizer, bias_regularizer):
     return penalties
 
 
+def weight_penalty(*pairs):
+    """The sum of ``regularizer(weight)`` over the pairs that have both, or ``None``."""
+    terms = [regularizer(weight) for regularizer, weight in pairs if regularizer is not None and weight is not None]
+    return sum(terms[1:], terms[0]) if terms else None
+
+
+def set_kernel_and_bias_options(layer, activation, use_bias, kernel_initializer, bias_initializer,
+                                kernel_regularizer, bias_regularizer) -> None:
+    """The options shared by layers with a kernel, a bias and an activation (Dense, Conv), resolved."""
+    layer.activation = activations.get(activation)
+    layer.use_bias = use_bias
+    layer.kernel_initializer = initializers.get(kernel_initializer)
+    layer.bias_initializer = initializers.get(bias_initializer)
+    layer.kernel_regularizer = regularizers.get(kernel_regularizer)
+    layer.bias_regularizer = regularizers.get(bias_regularizer)
+
+
+def kernel_and_bias_config(layer) -> dict:
+    """The config entries shared by layers with a kernel, a bias and an activation (Dense, Conv)."""
+    return {"activation": activations.serialize(layer.activation), "use_bias": layer.use_bias,
+            "kernel_initializer": initializers.serialize(layer.kernel_initializer),
+            "bias_initializer": initializers.serialize(layer.bias_initializer),
+            "kernel_regularizer": regularizers.serialize(layer.kernel_regularizer),
+            "bias_regularizer": regularizers.serialize(layer.bias_regularizer)}
+
+
 class Dense(Layer):
     """``activation(x @ kernel + bias)`` with kernel ``(in, units)``."""
 
@@ -238,12 +268,8 @@ class Dense(Layer):
         if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
             raise ConfigError(f"Dense units must be a whole number >= 1; got {units!r}.")
         self.units = int(units)
-        self.activation = activations.get(activation)
-        self.use_bias = use_bias
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
+        set_kernel_and_bias_options(self, activation, use_bias, kernel_initializer, bias_initializer,
+                                    kernel_regularizer, bias_regularizer)
 
     def build(self, input_shape):
         self.kernel = self._new_weight((input_shape[-1], self.units), self.kernel_initializer)
@@ -273,20 +299,10 @@ class Dense(Layer):
         return layers
 
     def regularization_penalty(self):
-        terms = []
-        if self.kernel_regularizer is not None:
-            terms.append(self.kernel_regularizer(self.kernel))
-        if self.bias_regularizer is not None and self.bias is not None:
-            terms.append(self.bias_regularizer(self.bias))
-        return sum(terms[1:], terms[0]) if terms else None
+        return weight_penalty((self.kernel_regularizer, self.kernel), (self.bias_regularizer, self.bias))
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "activation": activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_initializer": initializers.serialize(self.kernel_initializer),
-                "bias_initializer": initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+        return {**super().get_config(), "units": self.units, **kernel_and_bias_config(self)}
 
 
 class Activation(Layer):
@@ -402,8 +418,18 @@ class Add(_Merge):
         return total
 
 
-LAYERS = {cls.__name__: cls for cls in (InputLayer, Dense, Activation, Dropout, Flatten)}
-LAYERS.update(Concatenate=Concatenate, Add=Add)
+# The other layer families live in their own modules; they need Layer above, hence the late import.
+from hpctrain.keras.layers_conv import (AveragePooling2D, Conv1D, Conv2D, GlobalAveragePooling2D,  # noqa: E402
+                                        MaxPooling2D)
+from hpctrain.keras.layers_core import Embedding, ReLU, Rescaling, Reshape, Softmax  # noqa: E402
+from hpctrain.keras.layers_norm import BatchNormalization, LayerNormalization  # noqa: E402
+from hpctrain.keras.layers_recurrent import GRU, LSTM  # noqa: E402
+
+LAYERS = {cls.__name__: cls for cls in (
+    InputLayer, Dense, Activation, Dropout, Flatten, Concatenate, Add,
+    Conv1D, Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
+    BatchNormalization, LayerNormalization, Embedding, Reshape, Rescaling, Softmax, ReLU, LSTM, GRU,
+)}
 
 
 def deserialize(entry: dict) -> Layer:
