@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hpctrain.errors import ConfigError
 from hpctrain.keras.layers import (AveragePooling2D, Conv1D, Conv2D, Dense, Flatten, GlobalAveragePooling2D, Input,
                                    MaxPooling2D)
-from hpctrain.keras.models import Sequential
+from hpctrain.keras.models import Sequential, inference_batch_size
 from layer_reference import assert_matches_reference, built
 
 
@@ -186,3 +186,13 @@ def test_a_flat_input_to_conv2d_says_to_reshape():
     with pytest.raises(ConfigError, match=r"Conv2D conv2d\S* takes inputs shaped \(batch, height, width, channels\); "
                                           r"got \(None, 784\)\. Add a Reshape layer first"):
         Sequential([Input(shape=(784,)), Conv2D(4, 3)])
+
+
+def test_wide_activations_evaluate_in_cache_sized_batches():
+    convnet = Sequential([Input(shape=(28, 28, 1)), Conv2D(32, 3), Flatten(), Dense(10)])
+    mlp = Sequential([Input(shape=(784,)), Dense(128), Dense(10)])
+    assert inference_batch_size(convnet) == 256  # 2**23 values / (26 * 26 * 32) per row, as a power of two
+    assert inference_batch_size(mlp) == 8192
+    convnet.compile(optimizer="adam", loss="mse")
+    convnet.fit(np.zeros((4, 28, 28, 1), "float32"), np.zeros((4, 10), "float32"), verbose=0)
+    assert convnet._trainer.inference_batch_size == 256

@@ -45,10 +45,12 @@ class Trainer:
     ``output_activation``: applied to the module's output for ``predict`` and for metrics that
     need probabilities, when the module returns logits.
     ``penalty``: ``fn() -> scalar`` added to the training loss (weight regularization).
+    ``inference_batch_size``: rows per batch in evaluation, validation and prediction when no
+    batch size is given (models with large activations, such as convnets, want fewer).
     """
 
     def __init__(self, module: torch.nn.Module, *, loss, optimizer, metrics=(), output_activation=None,
-                 penalty=None, plan=None):
+                 penalty=None, plan=None, inference_batch_size: int = INFERENCE_BATCH):
         if plan is None:
             from hpctrain.hardware import make_plan
 
@@ -62,6 +64,7 @@ class Trainer:
         self.metric_specs = list(metrics)
         self.output_activation = output_activation
         self.penalty = penalty
+        self.inference_batch_size = inference_batch_size
         self.stop_training = False
         self.history = None
         self._graphed = None
@@ -112,7 +115,7 @@ class Trainer:
                                    stream=train_stream)
             _raise_if_not_finite(logs, epoch)
             if data.validation is not None and fit_options.validates_after(epoch, validation_freq):
-                logs.update(self._evaluate_logs(data.validation, INFERENCE_BATCH, prefix="val_",
+                logs.update(self._evaluate_logs(data.validation, self.inference_batch_size, prefix="val_",
                                                 output_shape=data.output_shape, batches=validation_batches()))
             progress.finish(steps, logs)
             hooks.call("on_epoch_end", epoch, logs)
@@ -127,7 +130,7 @@ class Trainer:
         data, _ = self._prepare_labelled(x, y, name="x", sample_weight=sample_weight)
         steps = _steps_per_epoch(data, batch_size or 32)
         progress = Progress(verbose=_resolve_verbose(verbose) if self.plan.rank == 0 else 0, total_steps=steps)
-        logs = self._evaluate_logs(data, batch_size or INFERENCE_BATCH)
+        logs = self._evaluate_logs(data, batch_size or self.inference_batch_size)
         progress.finish(steps, logs)
         if return_dict:
             return logs
@@ -140,15 +143,16 @@ class Trainer:
         steps = _steps_per_epoch(ResidentData(inputs, None), batch_size or 32)
         progress = Progress(verbose=_resolve_verbose(verbose) if self.plan.rank == 0 else 0, total_steps=steps)
         if self.communicator is None:
-            outputs = self.predict_tensor(inputs, batch_size=batch_size or INFERENCE_BATCH)
+            outputs = self.predict_tensor(inputs, batch_size=batch_size or self.inference_batch_size)
         else:  # each replica predicts its contiguous share; the gather restores input order
             share = ResidentData(inputs, None).shard(self.plan.rank, self.plan.world_size).x
             outputs = self.communicator.all_gather_rows(
-                self.predict_tensor(share, batch_size=batch_size or INFERENCE_BATCH))
+                self.predict_tensor(share, batch_size=batch_size or self.inference_batch_size))
         progress.finish(steps, {})
         return outputs.cpu().numpy()
 
-    def predict_tensor(self, inputs: torch.Tensor, *, batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
+    def predict_tensor(self, inputs: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
+        batch_size = batch_size or self.inference_batch_size
         self.module.eval()
         with torch.inference_mode(), autocast(self.plan.device, self.plan.precision):
             parts = [self._activate(self.module(xb)).float()

@@ -9,11 +9,13 @@ never takes the log of a rounded-to-zero probability.
 from __future__ import annotations
 
 import inspect
+import math
 
 import numpy as np
 import torch
 
 from hpctrain.engine import Trainer
+from hpctrain.engine.trainer import INFERENCE_BATCH
 from hpctrain.engine.data import Columns, as_numeric
 from hpctrain.engine.metrics import ModelOutput  # noqa: F401  (re-exported for custom steps)
 from hpctrain.errors import ConfigError, InputError, NotCompiledError
@@ -284,10 +286,12 @@ class Model(Layer):
         if self._compiled.get("jit_compile", "auto") != "auto":
             plan = plan.with_choice("compile", self._compiled["jit_compile"], "jit_compile in compile()")
         return Trainer(module, loss=loss, optimizer=self.optimizer.build, metrics=self._compiled["metrics"],
-                       output_activation=output_activation, penalty=self._penalty_fn(), plan=plan)
+                       output_activation=output_activation, penalty=self._penalty_fn(), plan=plan,
+                       inference_batch_size=inference_batch_size(self))
 
     def _inference_trainer(self) -> Trainer:
-        return Trainer(self._engine_module(), loss=keras_losses.get("mse"), optimizer=lambda params, device: None)
+        return Trainer(self._engine_module(), loss=keras_losses.get("mse"), optimizer=lambda params, device: None,
+                       inference_batch_size=inference_batch_size(self))
 
     def _foldable_output_activation(self, loss):
         return None  # only a Sequential's last Dense splits its activation off
@@ -556,6 +560,25 @@ def _reject_unsupported(**arguments) -> None:
 
 
 LAYERS["Sequential"] = Sequential  # a model can be a layer of another model, and is saved as one
+
+
+# Rows x the widest layer's values per row kept near 32 MB of float32: a convnet's activations
+# (21,632 values per MNIST image after the first Conv2D) then stay in cache-sized batches of 256
+# (measured 3-6x faster than 8,192), while MLPs keep the full 8,192.
+INFERENCE_VALUES_PER_BATCH = 2 ** 23
+
+
+def inference_batch_size(model) -> int:
+    """Evaluation/prediction rows per batch: a power of two, at most ``INFERENCE_BATCH``, at least 32."""
+    shapes = model.output_shapes() if isinstance(model, Sequential) and model.built else []
+    widths = [math.prod(shape[1:]) for shape in shapes
+              if isinstance(shape, tuple) and all(isinstance(n, int) for n in shape[1:])]
+    if getattr(model, "_input_shape", None) is not None:
+        widths.append(math.prod(model._input_shape))
+    if not widths:
+        return INFERENCE_BATCH
+    rows = INFERENCE_VALUES_PER_BATCH // max(max(widths), 1)
+    return max(32, min(INFERENCE_BATCH, 1 << max(rows, 1).bit_length() - 1))
 
 
 def load_model(filepath, compile: bool = False):
