@@ -71,7 +71,8 @@ def run_replicas(python: str, replicas: int, workload: str, epochs: int, program
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="seed")
+    parser.add_argument("--workload", choices=sorted(name for name, w in WORKLOADS.items() if w.model == "mlp"),
+                        default="seed")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is not counted")
     parser.add_argument("--replicas", default="1,2", help="comma-separated replica counts")
     parser.add_argument("--python", default=sys.executable)

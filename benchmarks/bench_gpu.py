@@ -101,7 +101,7 @@ def main() -> int:
         return 0
     results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "command": " ".join(sys.argv),
                "workloads": {}}
-    for workload in WORKLOADS.values():
+    for workload in (w for w in WORKLOADS.values() if w.model == "mlp"):
         x, labels, _ = make_dataset(workload)
         rows = {
             "hpctrain": epoch_times_hpctrain(workload, x, labels, args.epochs, eager=False),

@@ -55,6 +55,7 @@ class Implementation:
     script_args: tuple[str, ...] = ()
     required_module: str | None = None  # checked before spawning, to skip cleanly
     description: str = ""
+    models: tuple[str, ...] = ("mlp", "convnet")  # the workload models it implements
 
 
 IMPLEMENTATIONS: tuple[Implementation, ...] = (
@@ -88,6 +89,7 @@ IMPLEMENTATIONS: tuple[Implementation, ...] = (
         "impl_torch_dataloader.py",
         required_module="torch",
         description="PyTorch TensorDataset + DataLoader, textbook loop",
+        models=("mlp",),
     ),
     Implementation(
         "torch_handtuned",
@@ -102,6 +104,7 @@ IMPLEMENTATIONS: tuple[Implementation, ...] = (
         "impl_gemm_limit.py",
         required_module="torch",
         description="only the step's matrix multiplies, torch.mm into preallocated buffers",
+        models=("mlp",),
     ),
 )
 IMPLEMENTATION_NAMES = tuple(impl.name for impl in IMPLEMENTATIONS)
@@ -368,9 +371,13 @@ def add_ratios(results: dict[str, dict]) -> None:
 def available_implementations(implementations, args) -> tuple[list[Implementation], dict[str, dict]]:
     """Splits the selection into runnable ones and skip records for the rest."""
     runnable, skipped = [], {}
+    model = selected_workload(args).model
     for impl in implementations:
         python = interpreter_for(impl, args)
-        if impl.required_module and not module_is_available(python, impl.required_module):
+        if model not in impl.models:
+            skipped[impl.name] = {"description": impl.description, "status": "skipped",
+                                  "note": f"skipped: no {model} implementation"}
+        elif impl.required_module and not module_is_available(python, impl.required_module):
             note = f"skipped: {impl.required_module} not available to {python}"
             log(f"[{impl.name}] {note}")
             skipped[impl.name] = {"description": impl.description, "status": "skipped", "note": note}
@@ -432,7 +439,7 @@ def run_all(implementations: list[Implementation], args) -> dict[str, dict]:
 
 def chart_title(args, machine: dict) -> str:
     workload = selected_workload(args)
-    layers = "-".join(map(str, workload.layer_sizes))
+    layers = workload.label
     runs = f", {args.repeats} runs each" if args.repeats > 1 else ""
     samples = f", {workload.num_samples} samples" if args.samples is not None else ""
     return (

@@ -23,7 +23,8 @@ RESULT_PREFIX = "BENCH_RESULT "
 
 @dataclass(frozen=True)
 class Workload:
-    """A dense classifier: input -> hidden ReLU layers -> softmax classes."""
+    """A classifier: by default dense (input -> hidden ReLU layers -> softmax classes); with
+    ``model="convnet"`` the classic Keras MNIST convnet on ``input_shape`` images."""
 
     name: str
     hidden_units: tuple[int, ...]
@@ -33,15 +34,29 @@ class Workload:
     num_samples: int = 60_000
     learning_rate: float = 1e-3
     description: str = ""
+    model: str = "mlp"
+    input_shape: tuple[int, ...] = ()
+    # The last fraction is validated on after every epoch (inside the epoch's time), as fit does.
+    validation_split: float = 0.0
+
+    @property
+    def train_samples(self) -> int:
+        return self.num_samples - int(self.num_samples * self.validation_split)
 
     @property
     def steps_per_epoch(self) -> int:
         # The last batch may be partial; every implementation still runs it.
-        return math.ceil(self.num_samples / self.batch_size)
+        return math.ceil(self.train_samples / self.batch_size)
 
     @property
     def layer_sizes(self) -> list[int]:
         return [self.input_dim, *self.hidden_units, self.num_classes]
+
+    @property
+    def label(self) -> str:
+        if self.model == "convnet":
+            return "x".join(map(str, self.input_shape)) + " convnet (Conv32-Pool-Conv64-Pool-Dropout-Dense)"
+        return "-".join(map(str, self.layer_sizes))
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -56,6 +71,17 @@ WORKLOADS: dict[str, Workload] = {
         hidden_units=(1024, 1024),
         batch_size=256,
         description="MLP 784-1024-1024-10, batch 256: matmul-bound mid-size model",
+    ),
+    "convnet": Workload(
+        name="convnet",
+        hidden_units=(),
+        batch_size=128,
+        num_samples=10_000,
+        model="convnet",
+        input_shape=(28, 28, 1),
+        validation_split=0.1,
+        description="the Keras MNIST convnet (Conv2D 32, MaxPool, Conv2D 64, MaxPool, Flatten, Dropout 0.5, "
+        "Dense 10 softmax), batch 128, 10,000 images, validation_split=0.1: convolution-bound",
     ),
 }
 
@@ -72,6 +98,8 @@ def make_dataset(workload: Workload):
     x = rng.random((workload.num_samples, workload.input_dim), dtype=np.float32)
     labels = rng.integers(0, workload.num_classes, workload.num_samples)
     y_onehot = np.eye(workload.num_classes, dtype=np.float32)[labels]
+    if workload.input_shape:  # images, channels last as Keras takes them
+        x = x.reshape(workload.num_samples, *workload.input_shape)
     return x, labels.astype(np.int64), y_onehot
 
 

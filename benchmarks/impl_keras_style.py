@@ -30,10 +30,9 @@ def import_frontend(frontend: str):
     tf_module, keras_package = FRONTEND_PACKAGES[frontend]
     tf = importlib.import_module(tf_module)
     Sequential = importlib.import_module(f"{keras_package}.models").Sequential
-    Dense = importlib.import_module(f"{keras_package}.layers").Dense
     Adam = importlib.import_module(f"{keras_package}.optimizers").Adam
     Callback = importlib.import_module(f"{keras_package}.callbacks").Callback
-    return tf, Sequential, Dense, Adam, Callback
+    return tf, Sequential, importlib.import_module(f"{keras_package}.layers"), Adam, Callback
 
 
 def make_epoch_timer_class(Callback):
@@ -55,7 +54,24 @@ def make_epoch_timer_class(Callback):
     return EpochTimer
 
 
-def build_model(workload, Sequential, Dense):
+def build_convnet(workload, Sequential, layers):
+    """The Keras example "Simple MNIST convnet", layer for layer."""
+    return Sequential([
+        layers.Input(shape=workload.input_shape),
+        layers.Conv2D(32, kernel_size=(3, 3), activation="relu"),
+        layers.MaxPooling2D(pool_size=(2, 2)),
+        layers.Conv2D(64, kernel_size=(3, 3), activation="relu"),
+        layers.MaxPooling2D(pool_size=(2, 2)),
+        layers.Flatten(),
+        layers.Dropout(0.5),
+        layers.Dense(workload.num_classes, activation="softmax"),
+    ])
+
+
+def build_model(workload, Sequential, layers):
+    if workload.model == "convnet":
+        return build_convnet(workload, Sequential, layers)
+    Dense = layers.Dense
     hidden = workload.hidden_units
     layers = [Dense(hidden[0], activation="relu", input_dim=workload.input_dim)]
     layers += [Dense(units, activation="relu") for units in hidden[1:]]
@@ -80,11 +96,11 @@ def main() -> None:
     args = parser.parse_args()
     workload = selected_workload(args)
 
-    tf, Sequential, Dense, Adam, Callback = import_frontend(args.frontend)
+    tf, Sequential, layers, Adam, Callback = import_frontend(args.frontend)
     EpochTimer = make_epoch_timer_class(Callback)
     x, _labels, y_onehot = make_dataset(workload)
 
-    model = build_model(workload, Sequential, Dense)
+    model = build_model(workload, Sequential, layers)
     compile_options = {}
     if args.steps_per_execution is not None:
         compile_options["steps_per_execution"] = args.steps_per_execution
@@ -101,6 +117,7 @@ def main() -> None:
         epochs=args.epochs,
         batch_size=workload.batch_size,
         shuffle=True,
+        validation_split=workload.validation_split,
         verbose=0,
         callbacks=[timer],
     )

@@ -26,5 +26,20 @@ def build_mlp(workload: Workload) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def build_convnet(workload: Workload) -> nn.Sequential:
+    """The Keras MNIST convnet in PyTorch's NCHW layers, ending in logits."""
+    channels, height = workload.input_shape[-1], workload.input_shape[0]
+    flat = 64 * (((height - 2) // 2 - 2) // 2) ** 2
+    return nn.Sequential(
+        nn.Conv2d(channels, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.5), nn.Linear(flat, workload.num_classes),
+    )
+
+
+def build_model(workload: Workload) -> nn.Sequential:
+    return build_convnet(workload) if workload.model == "convnet" else build_mlp(workload)
+
+
 def torch_details(threads: int) -> dict:
     return {"torch_version": torch.__version__, "torch_threads": threads}
