@@ -117,3 +117,17 @@ def test_keras_defaults():
     assert (BatchNormalization().momentum, BatchNormalization().epsilon) == (0.99, 1e-3)
     assert LayerNormalization().epsilon == 1e-3
     assert tf.keras.layers.BatchNormalization is BatchNormalization
+
+
+def test_a_batch_of_one_row_normalizes_to_beta_as_in_keras(rng):
+    """fit's last partial batch can be one row; PyTorch's kernel would refuse it."""
+    layer = built(BatchNormalization(momentum=0.5), np.zeros((1, 3)))
+    layer.set_weights([np.full(3, 2.0), np.array([0.1, 0.2, 0.3]), np.zeros(3), np.ones(3)])
+    layer.train()
+    x = torch.tensor([[4.0, -1.0, 7.0]], requires_grad=True)
+    out = layer(x)
+    np.testing.assert_allclose(out.detach().numpy(), [[0.1, 0.2, 0.3]], rtol=1e-6)
+    out.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), np.zeros((1, 3)))
+    np.testing.assert_allclose(layer.get_weights()[2], [2.0, -0.5, 3.5])  # 0 * 0.5 + x * 0.5
+    np.testing.assert_allclose(layer.get_weights()[3], [0.5, 0.5, 0.5])  # 1 * 0.5 + 0 * 0.5

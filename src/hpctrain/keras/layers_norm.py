@@ -94,11 +94,21 @@ class BatchNormalization(_AffineNormalization):
         moved = x.movedim(self.feature_axis, 1)
         if self.training and self.trainable:
             self._update_moving_statistics(moved)
+            if moved.numel() == moved.shape[1]:
+                return self._normalize_single_values(moved).movedim(1, self.feature_axis)
             y = F.batch_norm(moved, None, None, self.gamma, self.beta, training=True, eps=self.epsilon)
         else:
             y = F.batch_norm(moved, self.moving_mean, self.moving_variance, self.gamma, self.beta, training=False,
                              eps=self.epsilon)
         return y.movedim(1, self.feature_axis)
+
+    def _normalize_single_values(self, moved):
+        """One value per feature (a last batch of one row): PyTorch's kernel refuses it; Keras
+        normalizes it to zero, so the output is beta."""
+        y = torch.zeros_like(moved) * moved  # keeps the graph: the gradient to x is zero, as in Keras
+        shape = (1, -1, *([1] * (moved.dim() - 2)))
+        y = y * self.gamma.reshape(shape) if self.gamma is not None else y
+        return y + self.beta.reshape(shape) if self.beta is not None else y
 
     @torch.no_grad()
     def _update_moving_statistics(self, moved):
