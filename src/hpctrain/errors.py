@@ -25,6 +25,10 @@ class NonFiniteLossError(HpctrainError, FloatingPointError):
     """Training produced a NaN or infinite loss."""
 
 
+class CheckpointError(HpctrainError, OSError):
+    """A checkpoint could not be written (the previous one is kept) or read back intact."""
+
+
 class HpctrainWarning(UserWarning):
     """A value was accepted but interpreted in a way the user should know about."""
 

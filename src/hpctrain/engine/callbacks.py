@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from hpctrain.engine.checkpoint import CheckpointConfig
 from hpctrain.errors import ConfigError, MissingDependencyError, warn
 
 _HOOKS = (
@@ -124,6 +125,14 @@ class History(Callback):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(value)
 
+    # A resumed fit continues the History of the run it resumes.
+    def checkpoint_state(self) -> dict:
+        return {"history": self.history, "epoch": self.epoch}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.history = {key: list(values) for key, values in state["history"].items()}
+        self.epoch = list(state["epoch"])
+
 
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs (Keras's rules)."""
@@ -179,6 +188,15 @@ class EarlyStopping(Callback):
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             self.model.stop_training = True
+
+    _STATE = ("wait", "stopped_epoch", "best", "best_weights", "best_epoch")
+
+    def checkpoint_state(self) -> dict:
+        return {name: getattr(self, name) for name in self._STATE}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        for name in self._STATE:
+            setattr(self, name, state[name])
 
     def on_train_end(self, logs=None):
         if self.stopped_epoch and self.verbose and is_chief(self):
@@ -271,6 +289,12 @@ class ReduceLROnPlateau(Callback):
         if self.higher_is_better:
             return value > self.best + self.min_delta
         return value < self.best - self.min_delta
+
+    def checkpoint_state(self) -> dict:
+        return {"wait": self.wait, "cooldown_counter": self.cooldown_counter, "best": self.best}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.wait, self.cooldown_counter, self.best = state["wait"], state["cooldown_counter"], state["best"]
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -366,6 +390,12 @@ class ModelCheckpoint(Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
+
+    def checkpoint_state(self) -> dict:
+        return {"best": self.best, "batches_seen": self.batches_seen}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.best, self.batches_seen = state["best"], state["batches_seen"]
 
     def on_epoch_end(self, epoch, logs=None):
         if self.save_freq == "epoch":
@@ -511,3 +541,21 @@ def _named_weights(model):
         return [(f"{layer.name}/{name}", weight) for layer in layers for name, weight in layer.named_parameters()]
     module = getattr(model, "module", model)
     return [(name.replace(".", "/"), weight) for name, weight in module.named_parameters()]
+
+
+class BackupAndRestore(Callback):
+    """Keras's ``BackupAndRestore``: back up the whole training state to ``backup_dir`` and, when
+    ``fit`` starts and a backup exists, continue from it exactly, mid-epoch included.
+
+    ``save_freq``: ``"epoch"`` or a number of steps. ``delete_checkpoint``: remove the backups
+    once ``fit`` ends without an error. The engine does the work (see
+    :class:`~hpctrain.engine.checkpoint.CheckpointConfig`); this callback only carries the settings,
+    so it adds no per-batch hook and no host sync between saves.
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", double_checkpoint=True, delete_checkpoint=True):
+        super().__init__()
+        # The two newest checkpoints are always kept, so a damaged newest one has a fallback.
+        self.checkpoint_config = CheckpointConfig(directory=backup_dir, save_freq=save_freq,
+                                                  keep=2 if double_checkpoint else 1,
+                                                  delete_at_end=bool(delete_checkpoint))

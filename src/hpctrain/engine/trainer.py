@@ -14,12 +14,14 @@ import torch
 
 from hpctrain.engine import autotune, fit_options, tuning, validation
 from hpctrain.engine.callbacks import Callback, CallbackList, History
+from hpctrain.engine.checkpoint import CheckpointConfig
 from hpctrain.engine.cuda_graph import GraphedSteps, graph_steps_per_launch
 from hpctrain.engine.data import LoaderData, ResidentData, concat_rows, split_weights, to_tensor
 from hpctrain.engine.losses import CallableLoss, Loss, from_torch
 from hpctrain.engine.metrics import DeferredMetricSet, Metric, MetricSet, ModelOutput, resolve_metric
 from hpctrain.engine.optim import as_torch_optimizer, build_optimizer, optimizer_class_by_name, scheduled_rate
 from hpctrain.engine.progress import Progress, format_logs
+from hpctrain.engine.run_state import FitRun, RunCheckpointer
 from hpctrain.engine.static_step import StaticStep, why_not_static
 from hpctrain.engine.step import AutogradStep, autocast
 from hpctrain.errors import ConfigError, InputError, NonFiniteLossError
@@ -70,6 +72,7 @@ class Trainer:
         self._graphed = None
         self._compiled = None
         self._before_update = None  # sets a scheduled learning rate before each update
+        self._run = self._saver = None
         # Replicas of a data-parallel strategy share work through this; None in a single process.
         self.communicator = plan.communicator if plan.world_size > 1 else None
 
@@ -78,7 +81,10 @@ class Trainer:
     def fit(self, x, y=None, *, batch_size=32, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
             callback_model=None, sample_weight=None, class_weight=None, steps_per_epoch=None,
-            validation_steps=None, validation_batch_size=None, validation_freq=1) -> History:
+            validation_steps=None, validation_batch_size=None, validation_freq=1,
+            checkpoint: CheckpointConfig | None = None) -> History:
+        """``checkpoint``: save the whole training state there and resume from it (see README,
+        "Checkpoints and exact resume"); a ``BackupAndRestore`` callback does the same."""
         if batch_size != "auto":
             batch_size = validation.check_batch_size(batch_size)
         validation.check_positive_int(epochs, name="epochs")
@@ -94,6 +100,7 @@ class Trainer:
         history = History()
         params = {"verbose": verbose, "epochs": epochs, "steps": None}
         hooks = CallbackList([*(callbacks or []), history], model=callback_model or self, params=params)
+        self._saver = saver = self._checkpointer(checkpoint, hooks.callbacks, steps_per_epoch)
         batch_size, step, train_metrics = self._settle_plan(data, batch_size, epochs, hooks)
         steps = params["steps"] = steps_per_epoch or _steps_per_epoch(data.train, batch_size)
         self._before_update = scheduled_rate(self.optimizer)
@@ -105,8 +112,12 @@ class Trainer:
                                                       validation_batch_size or batch_size)
         self.stop_training = False
         hooks.call("on_train_begin", {})
+        run = (saver.restore(metrics=train_metrics, hooks=hooks, shuffler=shuffler) if saver else None) or FitRun(
+            epoch=initial_epoch)
+        self._run, self._saver_args = run, dict(metrics=train_metrics, hooks=hooks, shuffler=shuffler)
         logs = {}
-        for epoch in range(initial_epoch, epochs):
+        for epoch in range(run.epoch, epochs if not self.stop_training else run.epoch):
+            run.epoch = epoch
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs}")
             hooks.call("on_epoch_begin", epoch, {})
@@ -119,11 +130,31 @@ class Trainer:
                                                 output_shape=data.output_shape, batches=validation_batches()))
             progress.finish(steps, logs)
             hooks.call("on_epoch_end", epoch, logs)
+            run.epoch, run.step, run.order = epoch + 1, 0, None
+            if saver is not None and saver.due_after_epoch:
+                saver.save(run, finished=self.stop_training, **self._saver_args)
             if self.stop_training:
                 break
         hooks.call("on_train_end", logs)
+        if saver is not None:
+            saver.finish()
+        self._run = self._saver = None
         self.history = history
         return history
+
+    def _checkpointer(self, config: CheckpointConfig | None, callbacks, steps_per_epoch) -> RunCheckpointer | None:
+        """From ``fit(checkpoint=...)`` or a ``BackupAndRestore`` callback (at most one of them)."""
+        configs = [config] if config is not None else []
+        configs += [c.checkpoint_config for c in callbacks if getattr(c, "checkpoint_config", None) is not None]
+        if len(configs) > 1:
+            raise ConfigError(f"fit got {len(configs)} checkpoint settings (checkpoint= and BackupAndRestore "
+                              "callbacks); give one.")
+        if configs and not isinstance(configs[0], CheckpointConfig):
+            raise ConfigError(f"checkpoint must be a CheckpointConfig; got {type(configs[0]).__name__}.")
+        if configs and steps_per_epoch is not None:
+            raise ConfigError("checkpoints with steps_per_epoch are not supported yet (an epoch then continues a "
+                              "running pass over the data); drop steps_per_epoch or the checkpoint.")
+        return RunCheckpointer(configs[0], self) if configs else None
 
     def evaluate(self, x, y=None, *, batch_size=None, verbose="auto", return_dict=False, sample_weight=None):
         self._apply_plan()
@@ -186,13 +217,24 @@ class Trainer:
         metrics.reset()
         if stream is not None:  # steps_per_epoch: the epoch takes the next batches of a running pass
             return self._run_steps(step, stream.epoch(), 0, metrics, hooks, progress)
+        run = self._run
+        done = run.step if run.resumed_mid_epoch else 0
+        if run.resumed_mid_epoch:  # the saved permutation, sums and rate; the remaining batches only
+            run.resumed_mid_epoch = False
+            self._saver.resume_epoch(metrics)
         if isinstance(data, LoaderData):
-            return self._run_steps(step, data.batches(), 0, metrics, hooks, progress)
-        order = shuffler.permutation(len(data)) if shuffler else None
+            return self._run_steps(step, itertools.islice(data.batches(), done, None), done, metrics, hooks,
+                                   progress)
+        if done:
+            order = run.order if run.order is not None else torch.arange(len(data), device=data.x.device)
+        else:
+            order = shuffler.permutation(len(data)) if shuffler else None
+        run.order = order
+        if done:
+            order = order[done * batch_size:]
         if self.communicator is not None:
             batches = data.shard_batches(batch_size, self.plan.rank, self.plan.world_size, order=order)
-            return self._run_steps(step, batches, 0, metrics, hooks, progress)
-        done = 0
+            return self._run_steps(step, batches, done, metrics, hooks, progress)
         if self._graphed is not None:
             done, order = self._run_graphed(data, order, metrics, progress)
             if self.stop_training:
@@ -255,9 +297,20 @@ class Trainer:
             if hooks.wants_train_batch_logs:
                 hooks.train_batch_end(done - 1, metrics.results())  # a host sync, only when asked for
             progress.step(done, metrics.local_results)
+            self._after_step(done)
             if self.stop_training:
                 break
         return metrics.results()
+
+    def _after_step(self, done: int) -> None:
+        """Counts the step; saves a checkpoint when one is due (a host sync at those steps only)."""
+        run = self._run
+        if run is None:
+            return
+        run.step = done
+        run.global_step += 1
+        if self._saver is not None and self._saver.due_after_step(run):
+            self._saver.save(run, **self._saver_args)
 
     def _evaluate_logs(self, data, batch_size: int, prefix: str = "", output_shape=None,
                        batches=None) -> dict[str, float]:
@@ -332,7 +385,8 @@ class Trainer:
                   else "a learning-rate schedule sets the rate before every step"
                   if getattr(self.optimizer, "schedule", None) is not None
                   else "a callback listens to every batch" if hooks.wants_train_batch_logs
-                  or hooks.wants_train_batch_begin else None)
+                  or hooks.wants_train_batch_begin
+                  else "checkpoints are saved between steps" if self._saver is not None else None)
         if reason is not None:
             if self.plan.device.type == "cuda":
                 self.plan = self.plan.with_choice("cuda_graph", False, reason)
