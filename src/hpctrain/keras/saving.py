@@ -26,7 +26,11 @@ def save_weights(model, filepath: str) -> None:
 def load_weights(model, filepath: str) -> None:
     if not os.path.exists(filepath):
         raise InputError(f"no weights file at {filepath!r}; save one with model.save_weights(path) first.")
-    stored = load_file(filepath)
+    try:
+        stored = load_file(filepath)
+    except Exception as exc:  # SafetensorError: not safetensors; a pickle is never unpickled
+        raise InputError(f"{filepath} is not a safetensors weights file ({exc}); only safetensors files written "
+                         "by save_weights are loaded (pickled files are refused: they can run code).") from exc
     own = _named_weights(model)
     stored_by_position = sorted(stored)
     own_by_position = sorted(own)
