@@ -182,6 +182,7 @@ def save_checkpoint(directory: str, payload, *, keep: int = 2) -> str:
     untouched, and :class:`CheckpointError` says so.
     """
     existing = checkpoint_files(directory)
+    _remove_stale_temporaries(directory)
     serial = serial_of(existing[0]) + 1 if existing else 1
     path = os.path.join(directory, f"{PREFIX}{serial:08d}{SUFFIX}")
     blob = encode(payload)
@@ -225,6 +226,14 @@ def load_checkpoint(path: str):
 def delete_checkpoints(directory: str) -> None:
     for path in checkpoint_files(directory):
         os.remove(path)
+
+
+def _remove_stale_temporaries(directory: str) -> None:
+    """Half-written files of a process killed mid-save; never read, so only tidied here."""
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if name.startswith(PREFIX) and ".tmp-" in name:
+                os.remove(os.path.join(directory, name))
 
 
 def _atomic_write(path: str, blob: bytes) -> None:
