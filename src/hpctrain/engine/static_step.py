@@ -217,6 +217,11 @@ class StaticStep:
         # A graph may replay the direct fused Adam call; optimizer.step() keeps Python-side state.
         self.update_is_capturable = is_direct_fused_update(self.update)
         self.penalized = [layer for layer in self.layers if isinstance(layer, Linear) and layer.has_penalty]
+        self.guard = None
+
+    def guard_with(self, guard, optimizer) -> None:
+        self.guard = guard
+        self.update = guard.guarded_update(self.update, optimizer)
 
     def _attach_gradient_buffers(self) -> torch.Tensor:
         """Every ``.grad`` a view into one flat buffer, which the backward writes straight into.
@@ -243,6 +248,8 @@ class StaticStep:
         if self.penalized:  # after the reduction: each replica adds the same penalty gradient once
             with torch.no_grad():
                 metrics.add_penalty(self._penalty_and_gradient(), n)
+        if self.guard is not None:
+            self.guard.check([self.flat_grad])
         self.update()
 
     def _forward(self, x, buffers: _BatchBuffers, logits_out):

@@ -30,6 +30,12 @@ class AutogradStep:
         self.penalty = penalty
         self.output_activation = output_activation
         self.communicator = communicator
+        self.guard = None
+        self.update = optimizer.step
+
+    def guard_with(self, guard, optimizer) -> None:
+        self.guard = guard
+        self.update = guard.guarded_update(self.optimizer.step, self.optimizer)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, metrics: MetricSet, batch_rows: int | None = None) -> None:
         rows = x.shape[0]
@@ -47,7 +53,10 @@ class AutogradStep:
         scaled.backward()
         if self.communicator is not None:
             sum_gradients([p for p in self.module.parameters() if p.requires_grad], self.communicator)
-        self.optimizer.step()
+        if self.guard is not None:  # replicas check the same summed gradients, so they agree
+            grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+            self.guard.check(grads if self.communicator is not None else [loss.detach().float(), *grads])
+        self.update()
         # set_to_none: the next backward writes fresh gradients instead of adding into zeroed ones.
         self.optimizer.zero_grad(set_to_none=True)
         if rows:

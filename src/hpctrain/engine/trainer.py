@@ -17,6 +17,7 @@ from hpctrain.engine.callbacks import Callback, CallbackList, History
 from hpctrain.engine.checkpoint import CheckpointConfig
 from hpctrain.engine.cuda_graph import GraphedSteps, graph_steps_per_launch
 from hpctrain.engine.data import LoaderData, ResidentData, concat_rows, split_weights, to_tensor
+from hpctrain.engine.guard import NonFiniteGuard
 from hpctrain.engine.losses import CallableLoss, Loss, from_torch
 from hpctrain.engine.metrics import DeferredMetricSet, Metric, MetricSet, ModelOutput, resolve_metric
 from hpctrain.engine.optim import as_torch_optimizer, build_optimizer, optimizer_class_by_name, scheduled_rate
@@ -72,7 +73,7 @@ class Trainer:
         self._graphed = None
         self._compiled = None
         self._before_update = None  # sets a scheduled learning rate before each update
-        self._run = self._saver = None
+        self._run = self._saver = self._guard = None
         # Replicas of a data-parallel strategy share work through this; None in a single process.
         self.communicator = plan.communicator if plan.world_size > 1 else None
 
@@ -101,6 +102,7 @@ class Trainer:
         params = {"verbose": verbose, "epochs": epochs, "steps": None}
         hooks = CallbackList([*(callbacks or []), history], model=callback_model or self, params=params)
         self._saver = saver = self._checkpointer(checkpoint, hooks.callbacks, steps_per_epoch)
+        self._guard = NonFiniteGuard(self.plan.device)
         batch_size, step, train_metrics = self._settle_plan(data, batch_size, epochs, hooks)
         steps = params["steps"] = steps_per_epoch or _steps_per_epoch(data.train, batch_size)
         self._before_update = scheduled_rate(self.optimizer)
@@ -122,8 +124,10 @@ class Trainer:
                 print(f"Epoch {epoch + 1}/{epochs}")
             hooks.call("on_epoch_begin", epoch, {})
             progress = Progress(verbose=verbose, total_steps=steps)
+            self._guard.reset()
             logs = self._run_epoch(step, data.train, batch_size, shuffler, train_metrics, hooks, progress,
                                    stream=train_stream)
+            self._raise_if_a_step_was_not_finite()
             _raise_if_not_finite(logs, epoch)
             if data.validation is not None and fit_options.validates_after(epoch, validation_freq):
                 logs.update(self._evaluate_logs(data.validation, self.inference_batch_size, prefix="val_",
@@ -310,7 +314,25 @@ class Trainer:
         run.step = done
         run.global_step += 1
         if self._saver is not None and self._saver.due_after_step(run):
+            self._raise_if_a_step_was_not_finite()  # never save a state past a bad step
             self._saver.save(run, **self._saver_args)
+
+    def _raise_if_a_step_was_not_finite(self) -> None:
+        """Reads the guard's device flag: a host sync, paid at epoch ends and checkpoint saves only."""
+        run = self._run
+        bad = self._guard.first_bad_step(run.step)
+        if bad is None:
+            return
+        kept = ""
+        if self._saver is not None:
+            from hpctrain.engine.checkpoint import checkpoint_files
+
+            files = checkpoint_files(self._saver.config.directory)
+            kept = f" The last good checkpoint, {files[0]}, is kept." if files else ""
+        raise NonFiniteLossError(
+            f"the training loss or its gradients became NaN or infinite at epoch {run.epoch + 1}, step {bad} of "
+            f"{run.step} done in that epoch. Training stopped; the weights are those from before that step.{kept} "
+            "Lower the learning rate, check the inputs' scale, or use a from_logits loss for stability.")
 
     def _evaluate_logs(self, data, batch_size: int, prefix: str = "", output_shape=None,
                        batches=None) -> dict[str, float]:
@@ -366,15 +388,21 @@ class Trainer:
             step = AutogradStep(self.module, self.loss, as_torch_optimizer(self.optimizer), penalty=self.penalty,
                                 output_activation=self.output_activation, communicator=self.communicator,
                                 precision=self.plan.precision, forward=self._compiled_forward())
+            self._guard_step(step)
             return step, self._metric_set(data.output_shape)
         self.plan = self.plan.with_choice("executor", "static", "every layer and the loss have a known backward")
         step = StaticStep(self.module, self.loss, self.optimizer, batch_size=batch_size,
                           output_activation=self.output_activation, communicator=self.communicator)
+        self._guard_step(step)
         self._graphed = self._graph_steps(step, data, batch_size, hooks)
         metrics = DeferredMetricSet(self._resolve_metrics(data.output_shape), self.plan.device, loss=self.loss,
                                     output_activation=self.output_activation, rows=len(data.train),
                                     width=data.output_shape[1:], communicator=self.communicator)
         return step, metrics
+
+    def _guard_step(self, step) -> None:
+        if getattr(self, "_guard", None) is not None:
+            step.guard_with(self._guard, step.optimizer if isinstance(step, AutogradStep) else self.optimizer)
 
     def _graph_steps(self, step, data: _PreparedData, batch_size: int, hooks: CallbackList):
         """Groups of static steps as CUDA graphs, where the device, the data and the callbacks allow."""
