@@ -57,22 +57,30 @@ def test_static_executor_stops_at_the_overflowing_step_and_keeps_the_last_checkp
         assert np.array_equal(ours, theirs)  # every update from the bad step on was skipped
 
 
+class PoisonStep(WeightsBeforeStep):
+    """Makes the loss of global step ``at`` NaN (and records the weights from before it)."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        super().on_train_batch_begin(batch, logs)
+        self.poisoned = self.seen == self.at
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd", "rmsprop"])
 def test_autograd_stops_at_the_step_whose_loss_is_nan(optimizer):
     x, y = _data()
-    calls = []
+    poison = PoisonStep(at=11)  # epoch 2 (8 steps each), step 3
 
     def loss(prediction, target):
-        calls.append(1)
         value = torch.nn.functional.mse_loss(prediction, target)
-        return value * float("nan") if len(calls) == 11 else value  # epoch 2 (8 steps each), step 3
+        return value * float("nan") if getattr(poison, "poisoned", False) else value
 
     clean = WeightsBeforeStep(at=11)
     _trainer(torch.nn.functional.mse_loss, optimizer).fit(x, y, batch_size=5, epochs=2, verbose=0,
                                                           callbacks=[clean])
     trainer = _trainer(loss, optimizer)
     with pytest.raises(NonFiniteLossError, match=r"at epoch 2, step 3 of 8 done in that epoch"):
-        trainer.fit(x, y, batch_size=5, epochs=3, verbose=0)
+        trainer.fit(x, y, batch_size=5, epochs=3, verbose=0, callbacks=[poison])
     assert trainer.plan.executor == "autograd"
     for ours, theirs in zip(trainer.get_weights(), clean.weights):
         assert np.array_equal(ours, theirs)
+    assert np.array_equal(poison.weights[0], clean.weights[0])
