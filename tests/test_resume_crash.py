@@ -59,14 +59,37 @@ def _result(out: str):
         return [arrays[key] for key in arrays.files], json.load(f)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference run's weights and History, per number of workers (run once each)."""
+    results = {}
+
+    def get(workers: int):
+        if workers not in results:
+            folder = tmp_path_factory.mktemp(f"reference-{workers}")
+            out = str(folder / "reference.npz")
+            done = subprocess.run(_command(workers, out, str(folder / "backup")), env=_clean_env(),
+                                  capture_output=True, text=True, timeout=240)
+            assert done.returncode == 0, done.stderr[-3000:]
+            results[workers] = _result(out)
+            assert results[workers][1]["world_size"] == workers
+        return results[workers]
+
+    return get
+
+
+def _assert_equal_runs(out: str, reference) -> None:
+    weights, meta = _result(out)
+    reference_weights, reference_meta = reference
+    assert len(weights) == len(reference_weights) == 4
+    for ours, theirs in zip(weights, reference_weights):
+        assert ours.dtype == np.float32 and np.array_equal(ours, theirs)
+    assert meta["history"] == reference_meta["history"]  # every epoch's logs, bit for bit
+
+
 @pytest.mark.parametrize("workers", [1, 2])
-def test_sigkilled_three_times_and_resumed_equals_the_uninterrupted_run(tmp_path, workers):
-    reference_out = str(tmp_path / "reference.npz")
-    done = subprocess.run(_command(workers, reference_out, str(tmp_path / "reference-backup")), env=_clean_env(),
-                          capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    reference_weights, reference_meta = _result(reference_out)
-    assert reference_meta["world_size"] == workers
+def test_sigkilled_three_times_and_resumed_equals_the_uninterrupted_run(tmp_path, workers, uninterrupted):
+    reference = uninterrupted(workers)
 
     out, backup = str(tmp_path / "run.npz"), str(tmp_path / "backup")
     points = np.random.default_rng(workers)
@@ -79,9 +102,16 @@ def test_sigkilled_three_times_and_resumed_equals_the_uninterrupted_run(tmp_path
     done = subprocess.run(_command(workers, out, backup), env=_clean_env(), capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    weights, meta = _result(out)
-    assert len(weights) == len(reference_weights) == 4
-    for ours, theirs in zip(weights, reference_weights):
-        assert ours.dtype == np.float32 and np.array_equal(ours, theirs)
-    assert meta["history"] == reference_meta["history"]  # every epoch's logs, bit for bit
+    _assert_equal_runs(out, reference)
     assert checkpoint_files(backup) == []  # delete_checkpoint=True: removed after the successful end
+
+
+def test_a_worker_killed_under_max_restarts_restarts_the_group_which_resumes_exactly(tmp_path, uninterrupted):
+    out, marker = str(tmp_path / "elastic.npz"), str(tmp_path / "died-once")
+    command = [sys.executable, "-m", "hpctrain.cli", "launch", "--nproc-per-node=2", "--max-restarts=1",
+               f"--master-port={free_local_port()}", PROGRAM, out, str(tmp_path / "backup"), marker]
+    done = subprocess.run(command, env=_clean_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert os.path.exists(marker)  # rank 1 did SIGKILL itself at its 50th step
+    assert "exitcode: -9" in done.stderr  # torchrun saw the dead worker and restarted the group
+    _assert_equal_runs(out, uninterrupted(2))

@@ -80,8 +80,9 @@ def join_group(spec: GroupSpec, device: torch.device, timeout_seconds: float = D
             torch.cuda.set_device(device)  # else every replica also opens a context on GPU 0
         address = f"tcp://{spec.master_addr}:{spec.master_port}"
         try:
-            dist.init_process_group(backend, init_method=address, rank=spec.rank, world_size=spec.world_size,
-                                    timeout=datetime.timedelta(seconds=timeout_seconds))
+            timeout = datetime.timedelta(seconds=timeout_seconds)
+            dist.init_process_group(backend, store=_attempt_store(address, spec, timeout), rank=spec.rank,
+                                    world_size=spec.world_size, timeout=timeout)
         except (RuntimeError, ValueError) as exc:  # DistStoreError is a RuntimeError
             raise ConfigError(
                 f"rank {spec.rank} could not join the process group at {address} within {timeout_seconds:.0f} s "
@@ -91,6 +92,18 @@ def join_group(spec: GroupSpec, device: torch.device, timeout_seconds: float = D
         atexit.register(_leave_group)
         _watch_for_uncaught_exceptions()
     return Communicator(spec.rank, spec.world_size, spec.local_world_size, device)
+
+
+def _attempt_store(address: str, spec: GroupSpec, timeout: datetime.timedelta):
+    """The rendezvous store, its keys under this attempt's own prefix.
+
+    torchrun keeps one store across ``--max-restarts``: without a prefix per attempt, the workers
+    of a restarted group would read the keys of the group that died and wait on dead peers.
+    """
+    from torch.distributed.rendezvous import rendezvous
+
+    store, _, _ = next(rendezvous(f"{address}?rank={spec.rank}&world_size={spec.world_size}", timeout=timeout))
+    return dist.PrefixStore(f"attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 _failed = False
