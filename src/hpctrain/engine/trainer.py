@@ -286,6 +286,8 @@ class Trainer:
                 break
             start += graphed.rows
             done += graphed.steps_per_launch
+            if self._run is not None:
+                self._run.step = done  # the non-finite guard names steps within the epoch from this
             progress.step(done, metrics.local_results)
             if self.stop_training:
                 break
