@@ -17,6 +17,7 @@ from hpctrain.errors import CheckpointError, ConfigError, HpctrainWarning, Input
 from hpctrain.keras.callbacks import BackupAndRestore, Callback, EarlyStopping, ReduceLROnPlateau
 from hpctrain.keras.layers import Dense
 from hpctrain.keras.models import Sequential, load_model
+from hpctrain.keras.optimizers.schedules import ExponentialDecay
 
 
 class Interrupt(Exception):
@@ -42,16 +43,17 @@ def _data():
     return x, rng.integers(0, 4, size=200)
 
 
-def _fit(directory, *, eager=False, stop_at=None, epochs=3, save_freq=4):
+def _fit(directory, *, eager=False, stop_at=None, epochs=3, save_freq=4, schedule=False):
     """A fresh model from the same seed, trained with backups in ``directory``; ``None`` if stopped."""
     tf.keras.utils.set_random_seed(0)
     model = Sequential([Dense(16, activation="relu", input_dim=20), Dense(4, activation="softmax")])
-    optimizer = tf.keras.optimizers.SGD(0.1, momentum=0.9) if eager else tf.keras.optimizers.Adam(0.01)
+    rate = ExponentialDecay(0.01, decay_steps=3, decay_rate=0.8) if schedule else 0.01
+    optimizer = tf.keras.optimizers.SGD(0.1, momentum=0.9) if eager else tf.keras.optimizers.Adam(rate)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   plan=tf.make_plan(threads=1), run_eagerly=eager)
-    callbacks = [BackupAndRestore(str(directory), save_freq=save_freq),
-                 ReduceLROnPlateau(monitor="loss", patience=0, factor=0.5, min_delta=1.0),
-                 EarlyStopping(monitor="val_loss", patience=5)]
+    callbacks = [BackupAndRestore(str(directory), save_freq=save_freq), EarlyStopping(monitor="val_loss", patience=5)]
+    if not schedule:  # a scheduled rate cannot also be set by hand
+        callbacks.append(ReduceLROnPlateau(monitor="loss", patience=0, factor=0.5, min_delta=1.0))
     x, y = _data()
     try:
         history = model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, validation_split=0.1,
@@ -76,6 +78,12 @@ def test_interrupted_twice_then_resumed_equals_the_uninterrupted_run(tmp_path, e
     assert _fit(tmp_path / "run", eager=eager, stop_at=9) is None  # resumed at step 4, stopped in epoch 3
     _assert_same_run(_fit(tmp_path / "run", eager=eager), reference)
     assert reference[1]["learning_rate"][-1] < reference[1]["learning_rate"][0]  # the LR state mattered
+
+
+def test_a_learning_rate_schedule_continues_from_the_restored_update_count(tmp_path):
+    reference = _fit(tmp_path / "reference", schedule=True)
+    assert _fit(tmp_path / "run", stop_at=11, schedule=True) is None  # resumes at step 8 of 21
+    _assert_same_run(_fit(tmp_path / "run", schedule=True), reference)
 
 
 def test_checkpoint_holds_position_permutation_and_sums(tmp_path):

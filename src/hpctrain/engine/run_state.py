@@ -133,6 +133,7 @@ def optimizer_params(optimizer) -> list:
 def optimizer_state(optimizer) -> dict:
     params = optimizer_params(optimizer)
     return {
+        "scheduled_updates": getattr(optimizer, "scheduled_updates", None),  # a learning-rate schedule's clock
         "groups": [{key: value for key, value in group.items() if key != "params" and _storable(value)}
                    for group in optimizer.param_groups],
         "state": {str(index): dict(optimizer.state[param]) for index, param in enumerate(params)
@@ -142,6 +143,8 @@ def optimizer_state(optimizer) -> dict:
 
 def load_optimizer_state(optimizer, saved: dict) -> None:
     _load_hyperparameters(optimizer, saved["groups"])
+    if saved.get("scheduled_updates") is not None:
+        optimizer.scheduled_updates = saved["scheduled_updates"]
     params = optimizer_params(optimizer)
     group = optimizer.param_groups[0]
     step_on_device = bool(group.get("fused") or group.get("capturable"))

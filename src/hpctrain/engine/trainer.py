@@ -117,6 +117,8 @@ class Trainer:
         hooks.call("on_train_begin", {})
         run = (saver.restore(metrics=train_metrics, hooks=hooks, shuffler=shuffler) if saver else None) or FitRun(
             epoch=initial_epoch)
+        if run.global_step:  # resumed: the schedule's clock continues from the restored update count
+            self._before_update = scheduled_rate(self.optimizer)
         self._run, self._saver_args = run, dict(metrics=train_metrics, hooks=hooks, shuffler=shuffler)
         logs = {}
         for epoch in range(run.epoch, epochs if not self.stop_training else run.epoch):
