@@ -18,7 +18,7 @@ from hpctrain.engine.callbacks import Callback, CallbackList, History
 from hpctrain.engine.checkpoint import CheckpointConfig
 from hpctrain.engine.cuda_graph import GraphedSteps, graph_steps_per_launch
 from hpctrain.engine.data import LoaderData, ResidentData, concat_rows, split_weights, to_tensor
-from hpctrain.engine.guard import NonFiniteGuard
+from hpctrain.engine.guard import NonFiniteGuard, SkippingStep, check_on_nonfinite, first_nonfinite_output
 from hpctrain.engine.losses import CallableLoss, Loss, from_torch
 from hpctrain.engine.metrics import DeferredMetricSet, Metric, MetricSet, ModelOutput, resolve_metric
 from hpctrain.engine.optim import as_torch_optimizer, build_optimizer, optimizer_class_by_name, scheduled_rate
@@ -75,6 +75,7 @@ class Trainer:
         self._compiled = None
         self._before_update = None  # sets a scheduled learning rate before each update
         self._run = self._saver = self._guard = None
+        self._fit_batches = None  # (training data, batch size): to replay a bad step's batch
         # Replicas of a data-parallel strategy share work through this; None in a single process.
         self.communicator = plan.communicator if plan.world_size > 1 else None
 
@@ -84,9 +85,12 @@ class Trainer:
             validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
             callback_model=None, sample_weight=None, class_weight=None, steps_per_epoch=None,
             validation_steps=None, validation_batch_size=None, validation_freq=1,
-            checkpoint: CheckpointConfig | None = None) -> History:
+            checkpoint: CheckpointConfig | None = None, on_nonfinite: str = "raise") -> History:
         """``checkpoint``: save the whole training state there and resume from it (see README,
-        "Checkpoints and exact resume"); a ``BackupAndRestore`` callback does the same."""
+        "Checkpoints and exact resume"); a ``BackupAndRestore`` callback does the same.
+        ``on_nonfinite``: ``"raise"`` stops at a NaN/Inf loss or gradient, ``"skip_step"`` skips
+        that step's update and counts it in ``history.history["skipped_steps"]`` (README, "Non-finite guard")."""
+        skip_steps = check_on_nonfinite(on_nonfinite) == "skip_step"
         if batch_size != "auto":
             batch_size = validation.check_batch_size(batch_size)
         validation.check_positive_int(epochs, name="epochs")
@@ -103,14 +107,17 @@ class Trainer:
         params = {"verbose": verbose, "epochs": epochs, "steps": None}
         hooks = CallbackList([*(callbacks or []), history], model=callback_model or self, params=params)
         self._saver = saver = self._checkpointer(checkpoint, hooks.callbacks, steps_per_epoch)
-        self._guard = NonFiniteGuard(self.plan.device)
+        self._guard = NonFiniteGuard(self.plan.device, skip_steps=skip_steps)
         batch_size, step, train_metrics = self._settle_plan(data, batch_size, epochs, hooks)
+        if skip_steps:
+            step = SkippingStep(step, self._guard)
         steps = params["steps"] = steps_per_epoch or _steps_per_epoch(data.train, batch_size)
         self._before_update = scheduled_rate(self.optimizer)
         shuffler = _Shuffler(self.plan.device, self.communicator) if shuffle else None
         train_stream = None if steps_per_epoch is None else fit_options.BatchStream(
             lambda: self._pass_batches(data.train, batch_size, shuffler), steps_per_epoch,
             _steps_per_epoch(data.train, batch_size))
+        self._fit_batches = (data.train, batch_size) if train_stream is None else None
         validation_batches = self._validation_batches(data.validation, validation_steps,
                                                       validation_batch_size or batch_size)
         self.stop_training = False
@@ -131,6 +138,8 @@ class Trainer:
             logs = self._run_epoch(step, data.train, batch_size, shuffler, train_metrics, hooks, progress,
                                    stream=train_stream)
             self._raise_if_a_step_was_not_finite()
+            if skip_steps:
+                logs["skipped_steps"] = self._guard.skipped_steps()  # a host sync per epoch
             _raise_if_not_finite(logs, epoch)
             if data.validation is not None and fit_options.validates_after(epoch, validation_freq):
                 logs.update(self._evaluate_logs(data.validation, self.inference_batch_size, prefix="val_",
@@ -325,6 +334,8 @@ class Trainer:
     def _raise_if_a_step_was_not_finite(self) -> None:
         """Reads the guard's device flag: a host sync, paid at epoch ends and checkpoint saves only."""
         run = self._run
+        if self._guard.skip_steps:
+            return
         bad = self._guard.first_bad_step(run.step)
         if bad is None:
             return
@@ -336,8 +347,35 @@ class Trainer:
             kept = f" The last good checkpoint, {files[0]}, is kept." if files else ""
         raise NonFiniteLossError(
             f"the training loss or its gradients became NaN or infinite at epoch {run.epoch + 1}, step {bad} of "
-            f"{run.step} done in that epoch. Training stopped; the weights are those from before that step.{kept} "
-            "Lower the learning rate, check the inputs' scale, or use a from_logits loss for stability.")
+            f"{run.step} done in that epoch{self._first_nonfinite_output(bad)}. Training stopped; the weights are "
+            f"those from before that step.{kept} Lower the learning rate, check the inputs' scale, or use a "
+            "from_logits loss for stability; fit(on_nonfinite='skip_step') skips such steps instead.")
+
+    def _first_nonfinite_output(self, bad_step: int) -> str:
+        """Names what went non-finite first, by recomputing the bad step on its batch: paid once, after the
+        stop, so the steps themselves check everything in one fused call."""
+        batch = self._batch_of_step(bad_step)
+        if batch is None:
+            return ""
+        what = first_nonfinite_output(self.module, self.loss, batch[0], batch[1], penalty=self.penalty,
+                                      precision=self.plan.precision)
+        if what is None:
+            return " (recomputed on that step's batch everything is finite: the step is not reproducible)"
+        return f"; the first non-finite value was {what}"
+
+    def _batch_of_step(self, step: int):
+        """This epoch's ``step``-th batch (1-based) again, from the epoch's order; ``None`` where the epoch
+        continues a running pass (``steps_per_epoch``)."""
+        if self._fit_batches is None:
+            return None
+        data, batch_size = self._fit_batches
+        if isinstance(data, LoaderData):
+            batches = data.batches()
+        elif self.communicator is not None:
+            batches = data.shard_batches(batch_size, self.plan.rank, self.plan.world_size, order=self._run.order)
+        else:
+            batches = data.batches(batch_size, order=self._run.order)
+        return next(itertools.islice(batches, step - 1, None), None)
 
     def _evaluate_logs(self, data, batch_size: int, prefix: str = "", output_shape=None,
                        batches=None) -> dict[str, float]:
@@ -419,7 +457,9 @@ class Trainer:
                   if getattr(self.optimizer, "schedule", None) is not None
                   else "a callback listens to every batch" if hooks.wants_train_batch_logs
                   or hooks.wants_train_batch_begin
-                  else "checkpoints are saved between steps" if self._saver is not None else None)
+                  else "checkpoints are saved between steps" if self._saver is not None
+                  else "on_nonfinite='skip_step' takes each skipped batch out of the metrics"
+                  if self._guard is not None and self._guard.skip_steps else None)
         if reason is not None:
             if self.plan.device.type == "cuda":
                 self.plan = self.plan.with_choice("cuda_graph", False, reason)

@@ -114,7 +114,10 @@ class Model(Layer):
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
-            steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1):
+            steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1,
+            on_nonfinite="raise"):
+        """Keras's ``fit``; ``on_nonfinite="skip_step"`` skips steps with a NaN/Inf loss or gradient
+        (see README, "Non-finite guard")."""
         x, y = self._model_inputs(x, "x"), self._model_targets(y, "y")
         validation_data = self._structured_validation(validation_data)
         arguments = dict(x=x, y=y, batch_size=32 if batch_size is None else batch_size, epochs=epochs,
@@ -122,7 +125,7 @@ class Model(Layer):
                          validation_data=validation_data, shuffle=shuffle, initial_epoch=initial_epoch,
                          sample_weight=sample_weight, class_weight=class_weight, steps_per_epoch=steps_per_epoch,
                          validation_steps=validation_steps, validation_batch_size=validation_batch_size,
-                         validation_freq=validation_freq)
+                         validation_freq=validation_freq, on_nonfinite=on_nonfinite)
         strategy = (self._compiled or {}).get("strategy")
         if strategy is not None and strategy.spawns_locally:
             if any(isinstance(data, Columns) for data in (x, y)):
