@@ -204,6 +204,10 @@ def test_what_a_pipeline_cannot_do_yet_is_refused_before_any_process_starts(plai
         model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(ConfigError, match="weight regularizers are not supported with PipelineStrategy yet"):
         model.fit(x, np.zeros((len(x), 4), "float32"), batch_size=16, verbose=0)
+    with strategy.scope():
+        plain = keras_model()
+    with pytest.raises(ConfigError, match=r"on_nonfinite='skip_step' is not supported with PipelineStrategy yet"):
+        plain.fit(x, y, batch_size=16, verbose=0, on_nonfinite="skip_step")
     with pytest.raises(ConfigError, match=r"strategy.trainer\(...\) trains the stage of a launched process; start "
                                           r"the script with hpctrain launch --nproc-per-node=2"):
         strategy.trainer(native_network(), **NATIVE)

@@ -161,6 +161,7 @@ class PipelineStrategy(Strategy):
 
         self.split(model)  # measured here once; the processes take this cut with them
         self.config.check_batch(fit_arguments["batch_size"])
+        _refuse_skip_steps(fit_arguments.get("on_nonfinite", "raise"))
         if any(getattr(layer, "regularization_penalty", lambda: None)() is not None for layer in stack_layers(model)):
             _refuse_penalty()  # here, before any process starts, rather than in every stage
         return fit_in_replicas(model, self.devices, self.timeout_seconds, fit_arguments, strategy=self)
@@ -285,6 +286,10 @@ class PipelineTrainer(Trainer):
         self.optimizer = self._stage_optimizer(optimizer, module)
         self._schedules: dict = {}
         self._global_rows = 1
+
+    def fit(self, *args, on_nonfinite: str = "raise", **kwargs):
+        _refuse_skip_steps(on_nonfinite)
+        return super().fit(*args, on_nonfinite=on_nonfinite, **kwargs)
 
     # --- set-up --------------------------------------------------------------------------------
 
@@ -511,3 +516,10 @@ def _stage_boundaries(layers, split: Split, module) -> list[_Boundary]:
         for layer, was_training in zip(layers, training):
             layer.train(was_training)
     return boundaries
+
+
+def _refuse_skip_steps(on_nonfinite: str) -> None:
+    # The stages check no losses or gradients for NaN/Inf yet, so no step could be skipped.
+    if on_nonfinite != "raise":
+        raise ConfigError(f"on_nonfinite={on_nonfinite!r} is not supported with PipelineStrategy yet; "
+                          "leave it at 'raise' or train with MirroredStrategy.")
