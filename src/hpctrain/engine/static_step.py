@@ -56,10 +56,13 @@ class Dropout:
 
 
 # In-place forward, and backward from the activation's *output*, so z need not be kept.
+# The backward overwrites the incoming gradient buffer: it is not read again, and no allocation.
 ACTIVATIONS = {
-    "relu": (torch.Tensor.relu_, lambda grad, out: torch.ops.aten.threshold_backward(grad, out, 0.0)),
-    "tanh": (torch.Tensor.tanh_, lambda grad, out: torch.ops.aten.tanh_backward(grad, out)),
-    "sigmoid": (torch.Tensor.sigmoid_, lambda grad, out: torch.ops.aten.sigmoid_backward(grad, out)),
+    "relu": (torch.Tensor.relu_,
+             lambda grad, out: torch.ops.aten.threshold_backward.grad_input(grad, out, 0.0, grad_input=grad)),
+    "tanh": (torch.Tensor.tanh_, lambda grad, out: torch.ops.aten.tanh_backward.grad_input(grad, out, grad_input=grad)),
+    "sigmoid": (torch.Tensor.sigmoid_,
+                lambda grad, out: torch.ops.aten.sigmoid_backward.grad_input(grad, out, grad_input=grad)),
 }
 
 
@@ -111,8 +114,10 @@ def why_not_static(module, loss: Loss) -> str | None:
 
 
 def _output_gradient(loss: Loss):
-    """``fn(z, target, out, minus_ones, rows)`` writing d(mean loss)/dz into ``out``.
+    """``fn(z, target, out, minus_ones, rows)`` writing ``c * d(mean loss)/dz`` into ``out``; returns ``1/c``.
 
+    The factor ``1/c`` (``1/rows`` for cross-entropy) is applied as the ``alpha`` of the weight- and
+    bias-gradient GEMMs rather than by a separate scaling kernel over the output gradient.
     ``rows`` is the *global* batch's row count: each replica divides by it, so summing the
     replicas' gradients gives the gradient of the mean loss over the global batch.
     """
@@ -127,29 +132,29 @@ def _output_gradient(loss: Loss):
     return None
 
 
-def _cross_entropy_gradient(z, target, out, minus_ones, rows):
+def _cross_entropy_gradient(z, target, out, minus_ones, rows) -> float:
     torch.softmax(z, dim=1, out=out)
     if target.dtype == torch.int64:
         # softmax - one_hot in one call; scatter_add is also safe inside a CUDA graph capture.
         out.scatter_add_(1, target.unsqueeze(1), minus_ones)
     else:
         out.sub_(target)
-    return out.mul_(1.0 / rows)
+    return 1.0 / rows
 
 
-def _binary_cross_entropy_gradient(z, target, out, minus_ones, rows):
+def _binary_cross_entropy_gradient(z, target, out, minus_ones, rows) -> float:
     torch.sigmoid(z, out=out).sub_(target)
-    return out.mul_(1.0 / (rows * _width(z)))
+    return 1.0 / (rows * _width(z))
 
 
-def _squared_error_gradient(z, target, out, minus_ones, rows):
+def _squared_error_gradient(z, target, out, minus_ones, rows) -> float:
     torch.sub(z, target, out=out)
-    return out.mul_(2.0 / (rows * _width(z)))
+    return 2.0 / (rows * _width(z))
 
 
-def _absolute_error_gradient(z, target, out, minus_ones, rows):
+def _absolute_error_gradient(z, target, out, minus_ones, rows) -> float:
     torch.sub(z, target, out=out).sign_()
-    return out.mul_(1.0 / (rows * _width(z)))
+    return 1.0 / (rows * _width(z))
 
 
 def _width(z: torch.Tensor) -> int:
@@ -171,6 +176,7 @@ class _BatchBuffers:
         self.grads = [torch.empty(rows, layer.out_features, device=device) if isinstance(layer, Linear) else None
                       for layer in layers]
         self.minus_ones = torch.full((rows, 1), -1.0, device=device)
+        self.ones = torch.ones(rows, device=device)  # bias gradients as a GEMV: sum and scale in one call
 
 
 class _LinearParts:
@@ -271,17 +277,20 @@ class StaticStep:
         return saved, a
 
     def _backward(self, saved, logits, y, buffers: _BatchBuffers, batch_rows: int):
-        grad = self.output_gradient(logits, y, buffers.grads[self.last_linear], buffers.minus_ones, batch_rows)
+        # The backward carries the unscaled output gradient; ``scale`` is folded into each
+        # parameter gradient's GEMM/GEMV as its alpha (beta=0: the old contents are ignored).
+        grad = buffers.grads[self.last_linear]
+        scale = self.output_gradient(logits, y, grad, buffers.minus_ones, batch_rows)
         for index in range(len(self.kinds) - 1, -1, -1):
             kind, part = self.kinds[index], self.parts[index]
             if kind == LINEAR:
                 inputs = saved[index]
                 if part.transposed:
-                    torch.mm(grad.t(), inputs, out=part.weight_grad)
+                    torch.addmm(part.weight_grad, grad.t(), inputs, beta=0, alpha=scale, out=part.weight_grad)
                 else:
-                    torch.mm(inputs.t(), grad, out=part.weight_grad)
+                    torch.addmm(part.weight_grad, inputs.t(), grad, beta=0, alpha=scale, out=part.weight_grad)
                 if part.bias_grad is not None:
-                    torch.sum(grad, dim=0, out=part.bias_grad)
+                    torch.addmv(part.bias_grad, grad.t(), buffers.ones, beta=0, alpha=scale, out=part.bias_grad)
                 if index == 0:
                     return
                 grad = torch.mm(grad, part.kernel_t, out=buffers.grads[self.previous_linear[index]])
