@@ -11,6 +11,7 @@ import inspect
 
 import torch
 
+from hpctrain.engine.flat import flat_view, lay_end_to_end
 from hpctrain.errors import ConfigError, valid_names_hint
 
 
@@ -192,7 +193,21 @@ class _FusedAdamUpdate:
         self.counters = [self.steps[0]] if all(t is self.steps[0] for t in self.steps) else self.steps
         self.one = torch.ones((), device=self.steps[0].device)
         self.params = [p.detach() for p in self.params]  # updated in place without recording autograd
+        self._run_once_over_flat_buffers(states)
         self.found_inf = None  # a device flag from the non-finite guard: nonzero skips the update
+
+    def _run_once_over_flat_buffers(self, states) -> None:
+        """Where parameters and gradients each lie in one buffer, the moments are laid out the same
+        way and the kernel gets one tensor per list: its per-tensor overhead is paid once."""
+        params, grads = flat_view(self.params), flat_view(self.grads)
+        if params is None or grads is None or len(self.counters) != 1:
+            return
+        for key in ("exp_avg", "exp_avg_sq"):
+            for state, view in zip(states, lay_end_to_end([state[key] for state in states])):
+                state[key] = view  # the optimizer's state dict sees the same values, now views
+        self.params, self.grads, self.steps = [params], [grads], self.counters
+        self.exp_avgs = [flat_view(state["exp_avg"] for state in states)]
+        self.exp_avg_sqs = [flat_view(state["exp_avg_sq"] for state in states)]
 
     def __call__(self) -> None:
         # Read each step: a callback may have changed the learning rate.

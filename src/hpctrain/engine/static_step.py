@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from hpctrain.engine.flat import move_parameters_end_to_end
 from hpctrain.engine.losses import BinaryCrossentropy, CrossEntropy, Loss, MeanAbsoluteError, MeanSquaredError
 from hpctrain.engine.optim import fast_update, is_direct_fused_update
 
@@ -177,6 +178,12 @@ class _BatchBuffers:
                       for layer in layers]
         self.minus_ones = torch.full((rows, 1), -1.0, device=device)
         self.ones = torch.ones(rows, device=device)  # bias gradients as a GEMV: sum and scale in one call
+        # Transposed views of the buffers, made once: ``.t()`` is a dispatched call (~0.9 us) per use.
+        self._transposes = {id(t): t.t() for t in (*self.outputs, *self.grads) if t is not None}
+
+    def t(self, tensor: torch.Tensor) -> torch.Tensor:
+        transposed = self._transposes.get(id(tensor))
+        return tensor.t() if transposed is None else transposed
 
 
 class _LinearParts:
@@ -236,6 +243,7 @@ class StaticStep:
         """
         params = [p for layer in self.layers if isinstance(layer, Linear) for p in (layer.weight, layer.bias)
                   if p is not None]
+        move_parameters_end_to_end(params)  # before any detached view of them is taken
         flat = torch.zeros(sum(p.numel() for p in params), device=self.device)
         offset = 0
         for param in params:
@@ -286,11 +294,11 @@ class StaticStep:
             if kind == LINEAR:
                 inputs = saved[index]
                 if part.transposed:
-                    torch.addmm(part.weight_grad, grad.t(), inputs, beta=0, alpha=scale, out=part.weight_grad)
+                    torch.addmm(part.weight_grad, buffers.t(grad), inputs, beta=0, alpha=scale, out=part.weight_grad)
                 else:
-                    torch.addmm(part.weight_grad, inputs.t(), grad, beta=0, alpha=scale, out=part.weight_grad)
+                    torch.addmm(part.weight_grad, buffers.t(inputs), grad, beta=0, alpha=scale, out=part.weight_grad)
                 if part.bias_grad is not None:
-                    torch.addmv(part.bias_grad, grad.t(), buffers.ones, beta=0, alpha=scale, out=part.bias_grad)
+                    torch.addmv(part.bias_grad, buffers.t(grad), buffers.ones, beta=0, alpha=scale, out=part.bias_grad)
                 if index == 0:
                     return
                 grad = torch.mm(grad, part.kernel_t, out=buffers.grads[self.previous_linear[index]])
