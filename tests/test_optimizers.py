@@ -106,6 +106,20 @@ def test_learning_rate_is_readable_and_settable_after_compile(rng):
     assert opt.iterations == 4  # 64 samples / batch 32, twice
 
 
+@pytest.mark.parametrize("executor", ["static", "autograd"])
+def test_sgd_counts_its_updates_though_its_state_keeps_no_step(rng, executor):
+    x, y = small_classification(rng)  # 64 rows
+    opt = optimizers.SGD(learning_rate=0.01, momentum=0.9)
+    model = Sequential([Dense(3, activation="softmax", input_dim=6)])
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", run_eagerly=executor == "autograd")
+    assert opt.iterations == 0
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert opt.iterations == 8
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert opt.iterations == 10
+    assert model.plan.executor == executor
+
+
 def test_keras_defaults():
     adam_opt = optimizers.Adam()
     assert (adam_opt.learning_rate, adam_opt.beta_1, adam_opt.beta_2, adam_opt.epsilon) == (0.001, 0.9, 0.999, 1e-7)

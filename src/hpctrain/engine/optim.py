@@ -94,7 +94,7 @@ def scheduled_rate(optimizer):
     """
     schedule = getattr(optimizer, "schedule", None)
     if schedule is None:
-        return None
+        return _host_update_counter(optimizer)
     counted = update_count(optimizer)
     if counted is not None:
         optimizer.scheduled_updates = counted
@@ -106,6 +106,18 @@ def scheduled_rate(optimizer):
         optimizer.scheduled_updates += 1
 
     return set_rate
+
+
+def _host_update_counter(optimizer):
+    """For an optimizer whose state keeps no step count (SGD), a callable counting updates on the
+    host, so that ``iterations`` reads the number of updates as Keras's does; else ``None``."""
+    if not isinstance(optimizer, LazyOptimizer) or optimizer.optimizer_class is not torch.optim.SGD:
+        return None
+
+    def count() -> None:
+        optimizer.scheduled_updates += 1
+
+    return count
 
 
 def _class_defaults(optimizer_class: type) -> dict:
