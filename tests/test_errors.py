@@ -1,5 +1,7 @@
 """Bad input fails before the first step, with one error family and a message that helps."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -153,3 +155,21 @@ def test_missing_labels(data):
     x, _ = data
     with pytest.raises(errors.InputError, match="y is missing"):
         _fit(_model(), x, None)
+
+
+@pytest.mark.parametrize("rank, warns", [(0, True), (1, False)])
+def test_only_rank_zero_of_a_group_warns(data, rank, warns):
+    x, y = data
+    model = Sequential([Dense(10, activation="softmax", input_dim=x.shape[1])])
+    model.compile(optimizer="adam", loss="categorical_crossentropy")  # integer labels: a warning
+    errors.warn_only_on_rank_zero(rank)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(x, y, epochs=1, verbose=0)
+    finally:
+        errors.warn_only_on_rank_zero(0)
+    said = [str(w.message) for w in caught if issubclass(w.category, errors.HpctrainWarning)]
+    assert bool(said) == warns
+    if warns:
+        assert "treating them as class indices" in said[0]

@@ -37,11 +37,24 @@ def valid_names_hint(names) -> str:
     return "valid names: " + ", ".join(sorted(names))
 
 
+_warns_in_this_process = True
+
+
+def warn_only_on_rank_zero(rank: int) -> None:
+    """Called by a replica as it joins its group: every replica meets the same data and settings,
+    so rank 0 alone says what it noticed, once, instead of once per process."""
+    global _warns_in_this_process
+    _warns_in_this_process = rank == 0
+
+
 def warn(message: str) -> None:
     """Warn, pointing at the user's line that called into hpctrain rather than at hpctrain's own."""
     import os
     import sys
     import warnings
+
+    if not _warns_in_this_process:
+        return
 
     package_dir = os.path.dirname(os.path.abspath(__file__))
     frame, level = sys._getframe(1), 2

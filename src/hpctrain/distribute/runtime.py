@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from hpctrain.distribute.communicator import Communicator
-from hpctrain.errors import ConfigError
+from hpctrain.errors import ConfigError, warn_only_on_rank_zero
 from hpctrain.hardware.launcher import LauncherInfo, detect_launcher
 
 DEFAULT_TIMEOUT_SECONDS = 300.0
@@ -88,6 +88,7 @@ def join_group(spec: GroupSpec, device: torch.device, timeout_seconds: float = D
                 f"rank {spec.rank} could not join the process group at {address} within {timeout_seconds:.0f} s "
                 f"({exc}). Check that rank 0 is running and that this address is reachable."
             ) from exc
+        warn_only_on_rank_zero(spec.rank)
         # Left to interpreter shutdown, the backend's threads can abort the process on exit.
         atexit.register(_leave_group)
         _watch_for_uncaught_exceptions()
