@@ -185,3 +185,23 @@ def test_customised_pytorch_losses_keep_their_own_semantics(rng):
     assert from_torch(torch.nn.MSELoss(reduction="sum")) is None
     trainer = hpctrain.Trainer(_net(), loss=torch.nn.CrossEntropyLoss(label_smoothing=0.1), optimizer="sgd")
     assert isinstance(trainer.loss, CallableLoss)
+
+
+def test_shuffled_batches_stay_intact_while_the_loop_uses_them():
+    # Rows are gathered several batches at a time into two alternating chunks: a batch must hold
+    # its rows until the step after it, and targets (kept by deferred metrics) for the whole pass.
+    from hpctrain.engine.data import batches_per_gather
+
+    rows = 4_000
+    x = torch.arange(rows * 8, dtype=torch.float32).reshape(rows, 8)
+    data = ResidentData(x, torch.arange(rows))
+    order = torch.randperm(rows, generator=torch.Generator().manual_seed(1))
+    assert batches_per_gather(x, 4) * 4 < rows // 4  # several gathers, so chunks are reused
+    previous, targets = None, []
+    for first, (xb, yb) in zip(range(0, rows, 4), data.batches(4, order=order)):
+        assert torch.equal(xb, x[order[first:first + 4]])
+        if previous is not None:
+            assert torch.equal(previous[0], x[previous[1]])
+        previous = (xb, order[first:first + 4])
+        targets.append(yb)
+    assert torch.equal(torch.cat(targets), order)

@@ -194,7 +194,8 @@ class ResidentData:
 
     def batches(self, batch_size: int, *, order: torch.Tensor | None = None):
         """Yield ``(x_batch, y_batch)`` in row order, or for the rows ``order`` lists (a permutation of
-        all rows, or a part of one); shuffled batches are gathered a few at a time."""
+        all rows, or a part of one); shuffled batches are gathered a few at a time, and their ``x``
+        is overwritten two gathers later (copy it to keep it longer)."""
         schedule = BatchSchedule(len(self) if order is None else len(order), batch_size)
         if order is None:
             for rows in schedule.slices():
@@ -231,11 +232,13 @@ class ResidentData:
         """
         spans = [span(rows) for rows in schedule.slices()]
         per_gather = batches_per_gather(self.x, schedule.batch_size)
+        x_chunks = _AlternatingChunks(self.x, rows=min(len(order), per_gather * schedule.batch_size))
         for group_start in range(0, len(spans), per_gather):
             group = spans[group_start:group_start + per_gather]
             base, end = group[0][0], group[-1][1]
             index = order[base:end]
-            xs = self.x.index_select(0, index)
+            xs = x_chunks.gather(index)
+            # Targets are gathered fresh: deferred metrics keep them until the next refresh.
             ys = None if self.y is None else self.y.index_select(0, index)
             for first, last in group:
                 rows = slice(first - base, last - base)
@@ -252,6 +255,31 @@ class ResidentData:
         head = ResidentData(self.x[:split_at], None if self.y is None else self.y[:split_at])
         tail = ResidentData(self.x[split_at:], None if self.y is None else self.y[split_at:])
         return head, tail
+
+
+class _AlternatingChunks:
+    """Gathers rows of ``source`` into two preallocated chunks, taken in turn.
+
+    A fresh megabyte per gather is a fresh mapping from the allocator whose pages fault in, zeroed
+    by the kernel, at the first write: ~25 faults per seed step, costlier than the gather. The
+    chunk before the current one stays intact, so a batch is valid until two gathers later; the
+    training loop is done with it after one step.
+    """
+
+    def __init__(self, source, rows: int):
+        self.source = source
+        self.rows = rows
+        self.chunks = []
+        self.turn = 0
+
+    def gather(self, index: torch.Tensor):
+        if not isinstance(self.source, torch.Tensor):  # several inputs: each part gathered fresh
+            return self.source.index_select(0, index)
+        if len(self.chunks) < 2:
+            self.chunks.append(self.source.new_empty((self.rows, *self.source.shape[1:])))
+        chunk = self.chunks[self.turn][:len(index)]
+        self.turn = 1 - self.turn
+        return torch.index_select(self.source, 0, index, out=chunk)
 
 
 class LoaderData:
