@@ -3,6 +3,7 @@
 import warnings
 
 import numpy as np
+import torch
 import pytest
 
 from hpctrain import errors
@@ -72,6 +73,19 @@ def test_nan_or_inf_in_x(data, bad, word):
     x[5, 2] = bad
     with pytest.raises(errors.InputError, match=rf"x contains 1 non-finite value\(s\) \({word} first at sample 5\)"):
         _fit(_model(), x, y)
+
+
+@pytest.mark.parametrize("values, bad", [([3e38, 3e38, -1.0], None), ([3e38, 3e38, np.nan], "NaN"),
+                                         ([-np.inf, 1.0, 2.0], "Inf")])
+def test_finite_check_tells_an_overflowing_sum_from_a_bad_value(values, bad):
+    from hpctrain.engine.validation import check_finite
+
+    x = torch.tensor(values, dtype=torch.float32).reshape(3, 1)  # the first two rows sum to inf
+    if bad is None:
+        check_finite(x, name="x")
+        return
+    with pytest.raises(errors.InputError, match=rf"x contains 1 non-finite value\(s\) \({bad} first"):
+        check_finite(x, name="x")
 
 
 def test_non_numeric_arrays(data):
