@@ -1,11 +1,11 @@
-"""Where one training step of the seed workload spends its time, as hpctrain's fit runs it.
+"""Where one training step of an MLP workload spends its time, as hpctrain's fit runs it.
 
-Trains the seed program (Keras front end, MLP 784-32-10, Adam, batch 32, 60,000 rows) for a
-warm-up epoch, then profiles one epoch with ``torch.profiler`` and prints each operator's self
+Trains the workload's MLP with the Keras front end (seed: 784-32-10, Adam, batch 32; mlp1024:
+784-1024-1024-10, batch 256; 60,000 rows) for two warm-up epochs, then profiles one epoch with ``torch.profiler`` and prints each operator's self
 CPU time per step, beside the epoch's wall time per step. The profiler adds ~1-2 us per call,
 so the rows sum to more than an unprofiled step; the ranking is what this is for.
 
-    .venv/bin/python benchmarks/profile_seed_step.py [--rows 25] [--output results/seed_profile.txt]
+    .venv/bin/python benchmarks/profile_seed_step.py [--workload mlp1024] [--rows 25] [--output FILE]
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ class EpochTimes:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", choices=[name for name, w in WORKLOADS.items() if w.model == "mlp"],
+                        default="seed")
     parser.add_argument("--rows", type=int, default=25, help="operators to list")
     parser.add_argument("--output", type=Path, help="also write the table here")
     args = parser.parse_args()
@@ -51,9 +53,10 @@ def main() -> None:
     from hpctrain.keras import Sequential
     from hpctrain.keras.layers import Dense
 
-    workload = WORKLOADS["seed"]
+    workload = WORKLOADS[args.workload]
     x, _, y = make_dataset(workload)
-    model = Sequential([Dense(workload.hidden_units[0], activation="relu", input_shape=(workload.input_dim,)),
+    hidden = [Dense(units, activation="relu") for units in workload.hidden_units]
+    model = Sequential([tf.keras.Input(shape=(workload.input_dim,)), *hidden,
                         Dense(workload.num_classes, activation="softmax")])
     model.compile(optimizer=tf.keras.optimizers.Adam(workload.learning_rate), loss="categorical_crossentropy",
                   metrics=["accuracy"])
@@ -62,7 +65,7 @@ def main() -> None:
     steps = -(-len(x) // workload.batch_size)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         model.fit(x, y, batch_size=workload.batch_size, epochs=1, verbose=0, callbacks=[times.attach(tf)])
-    lines = [f"seed workload, {steps} steps per epoch; plan: executor={model.plan.executor}, "
+    lines = [f"{workload.name} workload, {steps} steps per epoch; plan: executor={model.plan.executor}, "
              f"threads={model.plan.threads}",
              "unprofiled epochs: " + ", ".join(f"{s / steps * 1e6:.0f}" for s in times.seconds[:2]) + " us/step; "
              f"profiled epoch: {times.seconds[2] / steps * 1e6:.0f} us/step",
