@@ -99,6 +99,18 @@ def test_dropout_is_active_in_training_only(rng):
     assert 0.4 < (out == 0).mean() < 0.6
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_keeps_each_value_with_probability_one_minus_the_rate(dtype):
+    from hpctrain.engine.dropout import scaled_keep_mask
+
+    torch.manual_seed(0)
+    mask = scaled_keep_mask(torch.empty(200_000, dtype=dtype), 0.3)
+    kept = mask != 0
+    assert mask.dtype == dtype
+    assert abs(kept.float().mean().item() - 0.7) < 0.005  # 200,000 draws: one standard deviation is 0.001
+    assert torch.equal(mask[kept], torch.full((int(kept.sum()),), 1 / 0.7, dtype=dtype))
+
+
 def test_calling_the_model_on_numpy_returns_numpy_able_values(rng):
     model = Sequential([Dense(2, activation="softmax", input_dim=3)])
     x = rng.random((4, 3)).astype("float32")

@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from hpctrain.engine.dropout import scaled_keep_mask
 from hpctrain.engine.flat import move_parameters_end_to_end
 from hpctrain.engine.losses import BinaryCrossentropy, CrossEntropy, Loss, MeanAbsoluteError, MeanSquaredError
 from hpctrain.engine.optim import fast_update, is_direct_fused_update
@@ -54,6 +55,9 @@ class Activation:
 @dataclasses.dataclass(frozen=True)
 class Dropout:
     rate: float
+    # ``torch.nn.Dropout``'s mask (``native_dropout``), so that the step drops what autograd would;
+    # otherwise the cheaper uniform mask of ``engine.dropout``, which hpctrain's layers draw.
+    torch_mask: bool = False
 
 
 # In-place forward, and backward from the activation's *output*, so z need not be kept.
@@ -79,7 +83,7 @@ def torch_sequential_layers(module: torch.nn.Module):
         elif type(child) in names:
             layers.append(Activation(names[type(child)]))
         elif type(child) is torch.nn.Dropout:
-            layers.append(Dropout(child.p))
+            layers.append(Dropout(child.p, torch_mask=True))
         elif type(child) is not torch.nn.Identity:
             return None
     return layers
@@ -305,7 +309,7 @@ class StaticStep:
             elif kind == ACTIVATION:
                 grad = part[1](grad, saved[index])
             elif saved[index] is not None:
-                grad = torch.ops.aten.native_dropout_backward(grad, saved[index], part.scale)
+                grad = part.backward(grad, saved[index])
 
     def _penalty_and_gradient(self) -> torch.Tensor:
         total = None
@@ -319,19 +323,31 @@ class StaticStep:
 
 
 class _DropoutPart:
-    __slots__ = ("rate", "scale")
+    """Forward ``(output, mask)`` and backward, with the mask the autograd executor would draw."""
 
-    def __init__(self, rate: float):
-        self.rate = rate
-        self.scale = 1.0 / (1.0 - rate)
+    __slots__ = ("rate", "scale", "torch_mask")
+
+    def __init__(self, layer: Dropout):
+        self.rate = layer.rate
+        self.scale = 1.0 / (1.0 - layer.rate)
+        self.torch_mask = layer.torch_mask
 
     def __call__(self, a):
-        # native_dropout draws the same mask from the same RNG state as F.dropout does.
-        return torch.native_dropout(a, self.rate, True) if self.rate else (a, None)
+        if not self.rate:
+            return a, None
+        if self.torch_mask:  # the same mask from the same RNG state as F.dropout
+            return torch.native_dropout(a, self.rate, True)
+        mask = scaled_keep_mask(a, self.rate)
+        return a * mask, mask
+
+    def backward(self, grad, mask):
+        if self.torch_mask:
+            return torch.ops.aten.native_dropout_backward(grad, mask, self.scale)
+        return grad.mul_(mask)  # the incoming gradient buffer is not read again
 
 
 def _layer_callables(layer):
-    return ACTIVATIONS[layer.name] if isinstance(layer, Activation) else _DropoutPart(layer.rate)
+    return ACTIVATIONS[layer.name] if isinstance(layer, Activation) else _DropoutPart(layer)
 
 
 def _add_penalty_gradient(param, l1: float, l2: float) -> torch.Tensor:

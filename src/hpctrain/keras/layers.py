@@ -12,9 +12,9 @@ import re
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hpctrain.engine import static_step as static
+from hpctrain.engine.dropout import dropout
 from hpctrain.errors import ConfigError, InputError
 from hpctrain.keras import activations, initializers, regularizers
 
@@ -335,7 +335,7 @@ class Dropout(Layer):
         self.rate = float(rate)
 
     def forward(self, x):
-        return F.dropout(x, self.rate, self.training) if self.rate else x
+        return dropout(x, self.rate) if self.training else x
 
     def static_layers(self, include_activation=True):
         return [static.Dropout(self.rate)]
