@@ -259,6 +259,51 @@ def test_a_second_run_takes_the_measured_plan_from_the_cache(rng, monkeypatch):
     assert "cached (hpctrain doctor --clear-cache measures again)" in dict(second.plan.reasons)["batch_size"]
 
 
+def test_a_cached_plan_reads_the_same_on_every_later_run(rng):
+    x, y = _data(rng)
+    _model().fit(x, y, epochs=1, batch_size="auto", verbose=0)
+    entries = _cached_entries()
+    assert len(entries) == 1
+    explained = []
+    for _ in range(2):
+        model = _model()
+        model.fit(x, y, epochs=1, batch_size="auto", verbose=0)
+        explained.append(model.plan.explain())
+    assert explained[0] == explained[1]
+    batch_line = next(line for line in explained[0].splitlines() if line.startswith("batch_size:"))
+    assert batch_line.count("cached (hpctrain doctor --clear-cache measures again)") == 1
+    assert _cached_entries() == entries
+
+
+def _cached_entries() -> dict[str, str]:
+    folder = os.path.dirname(plan_cache._path("any"))
+    return {name: open(os.path.join(folder, name)).read() for name in os.listdir(folder)}
+
+
+def test_thread_counts_take_turns_and_each_keeps_its_best_round(monkeypatch):
+    # Two threads' first turn meets a burst of other work on the cores (10x slower).
+    timings = iter([1.5, 10.0, 1.4, 1.0])
+    turns = []
+
+    def fake_seconds_per_step(step, batches, metrics):
+        turns.append(torch.get_num_threads())
+        return next(timings)
+
+    monkeypatch.setattr(tuning, "seconds_per_step", fake_seconds_per_step)
+    module = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    original = torch.get_num_threads()
+    best, measured = tuning.fastest_thread_count(None, [], _NoMetrics(), module, optimizer, [1, 2])
+    assert turns == [1, 2, 1, 2]
+    assert (best, measured) == (2, {1: 1.4, 2: 1.0})
+    assert torch.get_num_threads() == original
+
+
+class _NoMetrics:
+    def reset(self):
+        pass
+
+
 def test_the_learning_rate_is_rescaled_only_when_asked(rng):
     x, y = _data(rng)
     model = _model(plan=make_plan(lr_scaling="linear"), learning_rate=0.001)

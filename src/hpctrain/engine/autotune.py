@@ -282,11 +282,11 @@ def cache_key(trainer, data, batch_size, epochs: int) -> str | None:
     })
 
 
-def apply_cached_choices(trainer, key: str | None) -> int | None:
-    """Puts the cached choices into the plan; returns the cached batch size, if one was measured."""
+def apply_cached_choices(trainer, key: str | None) -> bool:
+    """Puts the cached choices, if this fit was measured before, into the plan; says whether it was."""
     cached = plan_cache.load(key) if key else None
     if not cached:
-        return None
+        return False
     plan = dataclasses.replace(trainer.plan, tune_threads=False)
     note = f"; measured {cached.get('measured_at', 'earlier')}, cached (hpctrain doctor --clear-cache measures again)"
     for name, (value, reason) in cached["choices"].items():
@@ -294,8 +294,7 @@ def apply_cached_choices(trainer, key: str | None) -> int | None:
     trainer.plan = plan
     if cached["choices"].get("batch_size"):
         _rescale_learning_rate(trainer, trainer.plan.batch_size)
-        return trainer.plan.batch_size
-    return None
+    return True
 
 
 def store_choices(trainer, key: str | None) -> None:

@@ -457,14 +457,16 @@ class Trainer:
         """Batch size, threads, precision and compile: measured on this model where asked ("auto"),
         or taken from the plan cache where this model was measured before on this machine."""
         cache_key = autotune.cache_key(self, data, batch_size, epochs)
-        cached_batch_size = autotune.apply_cached_choices(self, cache_key)
+        cached = autotune.apply_cached_choices(self, cache_key)
         if batch_size == "auto":
-            batch_size = cached_batch_size or autotune.auto_batch_size(self, data, hooks)
+            batch_size = (self.plan.batch_size if cached and self.plan.batch_size
+                          else autotune.auto_batch_size(self, data, hooks))
         step, metrics = self._make_step(data, batch_size, hooks)
         self._tune_threads(step, data.train, batch_size, metrics)
         step, metrics = autotune.settle_precision(self, data, batch_size, hooks, step, metrics)
         step, metrics = autotune.settle_compile(self, data, batch_size, epochs, hooks, step, metrics)
-        autotune.store_choices(self, cache_key)
+        if not cached:  # an entry read back is kept as it was measured, its reasons unannotated
+            autotune.store_choices(self, cache_key)
         return batch_size, step, metrics
 
     def _make_step(self, data: _PreparedData, batch_size: int, hooks: CallbackList):

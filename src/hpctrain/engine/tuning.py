@@ -6,6 +6,7 @@ and the RNG are restored afterwards, so the measured steps leave no trace on tra
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -13,6 +14,7 @@ import torch
 WARMUP_STEPS = 2
 MEASURED_STEPS = 8
 BUDGET_SECONDS_PER_CANDIDATE = 0.25
+THREAD_ROUNDS = 2
 
 
 class TrainingState:
@@ -72,15 +74,23 @@ def seconds_per_step(step, batches, metrics) -> float:
 
 
 def fastest_thread_count(step, batches: list, metrics, module, optimizer, candidates) -> tuple[int, dict]:
-    """Time the step with each thread count; return the fastest and every measurement (s/step)."""
+    """Time the step with each thread count; return the fastest and every measurement (s/step).
+
+    The counts take turns for ``THREAD_ROUNDS`` rounds and each keeps its best round: a burst of
+    other work on the cores during one count's only turn would otherwise decide the choice, and
+    the choice is cached for later runs (a second thread waiting at every barrier for a core
+    that another process holds measured several times slower than one thread).
+    """
     state = TrainingState(module, optimizer)
     original = torch.get_num_threads()
     measured = {}
     try:
-        for threads in candidates:
-            torch.set_num_threads(threads)
-            measured[threads] = seconds_per_step(step, batches, metrics)
-            state.restore()
+        for _ in range(THREAD_ROUNDS):
+            for threads in candidates:
+                torch.set_num_threads(threads)
+                seconds = seconds_per_step(step, batches, metrics)
+                measured[threads] = min(seconds, measured.get(threads, math.inf))
+                state.restore()
     finally:
         torch.set_num_threads(original)
         state.restore()
