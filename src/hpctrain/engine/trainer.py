@@ -29,6 +29,7 @@ from hpctrain.engine.run_state import FitRun, RunCheckpointer
 from hpctrain.engine.static_step import StaticStep, why_not_static
 from hpctrain.engine.step import AutogradStep, autocast
 from hpctrain.errors import ConfigError, InputError, NonFiniteLossError
+from hpctrain.hardware import host_memory
 
 # Evaluation and prediction keep no activations for backward, so they run in large batches.
 INFERENCE_BATCH = 8192
@@ -569,6 +570,8 @@ class Trainer:
         # Thread count is process-wide in PyTorch; set it once per call, not per step.
         if self.plan.device.type == "cpu" and torch.get_num_threads() != self.plan.threads:
             torch.set_num_threads(self.plan.threads)
+        if self.plan.keep_host_memory:
+            host_memory.keep_freed_blocks()
 
     def _prepare_fit_data(self, x, y, validation_split, validation_data, sample_weight=None,
                           class_weight=None) -> _PreparedData:

@@ -7,6 +7,7 @@ import dataclasses
 import torch
 
 from hpctrain.errors import ConfigError
+from hpctrain.hardware import host_memory
 from hpctrain.hardware.inventory import CPU_FEATURE_LABELS
 from hpctrain.hardware.machine import Machine, inspect_machine
 
@@ -25,6 +26,7 @@ class Plan:
     precision: str = "float32"  # "float32", "bfloat16" (autocast), or "auto": fit measures both
     compile: bool | str = False  # torch.compile the module's forward; "auto": fit decides from measurements
     lr_scaling: str | None = None  # with batch_size="auto": "linear" or "sqrt" rescaling from REFERENCE_BATCH
+    keep_host_memory: bool = False  # glibc's malloc keeps freed blocks between steps (hardware.host_memory)
     world_size: int = 1
     rank: int = 0
     # The distribute layer's collectives (sum, broadcast, gather) when world_size > 1.
@@ -68,7 +70,8 @@ LR_SCALING_RULES = (None, "linear", "sqrt")
 
 def make_plan(*, device: str | torch.device = "auto", threads: int | str = "auto", executor: str = "auto",
               cuda_graph: bool = False, precision: str = "float32", compile: bool | str = "auto",
-              lr_scaling: str | None = None, machine: Machine | None = None) -> Plan:
+              lr_scaling: str | None = None, keep_host_memory: bool | str = "auto",
+              machine: Machine | None = None) -> Plan:
     """Resolve ``"auto"`` choices against ``machine`` (this one by default); explicit values always win.
 
     What only a measurement on the user's model can settle (threads, precision, compile, batch
@@ -79,6 +82,7 @@ def make_plan(*, device: str | torch.device = "auto", threads: int | str = "auto
     resolved_threads, threads_reason = _resolve_threads(threads, machine)
     resolved_precision, precision_reason = _resolve_precision(precision, resolved_device, machine)
     resolved_compile, compile_reason = _resolve_compile(compile)
+    keeps_memory, memory_reason = _resolve_host_memory(keep_host_memory, resolved_device)
     return Plan(
         tune_threads=threads == "auto" and resolved_device.type == "cpu" and resolved_threads > 1,
         device=resolved_device,
@@ -89,6 +93,7 @@ def make_plan(*, device: str | torch.device = "auto", threads: int | str = "auto
         precision=resolved_precision,
         compile=resolved_compile,
         lr_scaling=lr_scaling,
+        keep_host_memory=keeps_memory,
         reasons=(
             ("device", f"{resolved_device} ({device_reason})"),
             ("workers", _workers_reason(machine, resolved_device)),
@@ -97,8 +102,22 @@ def make_plan(*, device: str | torch.device = "auto", threads: int | str = "auto
             ("executor", f"{executor} ({'decided per model at fit' if executor == 'auto' else 'given explicitly'})"),
             ("precision", f"{resolved_precision} ({precision_reason})"),
             ("compile", f"{resolved_compile} ({compile_reason})"),
+            ("host memory", memory_reason),
         ),
     )
+
+
+def _resolve_host_memory(keep, device: torch.device) -> tuple[bool, str]:
+    if keep not in (True, False, "auto"):
+        raise ConfigError(f"keep_host_memory must be True, False or 'auto'; got {keep!r}.")
+    if keep is False:
+        return False, "the C library's defaults (given explicitly)"
+    if device.type != "cpu" and keep == "auto":
+        return False, "the C library's defaults (tensors live on the GPU)"
+    if not host_memory.malloc_is_glibc():
+        return False, "the C library's defaults (its malloc is not glibc's)"
+    return True, (f"freed blocks kept by malloc, up to {host_memory.TRIM_THRESHOLD_BYTES >> 20} MiB, so a step's "
+                  "large tensors reuse pages instead of faulting in fresh ones")
 
 
 def _workers_reason(machine: Machine, device: torch.device) -> str:
