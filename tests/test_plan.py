@@ -346,7 +346,7 @@ def test_the_plan_keeps_freed_host_memory_on_a_cpu_with_glibc_and_says_so():
     plan = make_plan(device="cpu")
     reason = dict(plan.reasons)["host memory"]
     if host_memory.malloc_is_glibc():
-        assert plan.keep_host_memory and reason.startswith("freed blocks kept by malloc, up to 256 MiB")
+        assert plan.keep_host_memory and reason.startswith("kept (malloc keeps up to 256 MiB of freed blocks")
     else:
         assert not plan.keep_host_memory and "not glibc" in reason
     off = make_plan(device="cpu", keep_host_memory=False)

@@ -111,13 +111,13 @@ def _resolve_host_memory(keep, device: torch.device) -> tuple[bool, str]:
     if keep not in (True, False, "auto"):
         raise ConfigError(f"keep_host_memory must be True, False or 'auto'; got {keep!r}.")
     if keep is False:
-        return False, "the C library's defaults (given explicitly)"
+        return False, "malloc's defaults (given explicitly)"
     if device.type != "cpu" and keep == "auto":
-        return False, "the C library's defaults (tensors live on the GPU)"
+        return False, "malloc's defaults (tensors live on the GPU)"
     if not host_memory.malloc_is_glibc():
-        return False, "the C library's defaults (its malloc is not glibc's)"
-    return True, (f"freed blocks kept by malloc, up to {host_memory.TRIM_THRESHOLD_BYTES >> 20} MiB, so a step's "
-                  "large tensors reuse pages instead of faulting in fresh ones")
+        return False, "malloc's defaults (the C library is not glibc)"
+    return True, (f"kept (malloc keeps up to {host_memory.TRIM_THRESHOLD_BYTES >> 20} MiB of freed blocks, so a "
+                  "step's large tensors reuse pages instead of faulting in fresh ones)")
 
 
 def _workers_reason(machine: Machine, device: torch.device) -> str:
