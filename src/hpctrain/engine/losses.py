@@ -66,7 +66,7 @@ class CrossEntropy(Loss):
 
     def __call__(self, prediction, target):
         if self.from_logits:
-            return F.cross_entropy(prediction, target)
+            return _logits_cross_entropy(prediction, target, "mean")
         log_probs = _clipped_log_probs(prediction)
         if target.dtype == torch.int64:
             return F.nll_loss(log_probs, target)
@@ -74,7 +74,7 @@ class CrossEntropy(Loss):
 
     def per_sample(self, prediction, target):
         if self.from_logits:
-            return F.cross_entropy(prediction, target, reduction="none")
+            return _logits_cross_entropy(prediction, target, "none")
         log_probs = _clipped_log_probs(prediction)
         if target.dtype == torch.int64:
             return F.nll_loss(log_probs, target, reduction="none")
@@ -204,6 +204,20 @@ def weighted_values(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     if values.dim() > 1:
         weights = weights.reshape(weights.shape[0], *([1] * (values.dim() - 1)))
     return values * weights
+
+
+# Below 16 classes PyTorch's CPU log_softmax takes a scalar path: 4.5 ms for 60,000 x 10 logits,
+# against 0.9 ms for logsumexp and a gather, which give the same values. Deferred metrics and
+# evaluation take the loss of many rows at once; small batches keep the one fused call.
+_BULK_ROWS, _SCALAR_PATH_CLASSES = 4096, 16
+
+
+def _logits_cross_entropy(logits: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    if (target.dtype != torch.int64 or logits.dim() != 2 or logits.device.type != "cpu"
+            or logits.shape[0] < _BULK_ROWS or logits.shape[1] >= _SCALAR_PATH_CLASSES):
+        return F.cross_entropy(logits, target, reduction=reduction)
+    per_sample = torch.logsumexp(logits, dim=1) - logits.gather(1, target.unsqueeze(1)).squeeze(1)
+    return per_sample if reduction == "none" else per_sample.mean()
 
 
 def _clipped_log_probs(probs: torch.Tensor) -> torch.Tensor:
