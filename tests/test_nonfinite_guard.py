@@ -12,6 +12,7 @@ import hpctrain as tf
 from hpctrain.engine import Trainer
 from hpctrain.engine.checkpoint import CheckpointConfig, checkpoint_files
 from hpctrain.engine.guard import first_nonfinite_output
+from hpctrain.engine.optim import as_torch_optimizer
 from hpctrain.errors import NonFiniteLossError
 from hpctrain.keras.callbacks import Callback
 
@@ -58,6 +59,8 @@ def test_static_executor_stops_at_the_overflowing_step_and_keeps_the_last_checkp
     assert f"The last good checkpoint, {kept[0]}, is kept." in str(error.value)
     for ours, theirs in zip(trainer.get_weights(), clean.weights):
         assert np.array_equal(ours, theirs)  # every update from the bad step on was skipped
+    steps = [float(state["step"]) for state in as_torch_optimizer(trainer.optimizer).state_dict()["state"].values()]
+    assert steps == [2.0] * 4  # the skipped updates are not counted, as torch.optim counts them
 
 
 class PoisonStep(WeightsBeforeStep):

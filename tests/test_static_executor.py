@@ -200,3 +200,22 @@ def test_frozen_weights_stay_frozen(rng):
     trainer.fit(x, y, epochs=2, batch_size=8, verbose=0)
     assert "executor: autograd (some weights are frozen)" in trainer.plan.explain()
     assert torch.equal(net[0].weight, frozen)
+
+
+def test_hidden_keras_layers_take_their_bias_inside_the_gemm():
+    # A Keras (in, out) kernel followed by its bias is one (in + 1, out) matrix: the layers after
+    # the first multiply an input with a column of ones by it, forward and backward, so only the
+    # first layer (whose input is the batch itself) keeps a bias add and a bias-gradient GEMV.
+    from hpctrain.engine.losses import CrossEntropy
+    from hpctrain.engine.static_step import StaticStep
+
+    model = Sequential([Dense(8, activation="relu", input_dim=FEATURES), Dense(5, activation="tanh"),
+                        Dense(CLASSES, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(*_data("sparse", np.random.default_rng(0), n=4), verbose=0)  # builds the weights
+    step = StaticStep(model._trainer.module, CrossEntropy(sparse=True, from_logits=True), model._trainer.optimizer,
+                      batch_size=4)
+    source = step.source(4)
+    assert len(step.folded) == 2
+    assert source.count("addmv(") == 1 and source.count("addmm(B") == 1
+    assert source.count("mm(OB") == 2 and source.count("addmm(GWB") == 2  # forward; weight and bias gradient

@@ -8,6 +8,10 @@ last good step until the loop next reads the flag, at the epoch's end or before 
 raises :class:`~hpctrain.errors.NonFiniteLossError`. Optimizers without a fused kernel read the
 flag before each update instead (a host sync per step, paid only by them).
 
+In stop mode the direct fused Adam update counts the skipped steps too, and the optimizer's step
+counter is put back when the flag is read (a callback reading ``optimizer.iterations`` inside an
+epoch after a bad step sees the skipped steps counted).
+
 With ``on_nonfinite="skip_step"`` the flag is lowered before each step's check instead, so only the
 bad steps are skipped; :class:`SkippingStep` leaves their batches out of the epoch's loss and metrics.
 When training stops, :func:`first_nonfinite_output` recomputes the bad step's batch to name what went
@@ -41,22 +45,42 @@ class NonFiniteGuard:
         # Stop mode: steps since the first bad one, inclusive. Skip mode: the steps skipped.
         self.bad_steps = torch.zeros((), device=device)
         self._one = torch.ones((), device=device)
+        self._counters = []  # optimizer step counters that counted skipped updates (stop mode)
+        self._counters_settled = False
 
     def reset(self) -> None:
         self.found_inf.zero_()
         self.bad_steps.zero_()
+        self._counters_settled = False
 
     def check(self, tensors) -> None:
         """Raise the flag if any value is NaN/Inf (multiplies by one in place: values unchanged)."""
-        if self.skip_steps:
-            self.found_inf.zero_()  # each step judged alone: the bad one is skipped, the next ones run
-        torch._amp_foreach_non_finite_check_and_unscale_(list(tensors), self.found_inf, self._one)
-        self.bad_steps.add_(self.found_inf)
+        self.checker(tensors)()
+
+    def checker(self, tensors):
+        """:meth:`check` of these tensors as a no-argument call, its operands bound once."""
+        tensors, found_inf, one, bad_steps = list(tensors), self.found_inf, self._one, self.bad_steps
+        check_and_unscale = torch._amp_foreach_non_finite_check_and_unscale_
+
+        def check_sticky() -> None:
+            check_and_unscale(tensors, found_inf, one)
+            bad_steps.add_(found_inf)
+
+        def check_alone() -> None:
+            found_inf.zero_()  # each step judged alone: the bad one is skipped, the next ones run
+            check_sticky()
+
+        return check_alone if self.skip_steps else check_sticky
 
     def guarded_update(self, update, optimizer):
         """``update`` made to skip itself while the flag is up."""
         if is_direct_fused_update(update):
             update.found_inf = self.found_inf
+            if not self.skip_steps:
+                # The flag is sticky, so the updates skipped are exactly ``bad_steps``: the step
+                # counter is put back once when the flag is read, not by a kernel call per step.
+                update.uncount_skipped_each_step = False
+                self._counters += update.counters
             return update
         torch_optimizer = as_torch_optimizer(optimizer)  # not direct: update is this optimizer's step
         if all(group.get("fused") for group in torch_optimizer.param_groups):
@@ -67,6 +91,10 @@ class NonFiniteGuard:
     def first_bad_step(self, steps_done: int) -> int | None:
         """The 1-based step of this epoch whose values were not finite; ``None`` if all were (a host sync)."""
         bad = int(self.bad_steps.item())
+        if bad and not self._counters_settled:
+            for counter in self._counters:
+                counter.sub_(bad)
+            self._counters_settled = True
         return None if bad == 0 else steps_done - bad + 1
 
     def skipped_steps(self) -> int:

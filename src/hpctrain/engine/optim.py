@@ -207,6 +207,7 @@ class _FusedAdamUpdate:
         self.params = [p.detach() for p in self.params]  # updated in place without recording autograd
         self._run_once_over_flat_buffers(states)
         self.found_inf = None  # a device flag from the non-finite guard: nonzero skips the update
+        self.uncount_skipped_each_step = True  # False: the guard corrects the counter itself
 
     def _run_once_over_flat_buffers(self, states) -> None:
         """Where parameters and gradients each lie in one buffer, the moments are laid out the same
@@ -234,7 +235,7 @@ class _FusedAdamUpdate:
         kernel(self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, [], self.steps, amsgrad=False,
                lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
                maximize=False, found_inf=self.found_inf)
-        if self.found_inf is not None:  # a skipped update does not count as a step, as in torch.optim
+        if self.found_inf is not None and self.uncount_skipped_each_step:  # a skipped update is no step
             if len(self.counters) == 1:
                 self.counters[0].sub_(self.found_inf)
             else:

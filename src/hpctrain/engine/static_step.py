@@ -15,7 +15,7 @@ import math
 import torch
 
 from hpctrain.engine.dropout import scaled_keep_mask
-from hpctrain.engine.flat import move_parameters_end_to_end
+from hpctrain.engine.flat import flat_view, move_parameters_end_to_end
 from hpctrain.engine.losses import BinaryCrossentropy, CrossEntropy, Loss, MeanAbsoluteError, MeanSquaredError
 from hpctrain.engine.optim import fast_update, is_direct_fused_update
 
@@ -172,28 +172,17 @@ def _width(z: torch.Tensor) -> int:
 LINEAR, ACTIVATION, DROPOUT = 0, 1, 2
 
 
-class _BatchBuffers:
-    """Every buffer one batch size needs, allocated once; the last, partial batch gets its own set."""
-
-    def __init__(self, layers, rows: int, device: torch.device):
-        self.outputs = [torch.empty(rows, layer.out_features, device=device) if isinstance(layer, Linear) else None
-                        for layer in layers]
-        self.grads = [torch.empty(rows, layer.out_features, device=device) if isinstance(layer, Linear) else None
-                      for layer in layers]
-        self.minus_ones = torch.full((rows, 1), -1.0, device=device)
-        self.ones = torch.ones(rows, device=device)  # bias gradients as a GEMV: sum and scale in one call
-        # Transposed views of the buffers, made once: ``.t()`` is a dispatched call (~0.9 us) per use.
-        self._transposes = {id(t): t.t() for t in (*self.outputs, *self.grads) if t is not None}
-
-    def t(self, tensor: torch.Tensor) -> torch.Tensor:
-        transposed = self._transposes.get(id(tensor))
-        return tensor.t() if transposed is None else transposed
-
-
 class _LinearParts:
-    """A linear layer's tensors, detached once: ops on them record no autograd graph."""
+    """A linear layer's tensors, detached once: ops on them record no autograd graph.
 
-    __slots__ = ("kernel", "kernel_t", "bias", "weight_grad", "bias_grad", "transposed")
+    ``folded``: the layer's input buffer carries a column of ones and ``kernel_with_bias`` is the
+    ``(in + 1, out)`` view of kernel and bias together, so one GEMM is both ``x @ W + b`` and,
+    backward, both gradients (Keras's ``(in, out)`` kernel followed by its bias in the flat buffer
+    is exactly that matrix). It saves the bias-gradient GEMV and the bias add per layer.
+    """
+
+    __slots__ = ("kernel", "kernel_t", "bias", "weight_grad", "bias_grad", "transposed", "kernel_with_bias",
+                 "grad_with_bias")
 
     def __init__(self, layer: Linear):
         weight = layer.weight.detach()
@@ -203,13 +192,162 @@ class _LinearParts:
         self.bias = None if layer.bias is None else layer.bias.detach()
         self.weight_grad = layer.weight.grad
         self.bias_grad = None if layer.bias is None else layer.bias.grad
+        self.kernel_with_bias = self._stacked(self.kernel, self.bias)
+        self.grad_with_bias = self._stacked(self.weight_grad, self.bias_grad)
+
+    def _stacked(self, kernel, bias):
+        if self.transposed or bias is None:
+            return None
+        flat = flat_view([kernel, bias])
+        return None if flat is None else flat.view(kernel.shape[0] + 1, kernel.shape[1])
+
+    @property
+    def foldable(self) -> bool:
+        return self.kernel_with_bias is not None and self.grad_with_bias is not None
+
+
+def _folded_linears(kinds, parts) -> set[int]:
+    """Linear layers whose input is a buffer of the step's own with only in-place activations
+    between: that buffer can carry the ones column. The first layer's input is the batch itself."""
+    folded, previous = set(), None
+    for index, kind in enumerate(kinds):
+        if kind == LINEAR:
+            if previous is not None and parts[index].foldable:
+                folded.add(index)
+            previous = index
+        elif kind == DROPOUT and parts[index].rate:
+            previous = None  # dropout writes a new tensor
+    return folded
+
+
+class _BatchBuffers:
+    """Every buffer one batch size needs, allocated once; the last, partial batch gets its own set."""
+
+    def __init__(self, layers, rows: int, device: torch.device, with_ones_column=()):
+        self.outputs, self.augmented = [], {}
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Linear):
+                self.outputs.append(None)
+            elif index in with_ones_column:
+                self.augmented[index] = torch.ones(rows, layer.out_features + 1, device=device)
+                self.outputs.append(self.augmented[index][:, :layer.out_features])
+            else:
+                self.outputs.append(torch.empty(rows, layer.out_features, device=device))
+        self.grads = [torch.empty(rows, layer.out_features, device=device) if isinstance(layer, Linear) else None
+                      for layer in layers]
+        self.minus_ones = torch.full((rows, 1), -1.0, device=device)
+        self.ones = torch.ones(rows, device=device)  # bias gradients as a GEMV: sum and scale in one call
+
+
+class _ProgramWriter:
+    """Writes the step for one batch size as straight-line Python, one line per kernel call.
+
+    Walking the layer list per step (kinds, buffers, transposes) cost ~15 us of interpreter time
+    on the seed MLP; the generated function does only the calls, with every tensor it touches
+    bound once as a global of its own. ``StaticStep.source(rows)`` shows it.
+    """
+
+    def __init__(self, step: "StaticStep", buffers: _BatchBuffers):
+        self.step, self.buffers = step, buffers
+        self.names = {"mm": torch.mm, "addmm": torch.addmm, "addmv": torch.addmv,
+                      "output_gradient": step.output_gradient, "minus_ones": buffers.minus_ones,
+                      "ones": buffers.ones}
+        self.lines = []
+
+    def bind(self, name: str, value) -> str:
+        self.names[name] = value
+        return name
+
+    def write(self) -> tuple[str, dict]:
+        saved = self._forward()
+        self.lines.append(f"scale = output_gradient(z, y, {self.bind('G_out', self.buffers.grads[self.step.last_linear])}"
+                          ", minus_ones, rows)")
+        self._backward(saved)
+        body = "\n".join("    " + line for line in self.lines)
+        return f"def step(x, y, logits_out, rows):\n{body}\n", self.names
+
+    def _forward(self) -> list:
+        """Emits the forward; per layer, the name of what its backward needs (input, output or mask)."""
+        step, buffers, lines = self.step, self.buffers, self.lines
+        saved, a, a_with_ones = [], "x", None
+        for index, (kind, part) in enumerate(zip(step.kinds, step.parts)):
+            if kind == LINEAR:
+                saved.append((a, a_with_ones if index in step.folded else None))
+                if index == step.last_linear:
+                    out = "z"
+                    lines.append(f"z = {self.bind(f'O{index}', buffers.outputs[index])} if logits_out is None "
+                                 "else logits_out")
+                else:
+                    out = self.bind(f"O{index}", buffers.outputs[index])
+                if index in step.folded:
+                    lines.append(f"mm({a_with_ones}, {self.bind(f'KB{index}', part.kernel_with_bias)}, out={out})")
+                elif part.bias is None:
+                    lines.append(f"mm({a}, {self.bind(f'K{index}', part.kernel)}, out={out})")
+                else:
+                    lines.append(f"addmm({self.bind(f'B{index}', part.bias)}, {a}, "
+                                 f"{self.bind(f'K{index}', part.kernel)}, out={out})")
+                a = out
+                augmented = buffers.augmented.get(index)
+                a_with_ones = None if augmented is None else self.bind(f"OB{index}", augmented)
+            elif kind == ACTIVATION:
+                lines.append(f"{self.bind(f'act{index}', part[0])}({a})")  # in place
+                saved.append(a)
+            elif part.rate:
+                lines.append(f"d{index}, mask{index} = {self.bind(f'dropout{index}', part)}({a})")
+                a, a_with_ones = f"d{index}", None
+                saved.append(f"mask{index}")
+            else:
+                saved.append(None)
+        return saved
+
+    def _backward(self, saved) -> None:
+        """Emits the backward. The output gradient is carried unscaled; ``scale`` is folded into each
+        parameter gradient's GEMM/GEMV as its alpha (beta=0: the old contents are ignored)."""
+        step, buffers, lines = self.step, self.buffers, self.lines
+        grad = "G_out"
+        for index in range(len(step.kinds) - 1, -1, -1):
+            kind, part = step.kinds[index], step.parts[index]
+            if kind == LINEAR:
+                grad_t = self._transposed(grad)
+                inputs, inputs_with_ones = saved[index]
+                if inputs_with_ones is not None:
+                    gw = self.bind(f"GWB{index}", part.grad_with_bias)
+                    lines.append(f"addmm({gw}, {self._transposed(inputs_with_ones)}, {grad}, beta=0, alpha=scale, "
+                                 f"out={gw})")
+                else:
+                    gw = self.bind(f"GW{index}", part.weight_grad)
+                    if part.transposed:
+                        lines.append(f"addmm({gw}, {grad_t}, {inputs}, beta=0, alpha=scale, out={gw})")
+                    else:
+                        lines.append(f"addmm({gw}, {self._transposed(inputs)}, {grad}, beta=0, alpha=scale, out={gw})")
+                    if part.bias_grad is not None:
+                        gb = self.bind(f"GB{index}", part.bias_grad)
+                        lines.append(f"addmv({gb}, {grad_t}, ones, beta=0, alpha=scale, out={gb})")
+                if index == 0:
+                    return
+                previous = step.previous_linear[index]
+                new_grad = self.bind(f"G{previous}", buffers.grads[previous])
+                lines.append(f"mm({grad}, {self.bind(f'KT{index}', part.kernel_t)}, out={new_grad})")
+                grad = new_grad
+            elif kind == ACTIVATION:
+                lines.append(f"{self.bind(f'act_backward{index}', part[1])}({grad}, {saved[index]})")
+            elif saved[index] is not None:
+                lines.append(f"g{index} = dropout{index}.backward({grad}, {saved[index]})")
+                grad = f"g{index}"
+
+    def _transposed(self, name: str) -> str:
+        """A transposed view bound once for a buffer; ``.t()`` per step (~0.7 us) for a tensor made
+        per step (the batch, a dropout's output)."""
+        if name not in self.names:
+            return f"{name}.t()"
+        return self.bind(f"{name}_t", self.names[name].t())
 
 
 class StaticStep:
     """Forward, backward and update for a stack of static layers; no autograd graph per step.
 
-    Per-step Python is kept to the kernel calls themselves: layer kinds, detached weights,
-    transposed views and buffers are all resolved at construction.
+    Per-step Python is kept to the kernel calls themselves: per batch size, the forward and
+    backward are one generated function (:class:`_ProgramWriter`) over buffers allocated once.
     """
 
     name = "static"
@@ -229,16 +367,36 @@ class StaticStep:
         self.output_width = self.layers[self.last_linear].out_features
         linear_indices = [i for i, kind in enumerate(self.kinds) if kind == LINEAR]
         self.previous_linear = dict(zip(linear_indices[1:], linear_indices[:-1]))
-        self.buffers = {batch_size: _BatchBuffers(self.layers, batch_size, self.device)}
+        self.folded = _folded_linears(self.kinds, self.parts)
+        self._with_ones_column = {self.previous_linear[index] for index in self.folded}
+        self.programs, self._sources = {}, {}
+        self._program_for(batch_size)
         self.update = fast_update(optimizer)
         # A graph may replay the direct fused Adam call; optimizer.step() keeps Python-side state.
         self.update_is_capturable = is_direct_fused_update(self.update)
         self.penalized = [layer for layer in self.layers if isinstance(layer, Linear) and layer.has_penalty]
         self.guard = None
+        self._guard_check = None
 
     def guard_with(self, guard, optimizer) -> None:
         self.guard = guard
+        self._guard_check = guard.checker([self.flat_grad])
         self.update = guard.guarded_update(self.update, optimizer)
+
+    def source(self, rows: int) -> str:
+        """The generated forward and backward for batches of ``rows``."""
+        self._program_for(rows)
+        return self._sources[rows]
+
+    def _program_for(self, rows: int):
+        program = self.programs.get(rows)
+        if program is None:
+            buffers = _BatchBuffers(self.layers, rows, self.device, self._with_ones_column)
+            source, names = _ProgramWriter(self, buffers).write()
+            exec(compile(source, f"<static step, {rows} rows>", "exec"), names)  # text written by _ProgramWriter
+            program = self.programs[rows] = names["step"]
+            self._sources[rows] = source
+        return program
 
     def _attach_gradient_buffers(self) -> torch.Tensor:
         """Every ``.grad`` a view into one flat buffer, which the backward writes straight into.
@@ -257,59 +415,16 @@ class StaticStep:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, metrics, batch_rows: int | None = None) -> None:
         n = x.shape[0]
-        buffers = self.buffers.get(n) or self.buffers.setdefault(n, _BatchBuffers(self.layers, n, self.device))
-        logits_out = metrics.slot(n, y)
-        saved, logits = self._forward(x, buffers, logits_out)
-        self._backward(saved, logits, y, buffers, n if batch_rows is None else batch_rows)
+        program = self.programs.get(n) or self._program_for(n)
+        program(x, y, metrics.slot(n, y), n if batch_rows is None else batch_rows)
         if self.communicator is not None:
             self.communicator.all_reduce_sum_(self.flat_grad)  # sync point: every replica waits here
         if self.penalized:  # after the reduction: each replica adds the same penalty gradient once
             with torch.no_grad():
                 metrics.add_penalty(self._penalty_and_gradient(), n)
-        if self.guard is not None:
-            self.guard.check([self.flat_grad])
+        if self._guard_check is not None:
+            self._guard_check()
         self.update()
-
-    def _forward(self, x, buffers: _BatchBuffers, logits_out):
-        saved = []  # per layer, what its backward needs: its input (linear), output (activation) or mask
-        a = x
-        for index, kind in enumerate(self.kinds):
-            part = self.parts[index]
-            if kind == LINEAR:
-                saved.append(a)
-                out = logits_out if index == self.last_linear and logits_out is not None else buffers.outputs[index]
-                a = torch.mm(a, part.kernel, out=out) if part.bias is None else torch.addmm(
-                    part.bias, a, part.kernel, out=out)
-            elif kind == ACTIVATION:
-                a = part[0](a)
-                saved.append(a)
-            else:
-                a, mask = part(a)
-                saved.append(mask)
-        return saved, a
-
-    def _backward(self, saved, logits, y, buffers: _BatchBuffers, batch_rows: int):
-        # The backward carries the unscaled output gradient; ``scale`` is folded into each
-        # parameter gradient's GEMM/GEMV as its alpha (beta=0: the old contents are ignored).
-        grad = buffers.grads[self.last_linear]
-        scale = self.output_gradient(logits, y, grad, buffers.minus_ones, batch_rows)
-        for index in range(len(self.kinds) - 1, -1, -1):
-            kind, part = self.kinds[index], self.parts[index]
-            if kind == LINEAR:
-                inputs = saved[index]
-                if part.transposed:
-                    torch.addmm(part.weight_grad, buffers.t(grad), inputs, beta=0, alpha=scale, out=part.weight_grad)
-                else:
-                    torch.addmm(part.weight_grad, buffers.t(inputs), grad, beta=0, alpha=scale, out=part.weight_grad)
-                if part.bias_grad is not None:
-                    torch.addmv(part.bias_grad, buffers.t(grad), buffers.ones, beta=0, alpha=scale, out=part.bias_grad)
-                if index == 0:
-                    return
-                grad = torch.mm(grad, part.kernel_t, out=buffers.grads[self.previous_linear[index]])
-            elif kind == ACTIVATION:
-                grad = part[1](grad, saved[index])
-            elif saved[index] is not None:
-                grad = part.backward(grad, saved[index])
 
     def _penalty_and_gradient(self) -> torch.Tensor:
         total = None
