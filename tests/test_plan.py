@@ -393,3 +393,18 @@ def test_kept_host_memory_stops_a_steps_large_tensors_from_faulting_in_fresh_pag
     # (With glibc's adaptive defaults this pattern faulted them all in again in one process and
     # not at all in another; the fixed thresholds are what make it hold every time.)
     assert later_faults("keep") < 1_000
+
+
+@pytest.mark.parametrize("measured,chosen", [
+    ({1: 0.95, 2: 1.0}, 2),  # 5% faster on one thread: within the noise of a shared machine
+    ({1: 0.85, 2: 1.0}, 1),  # 15% faster: one thread
+    ({1: 1.2, 2: 1.0, 4: 1.05}, 4),
+    ({1: 2.0, 2: 0.8, 4: 1.0}, 2),
+])
+def test_fewer_threads_are_chosen_only_when_clearly_faster(monkeypatch, measured, chosen):
+    timings = iter([measured[threads] for _ in range(tuning.THREAD_ROUNDS) for threads in sorted(measured)])
+    monkeypatch.setattr(tuning, "seconds_per_step", lambda step, batches, metrics: next(timings))
+    module = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    best, _ = tuning.fastest_thread_count(None, [], _NoMetrics(), module, optimizer, sorted(measured))
+    assert best == chosen
