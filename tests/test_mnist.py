@@ -36,21 +36,31 @@ def test_mlp_reaches_keras_accuracy_on_real_mnist(mnist):
 
 
 def test_mlp_with_dropout_rmsprop_and_one_hot_labels_reaches_094(mnist):
-    """The Keras mnist_mlp example with the import word changed (5 of its 20 epochs)."""
+    """The Keras mnist_mlp example with the import word changed (5 of its 20 epochs).
+
+    Three seeds, judged by their mean: over seeds this run's test accuracy spreads over about
+    0.936-0.958 (mean 0.950), so one seed near the low end would pass or fail on rounding-level
+    changes to the arithmetic.
+    """
     x_train, y_train, x_test, y_test = mnist
     y_train = tf.keras.utils.to_categorical(y_train, 10)
     y_test = tf.keras.utils.to_categorical(y_test, 10)
-    model = tf.keras.Sequential([
-        tf.keras.layers.Dense(512, activation="relu", input_shape=(784,)),
-        tf.keras.layers.Dropout(0.2),
-        tf.keras.layers.Dense(512, activation="relu"),
-        tf.keras.layers.Dropout(0.2),
-        tf.keras.layers.Dense(10, activation="softmax"),
-    ])
-    model.compile(loss="categorical_crossentropy", optimizer=tf.keras.optimizers.RMSprop(), metrics=["accuracy"])
-    history = model.fit(x_train, y_train, batch_size=128, epochs=5, verbose=0, validation_data=(x_test, y_test))
-    loss, accuracy = model.evaluate(x_test, y_test, verbose=0)
-    assert model.plan.executor == "static"  # dropout included
-    assert accuracy >= 0.94, accuracy
-    assert history.history["val_accuracy"][-1] == pytest.approx(accuracy)
-    assert history.history["val_loss"][-1] == pytest.approx(loss, rel=1e-5)
+    accuracies = []
+    for seed in (1234, 1, 2):
+        tf.keras.utils.set_random_seed(seed)
+        model = tf.keras.Sequential([
+            tf.keras.layers.Dense(512, activation="relu", input_shape=(784,)),
+            tf.keras.layers.Dropout(0.2),
+            tf.keras.layers.Dense(512, activation="relu"),
+            tf.keras.layers.Dropout(0.2),
+            tf.keras.layers.Dense(10, activation="softmax"),
+        ])
+        model.compile(loss="categorical_crossentropy", optimizer=tf.keras.optimizers.RMSprop(), metrics=["accuracy"])
+        history = model.fit(x_train, y_train, batch_size=128, epochs=5, verbose=0, validation_data=(x_test, y_test))
+        loss, accuracy = model.evaluate(x_test, y_test, verbose=0)
+        assert model.plan.executor == "static"  # dropout included
+        assert accuracy >= 0.93, (seed, accuracy)
+        assert history.history["val_accuracy"][-1] == pytest.approx(accuracy)
+        assert history.history["val_loss"][-1] == pytest.approx(loss, rel=1e-5)
+        accuracies.append(accuracy)
+    assert sum(accuracies) / len(accuracies) >= 0.945, accuracies

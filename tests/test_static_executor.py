@@ -202,10 +202,10 @@ def test_frozen_weights_stay_frozen(rng):
     assert torch.equal(net[0].weight, frozen)
 
 
-def test_hidden_keras_layers_take_their_bias_inside_the_gemm():
+def test_keras_layers_take_their_bias_inside_the_gemm():
     # A Keras (in, out) kernel followed by its bias is one (in + 1, out) matrix: the layers after
-    # the first multiply an input with a column of ones by it, forward and backward, so only the
-    # first layer (whose input is the batch itself) keeps a bias add and a bias-gradient GEMV.
+    # the first multiply an input with a column of ones by it, forward and backward; the first
+    # layer does where the batch comes with that column, else keeps a bias add and a GEMV.
     from hpctrain.engine.losses import CrossEntropy
     from hpctrain.engine.static_step import StaticStep
 
@@ -219,3 +219,8 @@ def test_hidden_keras_layers_take_their_bias_inside_the_gemm():
     assert len(step.folded) == 2
     assert source.count("addmv(") == 1 and source.count("addmm(B") == 1
     assert source.count("mm(OB") == 2 and source.count("addmm(GWB") == 2  # forward; weight and bias gradient
+    # Shuffled batches are gathered with a column of ones (the equality tests above train on them):
+    # then the first layer folds its bias too.
+    with_ones = step.source(4, ones_column=True)
+    assert "addmv(" not in with_ones and "addmm(B" not in with_ones and "mm(x, KB0, out=O0)" in with_ones
+    assert "addmm(GWB0_t, G0_t, x, beta=0, alpha=scale, out=GWB0_t)" in with_ones

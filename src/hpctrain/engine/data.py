@@ -199,16 +199,20 @@ class ResidentData:
     def __len__(self) -> int:
         return self.x.shape[0]
 
-    def batches(self, batch_size: int, *, order: torch.Tensor | None = None):
+    def batches(self, batch_size: int, *, order: torch.Tensor | None = None, ones_column: bool = False):
         """Yield ``(x_batch, y_batch)`` in row order, or for the rows ``order`` lists (a permutation of
         all rows, or a part of one); shuffled batches are gathered a few at a time, and their ``x``
-        is overwritten two gathers later (copy it to keep it longer)."""
+        is overwritten two gathers later (copy it to keep it longer).
+
+        ``ones_column``: gathered matrix rows come with a column of ones appended, for a step that
+        takes the first layer's bias inside its GEMM (rows that need no gather come as they are).
+        """
         schedule = BatchSchedule(len(self) if order is None else len(order), batch_size)
         if order is None:
             for rows in schedule.slices():
                 yield self.x[rows], None if self.y is None else self.y[rows]
             return
-        yield from self._gathered(order, schedule, lambda rows: (rows.start, rows.stop))
+        yield from self._gathered(order, schedule, lambda rows: (rows.start, rows.stop), ones_column)
 
     def shard_batches(self, batch_size: int, rank: int, world_size: int, *, order: torch.Tensor | None = None):
         """Yield ``(x, y, global_rows)``: this replica's contiguous share of each global batch.
@@ -231,7 +235,7 @@ class ResidentData:
         for (xb, yb), rows in zip(self._gathered(order, schedule, share), schedule.slices()):
             yield xb, yb, rows.stop - rows.start
 
-    def _gathered(self, order: torch.Tensor, schedule: "BatchSchedule", span):
+    def _gathered(self, order: torch.Tensor, schedule: "BatchSchedule", span, ones_column: bool = False):
         """``(x, y)`` of each batch's rows ``order[first:last]``, ``(first, last) = span(batch slice)``.
 
         The spans are increasing, so consecutive batches' rows lie in one slice of ``order`` and
@@ -239,7 +243,8 @@ class ResidentData:
         """
         spans = [span(rows) for rows in schedule.slices()]
         per_gather = batches_per_gather(self.x, schedule.batch_size)
-        x_chunks = _AlternatingChunks(self.x, rows=min(len(order), per_gather * schedule.batch_size))
+        x_chunks = _AlternatingChunks(self.x, rows=min(len(order), per_gather * schedule.batch_size),
+                                      ones_column=ones_column)
         for group_start in range(0, len(spans), per_gather):
             group = spans[group_start:group_start + per_gather]
             base, end = group[0][0], group[-1][1]
@@ -292,20 +297,30 @@ class _AlternatingChunks:
     training loop is done with it after one step.
     """
 
-    def __init__(self, source, rows: int):
+    def __init__(self, source, rows: int, ones_column: bool = False):
         self.source = source
         self.rows = rows
         self.chunks = []
         self.turn = 0
+        self.ones_column = (ones_column and isinstance(source, torch.Tensor) and source.dim() == 2
+                            and source.is_floating_point())
 
     def gather(self, index: torch.Tensor):
         if not isinstance(self.source, torch.Tensor):  # several inputs: each part gathered fresh
             return self.source.index_select(0, index)
         if len(self.chunks) < 2:
-            self.chunks.append(self.source.new_empty((self.rows, *self.source.shape[1:])))
+            self.chunks.append(self._new_chunk())
         chunk = self.chunks[self.turn][:len(index)]
         self.turn = 1 - self.turn
+        if self.ones_column:  # the rows land left of the ones, which were written once
+            torch.index_select(self.source, 0, index, out=chunk[:, :-1])
+            return chunk
         return torch.index_select(self.source, 0, index, out=chunk)
+
+    def _new_chunk(self) -> torch.Tensor:
+        if self.ones_column:
+            return self.source.new_ones((self.rows, self.source.shape[1] + 1))
+        return self.source.new_empty((self.rows, *self.source.shape[1:]))
 
 
 class LoaderData:

@@ -247,8 +247,8 @@ class _ProgramWriter:
     bound once as a global of its own. ``StaticStep.source(rows)`` shows it.
     """
 
-    def __init__(self, step: "StaticStep", buffers: _BatchBuffers):
-        self.step, self.buffers = step, buffers
+    def __init__(self, step: "StaticStep", buffers: _BatchBuffers, input_with_ones: bool):
+        self.step, self.buffers, self.input_with_ones = step, buffers, input_with_ones
         self.names = {"mm": torch.mm, "addmm": torch.addmm, "addmv": torch.addmv,
                       "output_gradient": step.output_gradient, "minus_ones": buffers.minus_ones,
                       "ones": buffers.ones}
@@ -269,17 +269,18 @@ class _ProgramWriter:
     def _forward(self) -> list:
         """Emits the forward; per layer, the name of what its backward needs (input, output or mask)."""
         step, buffers, lines = self.step, self.buffers, self.lines
-        saved, a, a_with_ones = [], "x", None
+        saved, a, a_with_ones = [], "x", "x" if self.input_with_ones else None
         for index, (kind, part) in enumerate(zip(step.kinds, step.parts)):
+            folded = a_with_ones is not None and (index in step.folded or index == 0)
             if kind == LINEAR:
-                saved.append((a, a_with_ones if index in step.folded else None))
+                saved.append((a, a_with_ones if folded else None))
                 if index == step.last_linear:
                     out = "z"
                     lines.append(f"z = {self.bind(f'O{index}', buffers.outputs[index])} if logits_out is None "
                                  "else logits_out")
                 else:
                     out = self.bind(f"O{index}", buffers.outputs[index])
-                if index in step.folded:
+                if folded:
                     lines.append(f"mm({a_with_ones}, {self.bind(f'KB{index}', part.kernel_with_bias)}, out={out})")
                 elif part.bias is None:
                     lines.append(f"mm({a}, {self.bind(f'K{index}', part.kernel)}, out={out})")
@@ -311,15 +312,13 @@ class _ProgramWriter:
                 grad_t = self._transposed(grad)
                 inputs, inputs_with_ones = saved[index]
                 if inputs_with_ones is not None:
-                    gw = self.bind(f"GWB{index}", part.grad_with_bias)
-                    lines.append(f"addmm({gw}, {self._transposed(inputs_with_ones)}, {grad}, beta=0, alpha=scale, "
-                                 f"out={gw})")
+                    self._weight_gradient(f"GWB{index}", part.grad_with_bias, inputs_with_ones, grad)
                 else:
-                    gw = self.bind(f"GW{index}", part.weight_grad)
                     if part.transposed:
+                        gw = self.bind(f"GW{index}", part.weight_grad)
                         lines.append(f"addmm({gw}, {grad_t}, {inputs}, beta=0, alpha=scale, out={gw})")
                     else:
-                        lines.append(f"addmm({gw}, {self._transposed(inputs)}, {grad}, beta=0, alpha=scale, out={gw})")
+                        self._weight_gradient(f"GW{index}", part.weight_grad, inputs, grad)
                     if part.bias_grad is not None:
                         gb = self.bind(f"GB{index}", part.bias_grad)
                         lines.append(f"addmv({gb}, {grad_t}, ones, beta=0, alpha=scale, out={gb})")
@@ -334,6 +333,17 @@ class _ProgramWriter:
             elif saved[index] is not None:
                 lines.append(f"g{index} = dropout{index}.backward({grad}, {saved[index]})")
                 grad = f"g{index}"
+
+    def _weight_gradient(self, name: str, tensor, inputs: str, grad: str) -> None:
+        """``inputs.T @ grad * scale`` into an ``(in, out)`` gradient. For a tensor made per step (the
+        batch, a dropout's output), ``grad.T @ inputs`` into the gradient's transposed view: the
+        same product with no ``.t()`` call per step."""
+        if inputs in self.names:
+            gw = self.bind(name, tensor)
+            self.lines.append(f"addmm({gw}, {self._transposed(inputs)}, {grad}, beta=0, alpha=scale, out={gw})")
+        else:
+            gw_t = self.bind(f"{name}_t", tensor.t())
+            self.lines.append(f"addmm({gw_t}, {self._transposed(grad)}, {inputs}, beta=0, alpha=scale, out={gw_t})")
 
     def _transposed(self, name: str) -> str:
         """A transposed view bound once for a buffer; ``.t()`` per step (~0.7 us) for a tensor made
@@ -369,8 +379,12 @@ class StaticStep:
         self.previous_linear = dict(zip(linear_indices[1:], linear_indices[:-1]))
         self.folded = _folded_linears(self.kinds, self.parts)
         self._with_ones_column = {self.previous_linear[index] for index in self.folded}
+        self.in_features = self.parts[0].kernel.shape[0]
+        # Batches may come with a column of ones appended (``ResidentData.batches(ones_column=True)``):
+        # the first layer then takes its bias inside the GEMM like the others.
+        self.input_ones_column = self.parts[0].foldable
         self.programs, self._sources = {}, {}
-        self._program_for(batch_size)
+        self._program_for((batch_size, self.in_features))
         self.update = fast_update(optimizer)
         # A graph may replay the direct fused Adam call; optimizer.step() keeps Python-side state.
         self.update_is_capturable = is_direct_fused_update(self.update)
@@ -383,19 +397,24 @@ class StaticStep:
         self._guard_check = guard.checker([self.flat_grad])
         self.update = guard.guarded_update(self.update, optimizer)
 
-    def source(self, rows: int) -> str:
-        """The generated forward and backward for batches of ``rows``."""
-        self._program_for(rows)
-        return self._sources[rows]
+    def source(self, rows: int, *, ones_column: bool = False) -> str:
+        """The generated forward and backward for batches of ``rows`` (with a column of ones)."""
+        shape = torch.Size((rows, self.in_features + ones_column))
+        self._program_for(shape)
+        return self._sources[shape]
 
-    def _program_for(self, rows: int):
-        program = self.programs.get(rows)
+    def _program_for(self, shape):
+        """The program for batches shaped ``shape``; the batch's shape is the key, as it tells the
+        row count and whether the ones column is there."""
+        shape = torch.Size(shape)
+        program = self.programs.get(shape)
         if program is None:
+            rows, with_ones = shape[0], shape[-1] == self.in_features + 1 and self.input_ones_column
             buffers = _BatchBuffers(self.layers, rows, self.device, self._with_ones_column)
-            source, names = _ProgramWriter(self, buffers).write()
-            exec(compile(source, f"<static step, {rows} rows>", "exec"), names)  # text written by _ProgramWriter
-            program = self.programs[rows] = names["step"]
-            self._sources[rows] = source
+            source, names = _ProgramWriter(self, buffers, with_ones).write()
+            exec(compile(source, f"<static step, {tuple(shape)}>", "exec"), names)  # text written by _ProgramWriter
+            program = self.programs[shape] = names["step"]
+            self._sources[shape] = source
         return program
 
     def _attach_gradient_buffers(self) -> torch.Tensor:
@@ -414,8 +433,9 @@ class StaticStep:
         return flat
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, metrics, batch_rows: int | None = None) -> None:
-        n = x.shape[0]
-        program = self.programs.get(n) or self._program_for(n)
+        shape = x.shape
+        n = shape[0]
+        program = self.programs.get(shape) or self._program_for(shape)
         program(x, y, metrics.slot(n, y), n if batch_rows is None else batch_rows)
         if self.communicator is not None:
             self.communicator.all_reduce_sum_(self.flat_grad)  # sync point: every replica waits here

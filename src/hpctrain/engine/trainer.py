@@ -305,7 +305,8 @@ class Trainer:
             done, order = self._run_graphed(data, order, metrics, progress)
             if self.stop_training:
                 return metrics.results()
-        return self._run_steps(step, data.batches(batch_size, order=order), done, metrics, hooks, progress)
+        batches = data.batches(batch_size, order=order, ones_column=getattr(step, "input_ones_column", False))
+        return self._run_steps(step, batches, done, metrics, hooks, progress)
 
     def _pass_batches(self, data, batch_size: int, shuffler):
         """The batches of one pass over the training data: shuffled, and this replica's share."""
