@@ -224,3 +224,16 @@ def test_keras_layers_take_their_bias_inside_the_gemm():
     with_ones = step.source(4, ones_column=True)
     assert "addmv(" not in with_ones and "addmm(B" not in with_ones and "mm(x, KB0, out=O0)" in with_ones
     assert "addmm(GWB0_t, G0_t, x, beta=0, alpha=scale, out=GWB0_t)" in with_ones
+
+
+def test_dense_layers_over_more_axes_train_with_autograd(rng):
+    # Keras's Dense acts on the last axis of any input; the static step multiplies matrices only.
+    x, y = rng.random((40, 5, 6)).astype("float32"), rng.random((40, 5, 3)).astype("float32")
+    model = Sequential([tf.keras.Input(shape=(5, 6)), Dense(8, activation="relu"), Dense(3)])
+    model.compile(optimizer=optimizers.Adam(0.01), loss="mse")
+    before = model.evaluate(x, y, verbose=0)
+    history = model.fit(x, y, batch_size=8, epochs=3, verbose=0)
+    assert dict(model.plan.reasons)["executor"] == (
+        "autograd (the inputs are not a matrix of rows; Dense over more axes runs under autograd)")
+    assert history.history["loss"][-1] < before
+    assert model.predict(x, verbose=0).shape == (40, 5, 3)

@@ -563,6 +563,8 @@ class Trainer:
             return "a custom penalty function needs autograd"
         if fit_options.has_weights(data.train):
             return "sample or class weights scale each sample's loss"
+        if not isinstance(data.train.x, torch.Tensor) or data.train.x.dim() != 2:
+            return "the inputs are not a matrix of rows; Dense over more axes runs under autograd"
         return why_not_static(self.module, self.loss)
 
     # --- preparation --------------------------------------------------------------------------
