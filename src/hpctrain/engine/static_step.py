@@ -175,10 +175,10 @@ LINEAR, ACTIVATION, DROPOUT = 0, 1, 2
 class _LinearParts:
     """A linear layer's tensors, detached once: ops on them record no autograd graph.
 
-    ``folded``: the layer's input buffer carries a column of ones and ``kernel_with_bias`` is the
-    ``(in + 1, out)`` view of kernel and bias together, so one GEMM is both ``x @ W + b`` and,
-    backward, both gradients (Keras's ``(in, out)`` kernel followed by its bias in the flat buffer
-    is exactly that matrix). It saves the bias-gradient GEMV and the bias add per layer.
+    ``kernel_with_bias`` (and ``grad_with_bias``) is the ``(in + 1, out)`` view of kernel and bias
+    together: Keras's ``(in, out)`` kernel followed by its bias in the flat buffer is exactly that
+    matrix. Where the layer's input carries a column of ones, one GEMM is both ``x @ W + b`` and,
+    backward, both gradients: no bias add and no bias-gradient GEMV for the layer.
     """
 
     __slots__ = ("kernel", "kernel_t", "bias", "weight_grad", "bias_grad", "transposed", "kernel_with_bias",
@@ -389,11 +389,9 @@ class StaticStep:
         # A graph may replay the direct fused Adam call; optimizer.step() keeps Python-side state.
         self.update_is_capturable = is_direct_fused_update(self.update)
         self.penalized = [layer for layer in self.layers if isinstance(layer, Linear) and layer.has_penalty]
-        self.guard = None
         self._guard_check = None
 
     def guard_with(self, guard, optimizer) -> None:
-        self.guard = guard
         self._guard_check = guard.checker([self.flat_grad])
         self.update = guard.guarded_update(self.update, optimizer)
 
