@@ -116,6 +116,9 @@ class Trainer:
         self._fit_batches = None  # (training data, batch size): to replay a bad step's batch
         # Replicas of a data-parallel strategy share work through this; None in a single process.
         self.communicator = plan.communicator if plan.world_size > 1 else None
+        # Thread counts to move between while training, where the plan leaves the count to hpctrain.
+        self._thread_candidates = tuning.thread_candidates(plan.threads) if plan.tune_threads else None
+        self._retuner = self._kept_retuner = None  # the one this fit uses; the one kept across fits
 
     # --- the three entry points -------------------------------------------------------------
 
@@ -151,6 +154,7 @@ class Trainer:
             step = SkippingStep(step, self._guard)
         steps = params["steps"] = steps_per_epoch or _steps_per_epoch(data.train, batch_size)
         self._before_update = scheduled_rate(self.optimizer)
+        self._retuner = self._thread_retuner(data.train)
         shuffler = _Shuffler(self.plan.device, self.communicator) if shuffle else None
         train_stream = None if steps_per_epoch is None else fit_options.BatchStream(
             lambda: self._pass_batches(data.train, batch_size, shuffler), steps_per_epoch,
@@ -193,6 +197,8 @@ class Trainer:
         self._guard.reset()
         logs = self._run_epoch(loop.step, loop.data.train, loop.batch_size, loop.shuffler, loop.metrics, hooks,
                                progress, stream=loop.stream)
+        if self._retuner is not None:
+            self._retuner.interrupt()
         self._raise_if_a_step_was_not_finite()
         if loop.skip_steps:
             logs["skipped_steps"] = self._guard.skipped_steps()  # a host sync per epoch
@@ -357,12 +363,15 @@ class Trainer:
 
     def _run_steps(self, step, batches, done: int, metrics, hooks: CallbackList, progress: Progress):
         """Each batch is ``(x, y)``, or ``(x, y, global_rows)`` for a replica's share of a global batch."""
+        retuner = self._retuner
         for done, (xb, yb, *global_rows) in enumerate(batches, start=done + 1):
             if hooks.wants_train_batch_begin:
                 hooks.train_batch_begin(done - 1)
             if self._before_update is not None:
                 self._before_update()
             step(xb, yb, metrics, *global_rows)
+            if retuner is not None:
+                retuner.after_step()
             if hooks.wants_train_batch_logs:
                 hooks.train_batch_end(done - 1, metrics.results())  # a host sync, only when asked for
             progress.step(done, metrics.local_results)
@@ -541,6 +550,29 @@ class Trainer:
         self.plan = dataclasses.replace(self.plan.with_choice("threads", best, f"measured on this model: {timings}"),
                                         tune_threads=False)
         self._apply_plan()
+
+    def _thread_retuner(self, data) -> "tuning.ThreadRetuner | None":
+        """Re-measures the thread count while training, where hpctrain chose it and one process
+        trains on the CPU (replicas must keep in step; a GPU step does not run on these threads)
+        without checkpoints."""
+        candidates = self._thread_candidates
+        if (candidates is None or len(candidates) < 2 or self.plan.device.type != "cpu"
+                or self.communicator is not None or isinstance(data, LoaderData)):
+            return None
+        if self._saver is not None:
+            # Exact resume replays the same kernels on the same thread count; a reduction split
+            # over another count of threads may round differently.
+            return None
+        if self._kept_retuner is None:
+            self._kept_retuner = tuning.ThreadRetuner(candidates, torch.get_num_threads(),
+                                                      on_switch=self._threads_switched)
+        self._kept_retuner.follow(torch.get_num_threads())
+        return self._kept_retuner
+
+    def _threads_switched(self, threads: int, measured: dict[int, float]) -> None:
+        timings = ", ".join(f"{count} → {seconds * 1e6:.0f} us/step" for count, seconds in sorted(measured.items()))
+        where = f"epoch {self._run.epoch + 1}, step {self._run.step}" if self._run is not None else "training"
+        self.plan = self.plan.with_choice("threads", threads, f"re-measured while training ({where}): {timings}")
 
     def _compiled_forward(self):
         """torch.compile of the module where the plan says so; built once, it keeps its compiled code."""

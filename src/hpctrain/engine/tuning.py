@@ -1,7 +1,9 @@
-"""Measured choices made at the start of ``fit``: the thread count that trains this model fastest.
+"""Measured choices: the thread count that trains this model fastest.
 
-A few real steps are timed per candidate on the first batches; the weights, the optimizer state
-and the RNG are restored afterwards, so the measured steps leave no trace on training.
+At the start of ``fit``, a few real steps are timed per candidate on the first batches; the
+weights, the optimizer state and the RNG are restored afterwards, so the measured steps leave no
+trace on training. While training, :class:`ThreadRetuner` times the steps themselves and moves
+to another count when that one has become faster.
 """
 
 from __future__ import annotations
@@ -124,6 +126,117 @@ def thread_candidates(cores: int) -> list[int]:
         candidates.append(threads)
         threads *= 2
     return candidates + [cores]
+
+
+# While training: every RETUNE_EVERY_SECONDS, PROBE_SECONDS of steps on the current count are
+# timed, then as long on another; a count at least SWITCH_MARGIN faster takes over.
+RETUNE_EVERY_SECONDS = 2.0
+PROBE_SECONDS = 0.05
+SWITCH_MARGIN = 0.10
+CLOCK_EVERY_STEPS = 8  # the clock is read every few steps, not after each
+SETTLING_STEPS = 64  # the first steps of a fit (fresh buffers, cold caches) are not timed
+
+
+class ThreadRetuner:
+    """Keeps the fastest thread count while training, on a machine whose fastest count changes.
+
+    Where the cores are shared (a VM's virtual CPUs, a busy node), the second core comes and goes
+    with the neighbours' load, and with it the best count: the seed MLP took 73 us/step on two
+    threads while the second core was free and 110 us/step while other work held it, against 98
+    on one thread throughout (``benchmarks/results/thread_retune.json``). A choice measured once
+    at the start is right for one of those phases only.
+
+    Every ``RETUNE_EVERY_SECONDS`` a stretch of steps on the current count is timed, then an equal
+    stretch on a neighbouring candidate (alternately the next fewer and the next more threads);
+    the candidate stays only if it was more than ``SWITCH_MARGIN`` faster, so a comparison costs
+    at most ``PROBE_SECONDS`` of slower steps. The steps run as they would anyway: nothing is
+    repeated or restored. ``after_step`` is called once per step and reads the clock only every
+    ``CLOCK_EVERY_STEPS`` steps; on a CPU no host sync is involved.
+    """
+
+    def __init__(self, candidates, current: int, *, on_switch=None, clock=time.perf_counter,
+                 set_threads=torch.set_num_threads):
+        self.candidates = sorted(set(candidates))
+        self.current = current
+        self.on_switch = on_switch  # called with (threads, {count: seconds per step}) on a change
+        self.clock, self.set_threads = clock, set_threads
+        self._turn = 0  # which neighbour the next comparison tries
+        self._start_idle(clock())
+
+    def follow(self, threads: int) -> None:
+        """A new fit starts on ``threads``; its first ``SETTLING_STEPS`` steps are not timed. The
+        period runs on across fits, so that a model trained by many short fits is compared too."""
+        self.interrupt()
+        self.current = threads
+        self._countdown = max(self._countdown, SETTLING_STEPS)
+
+    def after_step(self) -> None:
+        self._countdown -= 1
+        if self._countdown <= 0:
+            self._advance()
+
+    def interrupt(self) -> None:
+        """Drops a comparison in progress, back on the current count: the steps stop for a while
+        (an epoch's end, validation, callbacks), which must not count as a step's time. A comparison
+        that was due stays due, so epochs shorter than ``RETUNE_EVERY_SECONDS`` still get one."""
+        if self._phase == "idle":
+            return
+        if self._probing is not None:
+            self.set_threads(self.current)
+        next_comparison = self._next_comparison
+        self._start_idle(self.clock())
+        self._next_comparison = next_comparison
+
+    def _start_idle(self, now: float) -> None:
+        self._phase, self._probing, self._baseline = "idle", None, None
+        self._next_comparison = now + RETUNE_EVERY_SECONDS
+        self._countdown = CLOCK_EVERY_STEPS
+
+    def _start_timing(self, now: float) -> None:
+        self._timed_from, self._timed_steps = now, 0
+
+    def _advance(self) -> None:
+        now = self.clock()
+        self._countdown = CLOCK_EVERY_STEPS
+        if self._phase == "idle":
+            if now >= self._next_comparison:
+                self._phase = "baseline"
+                self._start_timing(now)
+            return
+        self._timed_steps += CLOCK_EVERY_STEPS
+        if now - self._timed_from < PROBE_SECONDS:
+            return
+        per_step = (now - self._timed_from) / self._timed_steps
+        if self._phase == "baseline":
+            self._baseline, self._probing = per_step, self._neighbour()
+            if self._probing is None:
+                self._start_idle(now)
+                return
+            self.set_threads(self._probing)
+            self._phase = "probe"
+            self._start_timing(self.clock())  # after the switch: its cost is not the candidate's
+            return
+        self._decide(per_step, now)
+
+    def _decide(self, probe_per_step: float, now: float) -> None:
+        probed, baseline = self._probing, self._baseline
+        if probe_per_step < baseline * (1.0 - SWITCH_MARGIN):
+            previous, self.current = self.current, probed
+            if self.on_switch is not None:
+                self.on_switch(probed, {previous: baseline, probed: probe_per_step})
+        else:
+            self.set_threads(self.current)
+        self._start_idle(now)
+
+    def _neighbour(self) -> int | None:
+        index = self.candidates.index(self.current) if self.current in self.candidates else None
+        if index is None:
+            return None
+        below = self.candidates[index - 1] if index > 0 else None
+        above = self.candidates[index + 1] if index + 1 < len(self.candidates) else None
+        self._turn ^= 1
+        first, second = (below, above) if self._turn else (above, below)
+        return first if first is not None else second
 
 
 class TrialBatches:
