@@ -166,6 +166,28 @@ def _width(z: torch.Tensor) -> int:
     return math.prod(z.shape[1:])
 
 
+# Below this many classes PyTorch's CPU softmax over the last axis takes a scalar path per row,
+# while a softmax over the first axis of classes-major logits runs vectorized across the rows
+# (10 classes: 3.6 against 1.7 us for 32 rows, 17.6 against 2.4 us for 256). Such steps keep the
+# logits and their gradient as (classes, rows) matrices: the logits' GEMM writes them so directly.
+CLASSES_MAJOR_BELOW = 16
+
+
+def _logits_classes_major(loss: Loss, device: torch.device, width: int) -> bool:
+    return (device.type == "cpu" and isinstance(loss, CrossEntropy) and loss.from_logits
+            and 1 < width < CLASSES_MAJOR_BELOW)
+
+
+def _cross_entropy_gradient_classes_major(z, target, out, minus_ones, rows) -> float:
+    """:func:`_cross_entropy_gradient` on ``(classes, rows)`` logits and gradient."""
+    torch.softmax(z, dim=0, out=out)
+    if target.dtype == torch.int64:
+        out.scatter_add_(0, target.unsqueeze(0), minus_ones)
+    else:
+        out.sub_(target.t())
+    return 1.0 / rows
+
+
 # ---- the step --------------------------------------------------------------------------------
 
 
@@ -221,9 +243,14 @@ def _folded_linears(kinds, parts) -> set[int]:
 
 
 class _BatchBuffers:
-    """Every buffer one batch size needs, allocated once; the last, partial batch gets its own set."""
+    """Every buffer one batch size needs, allocated once; the last, partial batch gets its own set.
 
-    def __init__(self, layers, rows: int, device: torch.device, with_ones_column=()):
+    ``classes_major``: the last layer's output is a ``(classes, rows)`` matrix, and its gradient
+    the ``(rows, classes)`` transposed view of one.
+    """
+
+    def __init__(self, layers, rows: int, device: torch.device, with_ones_column=(), classes_major: bool = False):
+        last = max(i for i, layer in enumerate(layers) if isinstance(layer, Linear))
         self.outputs, self.augmented = [], {}
         for index, layer in enumerate(layers):
             if not isinstance(layer, Linear):
@@ -231,11 +258,15 @@ class _BatchBuffers:
             elif index in with_ones_column:
                 self.augmented[index] = torch.ones(rows, layer.out_features + 1, device=device)
                 self.outputs.append(self.augmented[index][:, :layer.out_features])
+            elif index == last and classes_major:
+                self.outputs.append(torch.empty(layer.out_features, rows, device=device))
             else:
                 self.outputs.append(torch.empty(rows, layer.out_features, device=device))
         self.grads = [torch.empty(rows, layer.out_features, device=device) if isinstance(layer, Linear) else None
                       for layer in layers]
-        self.minus_ones = torch.full((rows, 1), -1.0, device=device)
+        if classes_major:
+            self.grads[last] = torch.empty(layers[last].out_features, rows, device=device).t()
+        self.minus_ones = torch.full((1, rows) if classes_major else (rows, 1), -1.0, device=device)
         self.ones = torch.ones(rows, device=device)  # bias gradients as a GEMV: sum and scale in one call
 
 
@@ -260,8 +291,10 @@ class _ProgramWriter:
 
     def write(self) -> tuple[str, dict]:
         saved = self._forward()
-        self.lines.append(f"scale = output_gradient(z, y, {self.bind('G_out', self.buffers.grads[self.step.last_linear])}"
-                          ", minus_ones, rows)")
+        grad = self.bind("G_out", self.buffers.grads[self.step.last_linear])
+        if self.step.logits_classes_major:
+            grad = self._transposed(grad)  # the (classes, rows) matrix itself
+        self.lines.append(f"scale = output_gradient(z, y, {grad}, minus_ones, rows)")
         self._backward(saved)
         body = "\n".join("    " + line for line in self.lines)
         return f"def step(x, y, logits_out, rows):\n{body}\n", self.names
@@ -274,6 +307,11 @@ class _ProgramWriter:
             folded = a_with_ones is not None and (index in step.folded or index == 0)
             if kind == LINEAR:
                 saved.append((a, a_with_ones if folded else None))
+                if index == step.last_linear and step.logits_classes_major:
+                    lines.append(f"z = {self.bind(f'O{index}', buffers.outputs[index])} if logits_out is None "
+                                 "else logits_out")
+                    lines.append(self._classes_major_logits(index, part, a, a_with_ones if folded else None))
+                    continue  # the model ends with its last linear layer
                 if index == step.last_linear:
                     out = "z"
                     lines.append(f"z = {self.bind(f'O{index}', buffers.outputs[index])} if logits_out is None "
@@ -300,6 +338,16 @@ class _ProgramWriter:
             else:
                 saved.append(None)
         return saved
+
+    def _classes_major_logits(self, index: int, part: "_LinearParts", a: str, a_with_ones: str | None) -> str:
+        """``z.T = W.T @ a.T (+ b)``: the logits' GEMM writing a ``(classes, rows)`` matrix."""
+        if a_with_ones is not None:
+            kernel = self.bind(f"KBT{index}", part.kernel_with_bias.t())
+            return f"mm({kernel}, {self._transposed(a_with_ones)}, out=z)"
+        kernel = self.bind(f"KT{index}", part.kernel_t)
+        if part.bias is None:
+            return f"mm({kernel}, {self._transposed(a)}, out=z)"
+        return f"addmm({self.bind(f'BC{index}', part.bias.view(-1, 1))}, {kernel}, {self._transposed(a)}, out=z)"
 
     def _backward(self, saved) -> None:
         """Emits the backward. The output gradient is carried unscaled; ``scale`` is folded into each
@@ -375,6 +423,10 @@ class StaticStep:
         self.parts = [_LinearParts(l) if isinstance(l, Linear) else _layer_callables(l) for l in self.layers]
         self.last_linear = max(i for i, kind in enumerate(self.kinds) if kind == LINEAR)
         self.output_width = self.layers[self.last_linear].out_features
+        # Where the step writes its logits (``metrics.slot``) as (classes, rows) matrices.
+        self.logits_classes_major = _logits_classes_major(loss, self.device, self.output_width)
+        if self.logits_classes_major:
+            self.output_gradient = _cross_entropy_gradient_classes_major
         linear_indices = [i for i, kind in enumerate(self.kinds) if kind == LINEAR]
         self.previous_linear = dict(zip(linear_indices[1:], linear_indices[:-1]))
         self.folded = _folded_linears(self.kinds, self.parts)
@@ -408,7 +460,7 @@ class StaticStep:
         program = self.programs.get(shape)
         if program is None:
             rows, with_ones = shape[0], shape[-1] == self.in_features + 1 and self.input_ones_column
-            buffers = _BatchBuffers(self.layers, rows, self.device, self._with_ones_column)
+            buffers = _BatchBuffers(self.layers, rows, self.device, self._with_ones_column, self.logits_classes_major)
             source, names = _ProgramWriter(self, buffers, with_ones).write()
             exec(compile(source, f"<static step, {tuple(shape)}>", "exec"), names)  # text written by _ProgramWriter
             program = self.programs[shape] = names["step"]
