@@ -21,6 +21,7 @@ class SimulatedCores:
         self.threads = threads
         self.now = 0.0
         self.settings = []
+        self.timeline = []
         self.switches = []
 
     def clock(self) -> float:
@@ -29,6 +30,7 @@ class SimulatedCores:
     def set_threads(self, threads: int) -> None:
         self.threads = threads
         self.settings.append(threads)
+        self.timeline.append((self.now, threads))
 
     def retuner(self, candidates=(1, 2)) -> ThreadRetuner:
         return ThreadRetuner(candidates, self.threads, clock=self.clock, set_threads=self.set_threads,
@@ -41,15 +43,18 @@ class SimulatedCores:
             retuner.after_step()
 
 
-def test_keeps_the_count_while_the_other_is_slower_and_probes_it_every_period():
+def test_keeps_the_count_while_the_other_is_slower_probing_it_less_and_less_often():
     cores = SimulatedCores({1: 98e-6, 2: 73e-6}, threads=2)
     retuner = cores.retuner()
-    cores.train(retuner, 10.0)
+    cores.train(retuner, 60.0)
     assert cores.switches == []
     assert retuner.current == 2 and cores.threads == 2
-    comparisons = cores.settings.count(1)
-    assert comparisons == pytest.approx(10.0 / tuning.RETUNE_EVERY_SECONDS, abs=1)
-    assert cores.settings == [1, 2] * comparisons  # each probe ends back on two threads
+    probes = [when for when, threads in cores.timeline if threads == 1]
+    assert cores.settings == [1, 2] * len(probes)  # each probe ends back on two threads
+    gaps = [later - earlier for earlier, later in zip(probes, probes[1:])]
+    # The wait doubles after each losing probe, up to MAX_RETUNE_SECONDS (plus the comparison itself).
+    assert [round(gap) for gap in gaps] == [4, 8, 8, 8, 8, 8, 8]
+    assert probes[0] == pytest.approx(tuning.RETUNE_EVERY_SECONDS + tuning.PROBE_SECONDS, abs=0.01)
 
 
 def test_moves_to_the_faster_count_and_back_when_the_machine_changes():
@@ -65,6 +70,18 @@ def test_moves_to_the_faster_count_and_back_when_the_machine_changes():
     cores.train(retuner, 3.0)
     assert retuner.current == 2 and cores.threads == 2
     assert [threads for threads, _ in cores.switches] == [1, 2]
+
+
+def test_slow_steps_are_compared_over_several_steps_and_probed_rarely():
+    # 25 ms steps on one thread: a probe lasts PROBE_STEPS steps, and probes take at most
+    # PROBE_SHARE_LIMIT of the time.
+    cores = SimulatedCores({1: 25e-3, 2: 12.5e-3}, threads=2)
+    retuner = cores.retuner()
+    cores.train(retuner, 120.0)
+    probes = [when for when, threads in cores.timeline if threads == 1]
+    assert cores.switches == [] and len(probes) >= 2
+    probe_time = len(probes) * tuning.PROBE_STEPS * 25e-3
+    assert probe_time / 120.0 <= tuning.PROBE_SHARE_LIMIT
 
 
 def test_a_count_faster_by_less_than_the_margin_does_not_take_over():

@@ -128,12 +128,17 @@ def thread_candidates(cores: int) -> list[int]:
     return candidates + [cores]
 
 
-# While training: every RETUNE_EVERY_SECONDS, PROBE_SECONDS of steps on the current count are
-# timed, then as long on another; a count at least SWITCH_MARGIN faster takes over.
+# While training: a comparison times PROBE_SECONDS (and at least PROBE_STEPS steps) on the current
+# count, then as long on another; a count at least SWITCH_MARGIN faster takes over. Comparisons
+# start RETUNE_EVERY_SECONDS apart; each one the other count loses doubles the wait, up to
+# MAX_RETUNE_SECONDS; probes never take more than PROBE_SHARE_LIMIT of the time (slow steps).
 RETUNE_EVERY_SECONDS = 2.0
+MAX_RETUNE_SECONDS = 8.0
 PROBE_SECONDS = 0.05
+PROBE_STEPS = 3
+PROBE_SHARE_LIMIT = 0.025
 SWITCH_MARGIN = 0.10
-CLOCK_EVERY_STEPS = 8  # the clock is read every few steps, not after each
+IDLE_CLOCK_EVERY_STEPS = 8  # between comparisons the clock is read every few steps, not after each
 SETTLING_STEPS = 64  # the first steps of a fit (fresh buffers, cold caches) are not timed
 
 
@@ -141,17 +146,16 @@ class ThreadRetuner:
     """Keeps the fastest thread count while training, on a machine whose fastest count changes.
 
     Where the cores are shared (a VM's virtual CPUs, a busy node), the second core comes and goes
-    with the neighbours' load, and with it the best count: the seed MLP took 73 us/step on two
-    threads while the second core was free and 110 us/step while other work held it, against 98
-    on one thread throughout (``benchmarks/results/thread_retune.json``). A choice measured once
-    at the start is right for one of those phases only.
+    with the neighbours' load, and with it the best count: the seed MLP took ~70 us/step on two
+    threads while the second core was free and 130-750 us/step while other work held it, against
+    ~95 on one thread throughout (``benchmarks/results/thread_retune.json``). A choice measured
+    once at the start is right for one of those phases only.
 
-    Every ``RETUNE_EVERY_SECONDS`` a stretch of steps on the current count is timed, then an equal
-    stretch on a neighbouring candidate (alternately the next fewer and the next more threads);
-    the candidate stays only if it was more than ``SWITCH_MARGIN`` faster, so a comparison costs
-    at most ``PROBE_SECONDS`` of slower steps. The steps run as they would anyway: nothing is
-    repeated or restored. ``after_step`` is called once per step and reads the clock only every
-    ``CLOCK_EVERY_STEPS`` steps; on a CPU no host sync is involved.
+    A comparison times a stretch of steps on the current count, then an equal stretch on a
+    neighbouring candidate (alternately the next fewer and the next more threads); the candidate
+    stays only if it was more than ``SWITCH_MARGIN`` faster. The steps run as they would anyway:
+    nothing is repeated or restored; a losing probe costs its stretch run slower. ``after_step`` is
+    called once per step; on a CPU no host sync is involved.
     """
 
     def __init__(self, candidates, current: int, *, on_switch=None, clock=time.perf_counter,
@@ -161,24 +165,20 @@ class ThreadRetuner:
         self.on_switch = on_switch  # called with (threads, {count: seconds per step}) on a change
         self.clock, self.set_threads = clock, set_threads
         self._turn = 0  # which neighbour the next comparison tries
+        self._wait = RETUNE_EVERY_SECONDS
         self._start_idle(clock())
 
     def follow(self, threads: int) -> None:
         """A new fit starts on ``threads``; its first ``SETTLING_STEPS`` steps are not timed. The
-        period runs on across fits, so that a model trained by many short fits is compared too."""
+        wait runs on across fits, so that a model trained by many short fits is compared too."""
         self.interrupt()
         self.current = threads
         self._countdown = max(self._countdown, SETTLING_STEPS)
 
-    def after_step(self) -> None:
-        self._countdown -= 1
-        if self._countdown <= 0:
-            self._advance()
-
     def interrupt(self) -> None:
         """Drops a comparison in progress, back on the current count: the steps stop for a while
         (an epoch's end, validation, callbacks), which must not count as a step's time. A comparison
-        that was due stays due, so epochs shorter than ``RETUNE_EVERY_SECONDS`` still get one."""
+        that was due stays due, so epochs shorter than the wait still get one."""
         if self._phase == "idle":
             return
         if self._probing is not None:
@@ -187,24 +187,30 @@ class ThreadRetuner:
         self._start_idle(self.clock())
         self._next_comparison = next_comparison
 
+    def after_step(self) -> None:
+        self._countdown -= 1
+        if self._countdown <= 0:
+            self._advance()
+
     def _start_idle(self, now: float) -> None:
         self._phase, self._probing, self._baseline = "idle", None, None
-        self._next_comparison = now + RETUNE_EVERY_SECONDS
-        self._countdown = CLOCK_EVERY_STEPS
+        self._next_comparison = now + self._wait
+        self._countdown = IDLE_CLOCK_EVERY_STEPS
 
-    def _start_timing(self, now: float) -> None:
-        self._timed_from, self._timed_steps = now, 0
+    def _start_timing(self, phase: str, now: float) -> None:
+        self._phase, self._timed_from, self._timed_steps = phase, now, 0
 
     def _advance(self) -> None:
         now = self.clock()
-        self._countdown = CLOCK_EVERY_STEPS
         if self._phase == "idle":
+            self._countdown = IDLE_CLOCK_EVERY_STEPS
             if now >= self._next_comparison:
-                self._phase = "baseline"
-                self._start_timing(now)
+                self._start_timing("baseline", now)
+                self._countdown = 1
             return
-        self._timed_steps += CLOCK_EVERY_STEPS
-        if now - self._timed_from < PROBE_SECONDS:
+        self._countdown = 1  # timing: the clock after every step
+        self._timed_steps += 1
+        if now - self._timed_from < PROBE_SECONDS or self._timed_steps < PROBE_STEPS:
             return
         per_step = (now - self._timed_from) / self._timed_steps
         if self._phase == "baseline":
@@ -213,19 +219,22 @@ class ThreadRetuner:
                 self._start_idle(now)
                 return
             self.set_threads(self._probing)
-            self._phase = "probe"
-            self._start_timing(self.clock())  # after the switch: its cost is not the candidate's
+            self._start_timing("probe", self.clock())  # after the switch: its cost is not the candidate's
             return
         self._decide(per_step, now)
 
     def _decide(self, probe_per_step: float, now: float) -> None:
         probed, baseline = self._probing, self._baseline
+        probe_seconds = now - self._timed_from
         if probe_per_step < baseline * (1.0 - SWITCH_MARGIN):
             previous, self.current = self.current, probed
+            self._wait = RETUNE_EVERY_SECONDS
             if self.on_switch is not None:
                 self.on_switch(probed, {previous: baseline, probed: probe_per_step})
         else:
             self.set_threads(self.current)
+            self._wait = min(2 * self._wait, MAX_RETUNE_SECONDS)
+        self._wait = max(self._wait, probe_seconds / PROBE_SHARE_LIMIT)  # slow steps: rarer probes
         self._start_idle(now)
 
     def _neighbour(self) -> int | None:
