@@ -72,15 +72,24 @@ def test_moves_to_the_faster_count_and_back_when_the_machine_changes():
     assert [threads for threads, _ in cores.switches] == [1, 2]
 
 
+def test_a_count_far_slower_is_probed_again_only_after_the_longest_wait():
+    cores = SimulatedCores({1: 200e-6, 2: 100e-6}, threads=2)  # one thread at half the speed
+    retuner = cores.retuner()
+    cores.train(retuner, 30.0)
+    probes = [when for when, threads in cores.timeline if threads == 1]
+    gaps = [later - earlier for earlier, later in zip(probes, probes[1:])]
+    assert [round(gap) for gap in gaps] == [8, 8, 8] and cores.switches == []
+
+
 def test_slow_steps_are_compared_over_several_steps_and_probed_rarely():
-    # 25 ms steps on one thread: a probe lasts PROBE_STEPS steps, and probes take at most
+    # 15 ms steps on one thread: a probe lasts PROBE_STEPS steps, and probes take at most
     # PROBE_SHARE_LIMIT of the time.
-    cores = SimulatedCores({1: 25e-3, 2: 12.5e-3}, threads=2)
+    cores = SimulatedCores({1: 15e-3, 2: 12.5e-3}, threads=2)
     retuner = cores.retuner()
     cores.train(retuner, 120.0)
     probes = [when for when, threads in cores.timeline if threads == 1]
     assert cores.switches == [] and len(probes) >= 2
-    probe_time = len(probes) * tuning.PROBE_STEPS * 25e-3
+    probe_time = len(probes) * tuning.PROBE_STEPS * 15e-3
     assert probe_time / 120.0 <= tuning.PROBE_SHARE_LIMIT
 
 
@@ -105,7 +114,7 @@ def test_an_interrupted_probe_returns_to_the_current_count_and_the_comparison_st
 def test_more_candidates_are_probed_one_neighbour_at_a_time():
     cores = SimulatedCores({1: 400e-6, 2: 200e-6, 4: 100e-6, 8: 120e-6}, threads=4)
     retuner = cores.retuner(candidates=(1, 2, 4, 8))
-    cores.train(retuner, 10.0)
+    cores.train(retuner, 20.0)
     assert cores.switches == [] and set(cores.settings) == {2, 4, 8}
 
 

@@ -131,13 +131,15 @@ def thread_candidates(cores: int) -> list[int]:
 # While training: a comparison times PROBE_SECONDS (and at least PROBE_STEPS steps) on the current
 # count, then as long on another; a count at least SWITCH_MARGIN faster takes over. Comparisons
 # start RETUNE_EVERY_SECONDS apart; each one the other count loses doubles the wait, up to
-# MAX_RETUNE_SECONDS; probes never take more than PROBE_SHARE_LIMIT of the time (slow steps).
+# MAX_RETUNE_SECONDS (at once if it lost by CLEAR_LOSS); probes never take more than
+# PROBE_SHARE_LIMIT of the time (slow steps).
 RETUNE_EVERY_SECONDS = 2.0
 MAX_RETUNE_SECONDS = 8.0
 PROBE_SECONDS = 0.05
 PROBE_STEPS = 3
 PROBE_SHARE_LIMIT = 0.025
 SWITCH_MARGIN = 0.10
+CLEAR_LOSS = 1.5  # a probe this many times slower than the current count waits MAX_RETUNE_SECONDS
 IDLE_CLOCK_EVERY_STEPS = 8  # between comparisons the clock is read every few steps, not after each
 SETTLING_STEPS = 64  # the first steps of a fit (fresh buffers, cold caches) are not timed
 
@@ -233,7 +235,9 @@ class ThreadRetuner:
                 self.on_switch(probed, {previous: baseline, probed: probe_per_step})
         else:
             self.set_threads(self.current)
-            self._wait = min(2 * self._wait, MAX_RETUNE_SECONDS)
+            # A count far slower will not overtake soon: wait the longest at once.
+            clear_loss = probe_per_step > baseline * CLEAR_LOSS
+            self._wait = MAX_RETUNE_SECONDS if clear_loss else min(2 * self._wait, MAX_RETUNE_SECONDS)
         self._wait = max(self._wait, probe_seconds / PROBE_SHARE_LIMIT)  # slow steps: rarer probes
         self._start_idle(now)
 
