@@ -103,7 +103,16 @@ IMPLEMENTATIONS: tuple[Implementation, ...] = (
         "project",
         "impl_gemm_limit.py",
         required_module="torch",
-        description="only the step's matrix multiplies, torch.mm into preallocated buffers",
+        description="only the step's matrix multiplies, each on the faster of MKL and oneDNN",
+        models=("mlp",),
+    ),
+    Implementation(
+        "gemm_limit_mkl",
+        "project",
+        "impl_gemm_limit.py",
+        ("--backend", "mkl", "--name", "gemm_limit_mkl"),
+        required_module="torch",
+        description="only the step's matrix multiplies, torch.mm (MKL) into preallocated buffers",
         models=("mlp",),
     ),
 )

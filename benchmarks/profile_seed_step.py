@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import WORKLOADS, make_dataset  # noqa: E402
+from reporting import print_and_save  # noqa: E402
 
 
 class EpochTimes:
@@ -75,10 +76,7 @@ def main() -> None:
         lines.append(f"{event.key[:48]:48s} {event.count / steps:10.2f} {event.self_cpu_time_total / steps:12.1f}")
     total = sum(e.self_cpu_time_total for e in events) / steps
     lines.append(f"{'all operators':48s} {'':10s} {total:12.1f}")
-    text = "\n".join(lines)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n")
+    print_and_save("\n".join(lines), args.output)
 
 
 if __name__ == "__main__":

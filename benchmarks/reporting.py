@@ -96,6 +96,13 @@ def print_notes(results: dict[str, dict]) -> None:
         print("\n".join(contended))
 
 
+def print_and_save(text: str, path: Path | None) -> None:
+    """Prints a text report, and writes it to ``path`` too where one is given."""
+    print(text)
+    if path:
+        path.write_text(text + "\n")
+
+
 def write_json(path: Path, report: dict) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 

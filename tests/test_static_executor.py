@@ -261,3 +261,32 @@ def test_few_class_logits_are_kept_classes_major_for_a_vectorized_softmax(rng, c
     assert step.logits_classes_major is classes_major
     assert ("mm(KBT2, OB0_t, out=z)" in source) is classes_major
     assert ("mm(OB0, KB2, out=z)" in source) is not classes_major
+
+
+def test_large_layers_multiplied_by_onednn_match_autograd_to_float32_rounding():
+    # Products of 2.5 M multiply-adds and more go to oneDNN where PyTorch has it (2-2.5x faster
+    # than MKL on the reference CPU); its sums run in another order, so the comparison is to
+    # float32 rounding rather than 1e-6 absolute.
+    from hpctrain.engine.static_step import StaticStep
+    from hpctrain.hardware.gemm import onednn_linear
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(256, 300)).astype("float32")
+    y = rng.integers(0, 10, size=256)
+    runs = []
+    for executor in ("static", "autograd"):
+        tf.keras.utils.set_random_seed(5)
+        model = Sequential([Dense(128, activation="relu", input_dim=300), Dense(10, activation="softmax")])
+        # SGD: Adam divides by the root of tiny second moments, which magnifies rounding differences.
+        model.compile(optimizer=optimizers.SGD(0.1), loss="sparse_categorical_crossentropy",
+                      plan=hpctrain.make_plan(executor=executor))
+        history = model.fit(x, y, batch_size=128, epochs=3, verbose=0)
+        runs.append((model, history))
+    (static, static_history), (autograd, autograd_history) = runs
+    if onednn_linear() is not None:
+        trainer = static._trainer
+        source = StaticStep(trainer.module, trainer.loss, trainer.optimizer, batch_size=128).source(128)
+        assert source.count("onednn(") == 2  # the first layer's forward and weight gradient (128*300*128 MACs)
+    for a, b in zip(static.get_weights(), autograd.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(static_history.history["loss"], autograd_history.history["loss"], rtol=1e-5)

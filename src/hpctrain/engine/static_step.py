@@ -18,6 +18,7 @@ from hpctrain.engine.dropout import scaled_keep_mask
 from hpctrain.engine.flat import flat_view, move_parameters_end_to_end
 from hpctrain.engine.losses import BinaryCrossentropy, CrossEntropy, Loss, MeanAbsoluteError, MeanSquaredError
 from hpctrain.engine.optim import fast_update, is_direct_fused_update
+from hpctrain.hardware.gemm import ONEDNN_MIN_MACS, onednn_linear
 
 # ---- what the executor understands ---------------------------------------------------------
 
@@ -251,6 +252,7 @@ class _BatchBuffers:
 
     def __init__(self, layers, rows: int, device: torch.device, with_ones_column=(), classes_major: bool = False):
         last = max(i for i, layer in enumerate(layers) if isinstance(layer, Linear))
+        self.rows = rows
         self.outputs, self.augmented = [], {}
         for index, layer in enumerate(layers):
             if not isinstance(layer, Linear):
@@ -280,9 +282,10 @@ class _ProgramWriter:
 
     def __init__(self, step: "StaticStep", buffers: _BatchBuffers, input_with_ones: bool):
         self.step, self.buffers, self.input_with_ones = step, buffers, input_with_ones
-        self.names = {"mm": torch.mm, "addmm": torch.addmm, "addmv": torch.addmv,
-                      "output_gradient": step.output_gradient, "minus_ones": buffers.minus_ones,
-                      "ones": buffers.ones}
+        self.onednn = onednn_linear() if step.device.type == "cpu" else None
+        self.names = {"mm": torch.mm, "addmm": torch.addmm, "addmv": torch.addmv, "mul": torch.mul,
+                      "onednn": self.onednn, "output_gradient": step.output_gradient,
+                      "minus_ones": buffers.minus_ones, "ones": buffers.ones}
         self.lines = []
 
     def bind(self, name: str, value) -> str:
@@ -310,7 +313,7 @@ class _ProgramWriter:
                 if index == step.last_linear and step.logits_classes_major:
                     lines.append(f"z = {self.bind(f'O{index}', buffers.outputs[index])} if logits_out is None "
                                  "else logits_out")
-                    lines.append(self._classes_major_logits(index, part, a, a_with_ones if folded else None))
+                    self._classes_major_logits(index, part, a, a_with_ones if folded else None)
                     continue  # the model ends with its last linear layer
                 if index == step.last_linear:
                     out = "z"
@@ -318,13 +321,13 @@ class _ProgramWriter:
                                  "else logits_out")
                 else:
                     out = self.bind(f"O{index}", buffers.outputs[index])
+                macs = self.buffers.rows * part.kernel.shape[0] * part.kernel.shape[1]
                 if folded:
-                    lines.append(f"mm({a_with_ones}, {self.bind(f'KB{index}', part.kernel_with_bias)}, out={out})")
+                    self._gemm(out, a_with_ones, self.bind(f"KB{index}", part.kernel_with_bias), macs)
                 elif part.bias is None:
-                    lines.append(f"mm({a}, {self.bind(f'K{index}', part.kernel)}, out={out})")
+                    self._gemm(out, a, self.bind(f"K{index}", part.kernel), macs)
                 else:
-                    lines.append(f"addmm({self.bind(f'B{index}', part.bias)}, {a}, "
-                                 f"{self.bind(f'K{index}', part.kernel)}, out={out})")
+                    self._gemm(out, a, self.bind(f"K{index}", part.kernel), macs, bias=self.bind(f"B{index}", part.bias))
                 a = out
                 augmented = buffers.augmented.get(index)
                 a_with_ones = None if augmented is None else self.bind(f"OB{index}", augmented)
@@ -339,15 +342,34 @@ class _ProgramWriter:
                 saved.append(None)
         return saved
 
-    def _classes_major_logits(self, index: int, part: "_LinearParts", a: str, a_with_ones: str | None) -> str:
+    def _classes_major_logits(self, index: int, part: "_LinearParts", a: str, a_with_ones: str | None) -> None:
         """``z.T = W.T @ a.T (+ b)``: the logits' GEMM writing a ``(classes, rows)`` matrix."""
+        macs = self.buffers.rows * part.kernel.shape[0] * part.kernel.shape[1]
         if a_with_ones is not None:
             kernel = self.bind(f"KBT{index}", part.kernel_with_bias.t())
-            return f"mm({kernel}, {self._transposed(a_with_ones)}, out=z)"
-        kernel = self.bind(f"KT{index}", part.kernel_t)
-        if part.bias is None:
-            return f"mm({kernel}, {self._transposed(a)}, out=z)"
-        return f"addmm({self.bind(f'BC{index}', part.bias.view(-1, 1))}, {kernel}, {self._transposed(a)}, out=z)"
+            self._gemm("z", kernel, self._transposed(a_with_ones), macs)
+        elif part.bias is None:
+            self._gemm("z", self.bind(f"KT{index}", part.kernel_t), self._transposed(a), macs)
+        else:  # a bias along the rows of the output: no oneDNN form for it
+            self.lines.append(f"addmm({self.bind(f'BC{index}', part.bias.view(-1, 1))}, "
+                              f"{self.bind(f'KT{index}', part.kernel_t)}, {self._transposed(a)}, out=z)")
+
+    def _gemm(self, out: str, left: str, right: str, macs: int, *, bias: str | None = None,
+              scaled: bool = False) -> None:
+        """Emits ``out = left @ right (+ bias)`` (times ``scale`` where ``scaled``): with PyTorch's
+        BLAS (MKL) into ``out`` directly, or for a large product with oneDNN's matmul, which
+        returns a new tensor, then copied (or scaled) into ``out``; see :mod:`hpctrain.hardware.gemm`."""
+        if self.onednn is None or macs < ONEDNN_MIN_MACS:
+            if scaled:
+                self.lines.append(f"addmm({out}, {left}, {right}, beta=0, alpha=scale, out={out})")
+            elif bias is not None:
+                self.lines.append(f"addmm({bias}, {left}, {right}, out={out})")
+            else:
+                self.lines.append(f"mm({left}, {right}, out={out})")
+            return
+        # oneDNN's linear multiplies by its weight's transpose: right.T is the weight.
+        product = f"onednn({left}, {self._transposed(right)}, {bias or 'None'}, 'none', [], '')"
+        self.lines.append(f"mul({product}, scale, out={out})" if scaled else f"{out}.copy_({product})")
 
     def _backward(self, saved) -> None:
         """Emits the backward. The output gradient is carried unscaled; ``scale`` is folded into each
@@ -359,12 +381,13 @@ class _ProgramWriter:
             if kind == LINEAR:
                 grad_t = self._transposed(grad)
                 inputs, inputs_with_ones = saved[index]
+                macs = buffers.rows * part.kernel.shape[0] * part.kernel.shape[1]
                 if inputs_with_ones is not None:
                     self._weight_gradient(f"GWB{index}", part.grad_with_bias, inputs_with_ones, grad)
                 else:
                     if part.transposed:
                         gw = self.bind(f"GW{index}", part.weight_grad)
-                        lines.append(f"addmm({gw}, {grad_t}, {inputs}, beta=0, alpha=scale, out={gw})")
+                        self._gemm(gw, grad_t, inputs, macs, scaled=True)
                     else:
                         self._weight_gradient(f"GW{index}", part.weight_grad, inputs, grad)
                     if part.bias_grad is not None:
@@ -374,7 +397,7 @@ class _ProgramWriter:
                     return
                 previous = step.previous_linear[index]
                 new_grad = self.bind(f"G{previous}", buffers.grads[previous])
-                lines.append(f"mm({grad}, {self.bind(f'KT{index}', part.kernel_t)}, out={new_grad})")
+                self._gemm(new_grad, grad, self.bind(f"KT{index}", part.kernel_t), macs)
                 grad = new_grad
             elif kind == ACTIVATION:
                 lines.append(f"{self.bind(f'act_backward{index}', part[1])}({grad}, {saved[index]})")
@@ -386,12 +409,13 @@ class _ProgramWriter:
         """``inputs.T @ grad * scale`` into an ``(in, out)`` gradient. For a tensor made per step (the
         batch, a dropout's output), ``grad.T @ inputs`` into the gradient's transposed view: the
         same product with no ``.t()`` call per step."""
+        macs = self.buffers.rows * tensor.shape[0] * tensor.shape[1]
         if inputs in self.names:
             gw = self.bind(name, tensor)
-            self.lines.append(f"addmm({gw}, {self._transposed(inputs)}, {grad}, beta=0, alpha=scale, out={gw})")
+            self._gemm(gw, self._transposed(inputs), grad, macs, scaled=True)
         else:
             gw_t = self.bind(f"{name}_t", tensor.t())
-            self.lines.append(f"addmm({gw_t}, {self._transposed(grad)}, {inputs}, beta=0, alpha=scale, out={gw_t})")
+            self._gemm(gw_t, self._transposed(grad), inputs, macs, scaled=True)
 
     def _transposed(self, name: str) -> str:
         """A transposed view bound once for a buffer; ``.t()`` per step (~0.7 us) for a tensor made
