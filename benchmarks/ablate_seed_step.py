@@ -33,7 +33,8 @@ VARIANTS = {
     "without the two large GEMMs (first layer)": ((r"KB0|GWB0",), ()),
     "without the three small GEMMs (last layer)": ((r"KB\w?2|GWB2|KT2",), ()),
     "without activation and its backward": ((r"act",), ()),
-    "without the output gradient (softmax, scatter)": ((r"output_gradient",), ()),
+    # Replaced by a zero fill of the gradient buffer (~0.5 us), so that the step stays finite.
+    "without the output gradient (softmax, scatter)": ((r"output_gradient",), ("zero output gradient",)),
     "without the non-finite check": ((), ("guard",)),
     "without the Adam update": ((), ("update",)),
     "without the program (forward and backward)": ((r"mm\(|act|output_gradient",), ()),
@@ -58,8 +59,9 @@ def install_variants(static_step):
         lines = [line for line in source.splitlines() if not any(re.search(p, line) for p in current["drop"])]
         source = "\n".join(lines) + "\n"
         if "scale =" not in source:  # the gradient GEMMs still need their factor and z
+            zero = "\n    G_out.zero_()" if "zero output gradient" in current["skip"] else ""
             source = source.replace("def step(x, y, logits_out, rows):",
-                                    "def step(x, y, logits_out, rows):\n    scale = 1.0 / rows\n    z = logits_out")
+                                    "def step(x, y, logits_out, rows):\n    scale = 1.0 / rows\n    z = logits_out" + zero)
         return source, names
 
     def call(self, x, y, metrics, batch_rows=None):

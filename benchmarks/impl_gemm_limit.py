@@ -90,36 +90,39 @@ def run_epoch(schedule: list[list[Gemm]]) -> None:
             mm(left, right, out=out)
 
 
-def fastest_products(schedule: list[list[Gemm]], repeats: int = 5) -> list[list]:
+def fastest_products(schedule: list[list[Gemm]]) -> list[list]:
     """Each step's products as no-argument calls, each on the faster of MKL and oneDNN for it."""
     onednn = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
     chosen = {}
 
     def choose(left, right, out):
+        mkl = lambda: torch.mm(left, right, out=out)  # noqa: E731
+        if onednn is None:
+            return mkl
+        weight = right.t()
+        dnn = lambda: onednn(left, weight, None, "none", [], "")  # noqa: E731
         key = (left.shape, left.stride(), right.shape, right.stride())
         if key not in chosen:
-            calls = [lambda: torch.mm(left, right, out=out)]
-            if onednn is not None:
-                weight = right.t()
-                calls.append(lambda: onednn(left, weight, None, "none", [], ""))
-            chosen[key] = min(range(len(calls)), key=lambda i: _best_seconds(calls[i], repeats))
-        if chosen[key] == 0:
-            return lambda: torch.mm(left, right, out=out)
-        weight = right.t()
-        return lambda: onednn(left, weight, None, "none", [], "")
+            chosen[key] = _faster(mkl, dnn)
+        return mkl if chosen[key] == 0 else dnn
 
     steps = {}
     return [steps.setdefault(id(gemms), [choose(*gemm) for gemm in gemms]) for gemms in schedule]
 
 
-def _best_seconds(call, repeats: int) -> float:
-    call()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _faster(*calls, rounds: int = 3, min_seconds: float = 0.01) -> int:
+    """Index of the call with the lowest time per call: each timed over at least ``min_seconds``
+    per round, the calls taking turns for ``rounds`` rounds, each keeping its best round."""
+    best = [float("inf")] * len(calls)
+    for _ in range(rounds):
+        for index, call in enumerate(calls):
+            call()
+            done, start = 0, time.perf_counter()
+            while time.perf_counter() - start < min_seconds:
+                call()
+                done += 1
+            best[index] = min(best[index], (time.perf_counter() - start) / done)
+    return best.index(min(best))
 
 
 def run_epoch_of_calls(schedule: list[list]) -> None:
