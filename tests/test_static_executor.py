@@ -287,6 +287,7 @@ def test_large_layers_multiplied_by_onednn_match_autograd_to_float32_rounding():
         trainer = static._trainer
         source = StaticStep(trainer.module, trainer.loss, trainer.optimizer, batch_size=128).source(128)
         assert source.count("onednn(") == 2  # the first layer's forward and weight gradient (128*300*128 MACs)
+        assert dict(static.plan.reasons)["matmul"].startswith("oneDNN for 2 of the step's 5 products")
     for a, b in zip(static.get_weights(), autograd.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(static_history.history["loss"], autograd_history.history["loss"], rtol=1e-5)

@@ -477,6 +477,13 @@ class StaticStep:
         self._program_for(shape)
         return self._sources[shape]
 
+    def products(self, rows: int) -> tuple[int, int]:
+        """How many of a step's matrix products on shuffled batches of ``rows`` run on oneDNN, and
+        how many there are (GEMMs and bias-gradient GEMVs)."""
+        source = self.source(rows, ones_column=self.input_ones_column)
+        onednn = source.count("onednn(")
+        return onednn, onednn + source.count("mm(") + source.count("addmv(")
+
     def _program_for(self, shape):
         """The program for batches shaped ``shape``; the batch's shape is the key, as it tells the
         row count and whether the ones column is there."""

@@ -30,6 +30,7 @@ from hpctrain.engine.static_step import StaticStep, why_not_static
 from hpctrain.engine.step import AutogradStep, autocast
 from hpctrain.errors import ConfigError, InputError, NonFiniteLossError
 from hpctrain.hardware import host_memory
+from hpctrain.hardware.gemm import ONEDNN_MIN_MACS
 
 # Evaluation and prediction keep no activations for backward, so they run in large batches.
 INFERENCE_BATCH = 8192
@@ -498,6 +499,8 @@ class Trainer:
         self.plan = self.plan.with_choice("executor", "static", "every layer and the loss have a known backward")
         step = StaticStep(self.module, self.loss, self.optimizer, batch_size=batch_size,
                           output_activation=self.output_activation, communicator=self.communicator)
+        if self.plan.device.type == "cpu":
+            self.plan = self.plan.with_reason("matmul", _matmul_reason(*step.products(batch_size)))
         self._guard_step(step)
         self._graphed = self._graph_steps(step, data, batch_size, hooks)
         metrics = DeferredMetricSet(self._resolve_metrics(data.output_shape), self.plan.device, loss=self.loss,
@@ -706,6 +709,13 @@ class _Shuffler:
 
     def permutation(self, n: int) -> torch.Tensor:
         return torch.randperm(n, generator=self.generator, device=self.device)
+
+
+def _matmul_reason(onednn: int, products: int) -> str:
+    if onednn:
+        return (f"oneDNN for {onednn} of the step's {products} products (those of >= {ONEDNN_MIN_MACS:,} "
+                "multiply-adds, where it beat MKL), MKL's torch.mm for the rest")
+    return f"MKL's torch.mm for all {products} products (oneDNN pays from {ONEDNN_MIN_MACS:,} multiply-adds)"
 
 
 def _build_optimizer(optimizer, module: torch.nn.Module, device: torch.device):
