@@ -291,3 +291,29 @@ def test_large_layers_multiplied_by_onednn_match_autograd_to_float32_rounding():
     for a, b in zip(static.get_weights(), autograd.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(static_history.history["loss"], autograd_history.history["loss"], rtol=1e-5)
+
+
+def test_weight_gradients_handed_from_onednn_to_adam_equal_autograds():
+    # With the fused Adam update, a large layer's weight gradient goes from oneDNN to the update as
+    # oneDNN's own tensor (no copy into the flat buffer); .grad is brought up to date at the epoch's
+    # end. One full-batch step: the gradients must be autograd's, to float32 rounding.
+    from hpctrain.engine.static_step import StaticStep
+    from hpctrain.hardware.gemm import onednn_linear
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(256, 300)).astype("float32")
+    y = rng.integers(0, 10, size=256)
+    model = Sequential([Dense(128, activation="relu", input_dim=300), Dense(10, activation="softmax")])
+    model.compile(optimizer=optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    w0, b0, w1, b1 = (torch.tensor(w, requires_grad=True) for w in model.get_weights())
+    model.fit(x, y, batch_size=256, epochs=1, verbose=0)
+    trainer = model._trainer
+    assert model.plan.executor == "static"
+    logits = torch.relu(torch.from_numpy(x) @ w0 + b0) @ w1 + b1
+    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y))
+    expected = torch.autograd.grad(loss, [w0, b0, w1, b1])
+    for param, want in zip(trainer.module.parameters(), expected):
+        torch.testing.assert_close(param.grad, want, rtol=1e-4, atol=1e-7)
+    # (A new step gives the parameters fresh gradient buffers: made after reading .grad.)
+    handed = StaticStep(trainer.module, trainer.loss, trainer.optimizer, batch_size=256).handed
+    assert handed == ({0: 0} if onednn_linear() is not None else {})

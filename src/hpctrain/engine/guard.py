@@ -59,7 +59,9 @@ class NonFiniteGuard:
 
     def checker(self, tensors):
         """:meth:`check` of these tensors as a no-argument call, its operands bound once."""
-        tensors, found_inf, one, bad_steps = list(tensors), self.found_inf, self._one, self.bad_steps
+        # A list is kept as given: a step may put fresh tensors into it before each check.
+        tensors = tensors if isinstance(tensors, list) else list(tensors)
+        found_inf, one, bad_steps = self.found_inf, self._one, self.bad_steps
         check_and_unscale = torch._amp_foreach_non_finite_check_and_unscale_
 
         def check_sticky() -> None:

@@ -8,6 +8,7 @@ foreach, which at least batches the launches.
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 
@@ -221,6 +222,22 @@ class _FusedAdamUpdate:
         self.params, self.grads, self.steps = [params], [grads], self.counters
         self.exp_avgs = [flat_view(state["exp_avg"] for state in states)]
         self.exp_avg_sqs = [flat_view(state["exp_avg_sq"] for state in states)]
+
+    def split_into_segments(self, segments) -> bool:
+        """One tensor per segment instead of one per flat buffer: ``segments`` are ``(start, shape)``
+        pieces covering the flat buffers end to end, in order. ``grads`` is then a list a step may
+        fill with gradient tensors of its own before each update. False where the buffers are not
+        flat (nothing changes)."""
+        if len(self.params) != 1 or len(self.counters) != 1 or self.params[0].dim() != 1:
+            return False
+
+        def pieces(flat):
+            return [flat[start:start + math.prod(shape)].view(shape) for start, shape in segments]
+
+        self.params, self.grads = pieces(self.params[0]), pieces(self.grads[0])
+        self.exp_avgs, self.exp_avg_sqs = pieces(self.exp_avgs[0]), pieces(self.exp_avg_sqs[0])
+        self.steps = self.counters * len(segments)  # one counter, read once per tensor
+        return True
 
     def __call__(self) -> None:
         # Read each step: a callback may have changed the learning rate.

@@ -200,6 +200,8 @@ class Trainer:
                                progress, stream=loop.stream)
         if self._retuner is not None:
             self._retuner.interrupt()
+        if hasattr(loop.step, "sync_gradients"):
+            loop.step.sync_gradients()  # .grad as of the epoch's last step, for callbacks and users
         self._raise_if_a_step_was_not_finite()
         if loop.skip_steps:
             logs["skipped_steps"] = self._guard.skipped_steps()  # a host sync per epoch
