@@ -307,18 +307,13 @@ class DeferredMetricSet(MetricSet):
     It needs a loss that is a mean of per-sample losses (every built-in loss is), so that the loss
     of a chunk of rows equals the batch-size-weighted mean of its batches' losses. The buffer holds
     at most ``DEFERRED_BUFFER_ELEMENTS`` values and is folded into the accumulators when full.
-
-    ``classes_major``: each slot is a ``(classes, rows)`` matrix, as a step keeping its logits
-    classes-major writes them; the slots lie one after another in the buffer and are turned back
-    into rows when folded in (one copy per fold).
     """
 
     def __init__(self, metrics, device, *, loss, output_activation, rows: int, width: tuple, prefix: str = "",
-                 communicator=None, classes_major: bool = False):
+                 communicator=None):
         super().__init__(metrics, device, prefix, communicator)
         self.loss_fn = loss
         self.output_activation = output_activation
-        self.classes_major = classes_major and len(width) == 1
         capacity = max(1, min(rows, DEFERRED_BUFFER_ELEMENTS // max(1, math.prod(width))))
         self._allocate(capacity, width, device)
         self.batchwise = any(getattr(m, "batchwise", False) for m in self.metrics)
@@ -340,32 +335,16 @@ class DeferredMetricSet(MetricSet):
             self._allocate(rows, self.buffer.shape[1:], self.buffer.device)
         view = self._views.get((filled, rows))
         if view is None:
-            view = self._views[filled, rows] = self._slot_view(filled, rows)
+            view = self._views[filled, rows] = self.buffer[filled:filled + rows]
         self.filled = filled + rows
         self.targets.append(target)
         return view
-
-    def _slot_view(self, first: int, rows: int) -> torch.Tensor:
-        if not self.classes_major:
-            return self.buffer[first:first + rows]
-        classes = self.buffer.shape[1]
-        return self.buffer.view(-1)[first * classes:(first + rows) * classes].view(classes, rows)
-
-    def _filled_rows(self) -> torch.Tensor:
-        """The logits written so far, one row per sample."""
-        if not self.classes_major:
-            return self.buffer[:self.filled]
-        classes, sizes = self.buffer.shape[1], [len(target) for target in self.targets]
-        written = self.buffer.view(-1)[:self.filled * classes]
-        if all(size == sizes[0] for size in sizes):
-            return written.view(len(sizes), classes, sizes[0]).transpose(1, 2).reshape(-1, classes)
-        return torch.cat([block.view(classes, -1).t() for block in written.split([s * classes for s in sizes])])
 
     def flush(self) -> None:
         if not self.filled:
             return
         target = self.targets[0] if len(self.targets) == 1 else torch.cat(self.targets)
-        self._update_from(self._filled_rows(), target)
+        self._update_from(self.buffer[:self.filled], target)
         self.filled = 0
         self.targets.clear()
 

@@ -167,28 +167,6 @@ def _width(z: torch.Tensor) -> int:
     return math.prod(z.shape[1:])
 
 
-# Below this many classes PyTorch's CPU softmax over the last axis takes a scalar path per row,
-# while a softmax over the first axis of classes-major logits runs vectorized across the rows
-# (10 classes: 3.6 against 1.7 us for 32 rows, 17.6 against 2.4 us for 256). Such steps keep the
-# logits and their gradient as (classes, rows) matrices: the logits' GEMM writes them so directly.
-CLASSES_MAJOR_BELOW = 16
-
-
-def _logits_classes_major(loss: Loss, device: torch.device, width: int) -> bool:
-    return (device.type == "cpu" and isinstance(loss, CrossEntropy) and loss.from_logits
-            and 1 < width < CLASSES_MAJOR_BELOW)
-
-
-def _cross_entropy_gradient_classes_major(z, target, out, minus_ones, rows) -> float:
-    """:func:`_cross_entropy_gradient` on ``(classes, rows)`` logits and gradient."""
-    torch.softmax(z, dim=0, out=out)
-    if target.dtype == torch.int64:
-        out.scatter_add_(0, target.unsqueeze(0), minus_ones)
-    else:
-        out.sub_(target.t())
-    return 1.0 / rows
-
-
 # ---- the step --------------------------------------------------------------------------------
 
 
@@ -244,14 +222,9 @@ def _folded_linears(kinds, parts) -> set[int]:
 
 
 class _BatchBuffers:
-    """Every buffer one batch size needs, allocated once; the last, partial batch gets its own set.
+    """Every buffer one batch size needs, allocated once; the last, partial batch gets its own set."""
 
-    ``classes_major``: the last layer's output is a ``(classes, rows)`` matrix, and its gradient
-    the ``(rows, classes)`` transposed view of one.
-    """
-
-    def __init__(self, layers, rows: int, device: torch.device, with_ones_column=(), classes_major: bool = False):
-        last = max(i for i, layer in enumerate(layers) if isinstance(layer, Linear))
+    def __init__(self, layers, rows: int, device: torch.device, with_ones_column=()):
         self.rows = rows
         self.outputs, self.augmented = [], {}
         for index, layer in enumerate(layers):
@@ -260,15 +233,11 @@ class _BatchBuffers:
             elif index in with_ones_column:
                 self.augmented[index] = torch.ones(rows, layer.out_features + 1, device=device)
                 self.outputs.append(self.augmented[index][:, :layer.out_features])
-            elif index == last and classes_major:
-                self.outputs.append(torch.empty(layer.out_features, rows, device=device))
             else:
                 self.outputs.append(torch.empty(rows, layer.out_features, device=device))
         self.grads = [torch.empty(rows, layer.out_features, device=device) if isinstance(layer, Linear) else None
                       for layer in layers]
-        if classes_major:
-            self.grads[last] = torch.empty(layers[last].out_features, rows, device=device).t()
-        self.minus_ones = torch.full((1, rows) if classes_major else (rows, 1), -1.0, device=device)
+        self.minus_ones = torch.full((rows, 1), -1.0, device=device)
         self.ones = torch.ones(rows, device=device)  # bias gradients as a GEMV: sum and scale in one call
 
 
@@ -296,8 +265,6 @@ class _ProgramWriter:
     def write(self) -> tuple[str, dict]:
         saved = self._forward()
         grad = self.bind("G_out", self.buffers.grads[self.step.last_linear])
-        if self.step.logits_classes_major:
-            grad = self._transposed(grad)  # the (classes, rows) matrix itself
         self.lines.append(f"scale = output_gradient(z, y, {grad}, minus_ones, rows)")
         if self.step.handed:  # a handed gradient is oneDNN's result as it is: no scaled copy of it
             self.lines += [f"{grad}.mul_(scale)", "scale = 1.0"]
@@ -313,11 +280,6 @@ class _ProgramWriter:
             folded = a_with_ones is not None and (index in step.folded or index == 0)
             if kind == LINEAR:
                 saved.append((a, a_with_ones if folded else None))
-                if index == step.last_linear and step.logits_classes_major:
-                    lines.append(f"z = {self.bind(f'O{index}', buffers.outputs[index])} if logits_out is None "
-                                 "else logits_out")
-                    self._classes_major_logits(index, part, a, a_with_ones if folded else None)
-                    continue  # the model ends with its last linear layer
                 if index == step.last_linear:
                     out = "z"
                     lines.append(f"z = {self.bind(f'O{index}', buffers.outputs[index])} if logits_out is None "
@@ -344,18 +306,6 @@ class _ProgramWriter:
             else:
                 saved.append(None)
         return saved
-
-    def _classes_major_logits(self, index: int, part: "_LinearParts", a: str, a_with_ones: str | None) -> None:
-        """``z.T = W.T @ a.T (+ b)``: the logits' GEMM writing a ``(classes, rows)`` matrix."""
-        macs = self.buffers.rows * part.kernel.shape[0] * part.kernel.shape[1]
-        if a_with_ones is not None:
-            kernel = self.bind(f"KBT{index}", part.kernel_with_bias.t())
-            self._gemm("z", kernel, self._transposed(a_with_ones), macs)
-        elif part.bias is None:
-            self._gemm("z", self.bind(f"KT{index}", part.kernel_t), self._transposed(a), macs)
-        else:  # a bias along the rows of the output: no oneDNN form for it
-            self.lines.append(f"addmm({self.bind(f'BC{index}', part.bias.view(-1, 1))}, "
-                              f"{self.bind(f'KT{index}', part.kernel_t)}, {self._transposed(a)}, out=z)")
 
     def _gemm(self, out: str, left: str, right: str, macs: int, *, bias: str | None = None,
               scaled: bool = False) -> None:
@@ -460,10 +410,6 @@ class StaticStep:
         self.parts = [_LinearParts(l) if isinstance(l, Linear) else _layer_callables(l) for l in self.layers]
         self.last_linear = max(i for i, kind in enumerate(self.kinds) if kind == LINEAR)
         self.output_width = self.layers[self.last_linear].out_features
-        # Where the step writes its logits (``metrics.slot``) as (classes, rows) matrices.
-        self.logits_classes_major = _logits_classes_major(loss, self.device, self.output_width)
-        if self.logits_classes_major:
-            self.output_gradient = _cross_entropy_gradient_classes_major
         linear_indices = [i for i, kind in enumerate(self.kinds) if kind == LINEAR]
         self.previous_linear = dict(zip(linear_indices[1:], linear_indices[:-1]))
         self.folded = _folded_linears(self.kinds, self.parts)
@@ -545,7 +491,7 @@ class StaticStep:
         program = self.programs.get(shape)
         if program is None:
             rows, with_ones = shape[0], shape[-1] == self.in_features + 1 and self.input_ones_column
-            buffers = _BatchBuffers(self.layers, rows, self.device, self._with_ones_column, self.logits_classes_major)
+            buffers = _BatchBuffers(self.layers, rows, self.device, self._with_ones_column)
             source, names = _ProgramWriter(self, buffers, with_ones).write()
             exec(compile(source, f"<static step, {tuple(shape)}>", "exec"), names)  # text written by _ProgramWriter
             program = self.programs[shape] = names["step"]

@@ -507,8 +507,7 @@ class Trainer:
         self._graphed = self._graph_steps(step, data, batch_size, hooks)
         metrics = DeferredMetricSet(self._resolve_metrics(data.output_shape), self.plan.device, loss=self.loss,
                                     output_activation=self.output_activation, rows=len(data.train),
-                                    width=data.output_shape[1:], communicator=self.communicator,
-                                    classes_major=step.logits_classes_major)
+                                    width=data.output_shape[1:], communicator=self.communicator)
         return step, metrics
 
     def _guard_step(self, step) -> None:
