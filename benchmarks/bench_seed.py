@@ -483,8 +483,12 @@ def main(argv=None) -> int:
     write_json(json_path, build_report(args, machine, results))
     written = [json_path]
     chart_path = args.output_dir / f"{args.workload}.png"
-    if not args.no_plot and write_chart(chart_path, chart_title(args, machine), results):
-        written.append(chart_path)
+    if not args.no_plot:
+        try:
+            if write_chart(chart_path, chart_title(args, machine), results):
+                written.append(chart_path)
+        except ModuleNotFoundError as missing:  # the measurements are written; only the chart is missing
+            log(f"No chart: {missing.name} is not installed (pip install -e '.[bench]').")
 
     print_report(results)
     log("\nWrote " + ", ".join(str(path) for path in written))

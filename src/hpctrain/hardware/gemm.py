@@ -35,7 +35,7 @@ def onednn_linear():
     try:
         linear = torch.ops.mkldnn._linear_pointwise
         x, weight = torch.ones(2, 3), torch.ones(4, 3)
-        if not torch.equal(linear(x, weight.t().t(), None, "none", [], ""), torch.full((2, 4), 3.0)):
+        if not torch.equal(linear(x, weight, None, "none", [], ""), torch.full((2, 4), 3.0)):
             return None
     except (AttributeError, RuntimeError):
         return None
