@@ -13,6 +13,16 @@ def rng():
     return np.random.default_rng(0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _native_step_loop_built(tmp_path_factory):
+    """The C++ step loop built once for the session (where a compiler is), so that every test
+    trains as a user's later runs do and none starts a background build of its own."""
+    os.environ["HPCTRAIN_NATIVE_DIR"] = str(tmp_path_factory.mktemp("hpctrain-native"))
+    from hpctrain.engine import native
+
+    native.build()
+
+
 @pytest.fixture(autouse=True)
 def _own_plan_cache(tmp_path_factory, monkeypatch):
     """Each test measures its own plans: none left by another test or an earlier run."""

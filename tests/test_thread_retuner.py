@@ -36,11 +36,11 @@ class SimulatedCores:
         return ThreadRetuner(candidates, self.threads, clock=self.clock, set_threads=self.set_threads,
                              on_switch=lambda threads, measured: self.switches.append((threads, measured)))
 
-    def train(self, retuner: ThreadRetuner, seconds: float) -> None:
+    def train(self, retuner: ThreadRetuner, seconds: float, steps_per_call: int = 1) -> None:
         end = self.now + seconds
         while self.now < end:
-            self.now += self.seconds_per_step[self.threads]
-            retuner.after_step()
+            self.now += self.seconds_per_step[self.threads] * steps_per_call
+            retuner.after_step(steps_per_call)
 
 
 def test_keeps_the_count_while_the_other_is_slower_probing_it_less_and_less_often():
@@ -55,6 +55,17 @@ def test_keeps_the_count_while_the_other_is_slower_probing_it_less_and_less_ofte
     # The wait doubles after each losing probe, up to MAX_RETUNE_SECONDS (plus the comparison itself).
     assert [round(gap) for gap in gaps] == [4, 8, 8, 8, 8, 8, 8]
     assert probes[0] == pytest.approx(tuning.RETUNE_EVERY_SECONDS + tuning.PROBE_SECONDS, abs=0.01)
+
+
+def test_runs_of_steps_reported_at_once_are_timed_per_step():
+    """The C++ step loop reports a run of 16 steps per call: the comparison still finds the
+    count that is faster per step."""
+    cores = SimulatedCores({1: 70e-6, 2: 110e-6}, threads=2)
+    retuner = cores.retuner()
+    cores.train(retuner, 5.0, steps_per_call=16)
+    assert [threads for threads, _ in cores.switches] == [1]
+    measured = cores.switches[0][1]
+    assert measured[2] == pytest.approx(110e-6) and measured[1] == pytest.approx(70e-6)
 
 
 def test_moves_to_the_faster_count_and_back_when_the_machine_changes():

@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="print one JSON object instead of the text screen")
     doctor.add_argument("--clear-cache", action="store_true",
                         help="forget the plans measured on earlier runs, so the next fit measures again")
+    doctor.add_argument("--build", action="store_true",
+                        help="build the C++ step loop now (~10 s) instead of in the background at the first fit")
     doctor.set_defaults(run=_print_doctor)
     launch = commands.add_parser("launch", help="start one process per replica (data-parallel training)",
                                  description="Start SCRIPT once per replica, through torchrun.")
@@ -58,8 +60,18 @@ def _print_doctor(args) -> int:
         removed = plan_cache.clear()
         print(f"removed {removed} cached {'plan' if removed == 1 else 'plans'} from {plan_cache.cache_dir()}")
         return 0
+    from hpctrain.engine import native
+
+    if args.build:
+        built = native.build()
+        print(native.status())
+        return 0 if built else 1
     diagnosis = diagnose()
-    print(json.dumps(diagnosis_as_dict(diagnosis), indent=2) if args.json else render_text(diagnosis))
+    native.step_loop(build_in_background=False)  # loaded where built, so that the status says so
+    if args.json:
+        print(json.dumps({**diagnosis_as_dict(diagnosis), "step_loop": native.status()}, indent=2))
+    else:
+        print(render_text(diagnosis) + f"\n\nStep loop\n  {native.status()}")
     return 0
 
 

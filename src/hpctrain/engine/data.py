@@ -235,14 +235,33 @@ class ResidentData:
         for (xb, yb), rows in zip(self._gathered(order, schedule, share), schedule.slices()):
             yield xb, yb, rows.stop - rows.start
 
+    def batch_runs(self, batch_size: int, *, order: torch.Tensor | None = None, ones_column: bool = False):
+        """Like :meth:`batches`, a few consecutive batches at a time: ``(x, y, sizes)`` with the
+        batches' rows one after another (``sizes[k]`` rows each), for a loop that runs many steps
+        per call."""
+        schedule = BatchSchedule(len(self) if order is None else len(order), batch_size)
+        if order is None:
+            slices = list(schedule.slices())
+            per_run = batches_per_gather(self.x, batch_size)
+            for group_start in range(0, len(slices), per_run):
+                group = slices[group_start:group_start + per_run]
+                rows = slice(group[0].start, group[-1].stop)
+                yield self.x[rows], None if self.y is None else self.y[rows], [s.stop - s.start for s in group]
+            return
+        yield from self._gathered_runs(order, schedule, lambda rows: (rows.start, rows.stop), ones_column)
+
     def _gathered(self, order: torch.Tensor, schedule: "BatchSchedule", span, ones_column: bool = False):
         """``(x, y)`` of each batch's rows ``order[first:last]``, ``(first, last) = span(batch slice)``.
 
-        Consecutive batches' rows are gathered together, a chunk of about ``GATHER_BYTES``; each
-        batch is then a view of the chunk, all made by one ``split`` call (a slice per batch cost
-        ~1 us for x and again for y per step). A replica's spans leave the other replicas' rows
-        between them, which are not gathered.
-        """
+        Each batch is a view of a gathered run (:meth:`_gathered_runs`), all made by one ``split``
+        call (a slice per batch cost ~1 us for x and again for y per step)."""
+        for xs, ys, sizes in self._gathered_runs(order, schedule, span, ones_column):
+            yield from zip(xs.split(sizes), [None] * len(sizes) if ys is None else ys.split(sizes))
+
+    def _gathered_runs(self, order: torch.Tensor, schedule: "BatchSchedule", span, ones_column: bool = False):
+        """``(x, y, sizes)``: consecutive batches' rows gathered together, a chunk of about
+        ``GATHER_BYTES``. A replica's spans leave the other replicas' rows between them, which are
+        not gathered."""
         spans = [span(rows) for rows in schedule.slices()]
         per_gather = batches_per_gather(self.x, schedule.batch_size)
         x_chunks = _AlternatingChunks(self.x, rows=min(len(order), per_gather * schedule.batch_size),
@@ -256,8 +275,7 @@ class ResidentData:
             xs = x_chunks.gather(index)
             # Targets are gathered fresh: deferred metrics keep them until the next refresh.
             ys = None if self.y is None else self.y.index_select(0, index)
-            sizes = [last - first for first, last in group]
-            yield from zip(xs.split(sizes), [None] * len(sizes) if ys is None else ys.split(sizes))
+            yield xs, ys, [last - first for first, last in group]
 
     def shard(self, rank: int, world_size: int) -> "ResidentData":
         """This replica's contiguous share of the rows, for evaluation and prediction."""

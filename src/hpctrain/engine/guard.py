@@ -44,7 +44,7 @@ class NonFiniteGuard:
         self.found_inf = torch.zeros((), device=device)
         # Stop mode: steps since the first bad one, inclusive. Skip mode: the steps skipped.
         self.bad_steps = torch.zeros((), device=device)
-        self._one = torch.ones((), device=device)
+        self.one = torch.ones((), device=device)
         self._counters = []  # optimizer step counters that counted skipped updates (stop mode)
         self._counters_settled = False
 
@@ -61,7 +61,7 @@ class NonFiniteGuard:
         """:meth:`check` of these tensors as a no-argument call, its operands bound once."""
         # A list is kept as given: a step may put fresh tensors into it before each check.
         tensors = tensors if isinstance(tensors, list) else list(tensors)
-        found_inf, one, bad_steps = self.found_inf, self._one, self.bad_steps
+        found_inf, one, bad_steps = self.found_inf, self.one, self.bad_steps
         check_and_unscale = torch._amp_foreach_non_finite_check_and_unscale_
 
         def check_sticky() -> None:

@@ -16,6 +16,7 @@ import torch
 
 from hpctrain.engine.dropout import scaled_keep_mask
 from hpctrain.engine.flat import flat_view, move_parameters_end_to_end
+from hpctrain.engine.native import code as native_code
 from hpctrain.engine.losses import BinaryCrossentropy, CrossEntropy, Loss, MeanAbsoluteError, MeanSquaredError
 from hpctrain.engine.optim import fast_update, is_direct_fused_update
 from hpctrain.hardware.gemm import ONEDNN_MIN_MACS, onednn_linear
@@ -167,6 +168,12 @@ def _width(z: torch.Tensor) -> int:
     return math.prod(z.shape[1:])
 
 
+_NATIVE_LOSS_KINDS = {_cross_entropy_gradient: native_code.CROSS_ENTROPY,
+                      _binary_cross_entropy_gradient: native_code.BINARY_CROSS_ENTROPY,
+                      _squared_error_gradient: native_code.SQUARED_ERROR,
+                      _absolute_error_gradient: native_code.ABSOLUTE_ERROR}
+
+
 # ---- the step --------------------------------------------------------------------------------
 
 
@@ -254,20 +261,27 @@ class _ProgramWriter:
         self.onednn = onednn_linear() if step.device.type == "cpu" else None
         self.names = {"mm": torch.mm, "addmm": torch.addmm, "addmv": torch.addmv, "mul": torch.mul,
                       "onednn": self.onednn, "output_gradient": step.output_gradient,
-                      "minus_ones": buffers.minus_ones, "ones": buffers.ones,
                       "handed": step.update.grads if step.handed else None}
         self.lines = []
+        self.native = native_code.NativeCode(buffers.outputs[step.last_linear])
+        self.bind("minus_ones", buffers.minus_ones)
+        self.bind("ones", buffers.ones)
 
     def bind(self, name: str, value) -> str:
         self.names[name] = value
+        if isinstance(value, torch.Tensor):
+            self.native.bind(name, value)
         return name
 
     def write(self) -> tuple[str, dict]:
         saved = self._forward()
         grad = self.bind("G_out", self.buffers.grads[self.step.last_linear])
         self.lines.append(f"scale = output_gradient(z, y, {grad}, minus_ones, rows)")
+        self.native.emit(native_code.LOSS_GRADIENT, _NATIVE_LOSS_KINDS[self.step.output_gradient], "z", "y",
+                         grad, "minus_ones")
         if self.step.handed:  # a handed gradient is oneDNN's result as it is: no scaled copy of it
             self.lines += [f"{grad}.mul_(scale)", "scale = 1.0"]
+            self.native.emit(native_code.SCALE_GRADIENT, grad)
         self._backward(saved)
         body = "\n".join("    " + line for line in self.lines)
         return f"def step(x, y, logits_out, rows):\n{body}\n", self.names
@@ -298,9 +312,11 @@ class _ProgramWriter:
                 a_with_ones = None if augmented is None else self.bind(f"OB{index}", augmented)
             elif kind == ACTIVATION:
                 lines.append(f"{self.bind(f'act{index}', part[0])}({a})")  # in place
+                self.native.emit(native_code.ACTIVATION, native_code.ACTIVATION_KINDS[step.layers[index].name], a)
                 saved.append(a)
             elif part.rate:
                 lines.append(f"d{index}, mask{index} = {self.bind(f'dropout{index}', part)}({a})")
+                self.native.unsupported("dropout draws its mask in Python")
                 a, a_with_ones = f"d{index}", None
                 saved.append(f"mask{index}")
             else:
@@ -312,17 +328,26 @@ class _ProgramWriter:
         """Emits ``out = left @ right (+ bias)`` (times ``scale`` where ``scaled``): with PyTorch's
         BLAS (MKL) into ``out`` directly, or for a large product with oneDNN's matmul, which
         returns a new tensor, then copied (or scaled) into ``out``; see :mod:`hpctrain.hardware.gemm`."""
+        native = self.native
         if self.onednn is None or macs < ONEDNN_MIN_MACS:
             if scaled:
                 self.lines.append(f"addmm({out}, {left}, {right}, beta=0, alpha=scale, out={out})")
+                native.emit(native_code.ADDMM_SCALED, out, left, right)
             elif bias is not None:
                 self.lines.append(f"addmm({bias}, {left}, {right}, out={out})")
+                native.emit(native_code.ADDMM_BIAS, out, bias, left, right)
             else:
                 self.lines.append(f"mm({left}, {right}, out={out})")
+                native.emit(native_code.MM, out, left, right)
             return
         # oneDNN's linear multiplies by its weight's transpose: right.T is the weight.
-        product = f"onednn({left}, {self._transposed(right)}, {bias or 'None'}, 'none', [], '')"
+        weight = self._transposed(right)
+        product = f"onednn({left}, {weight}, {bias or 'None'}, 'none', [], '')"
         self.lines.append(f"mul({product}, scale, out={out})" if scaled else f"{out}.copy_({product})")
+        if scaled:
+            native.emit(native_code.ONEDNN_SCALED, out, left, weight)
+        else:
+            native.emit(native_code.ONEDNN_COPY, out, left, weight, bias)
 
     def _backward(self, saved) -> None:
         """Emits the backward. The output gradient is carried unscaled; ``scale`` is folded into each
@@ -347,8 +372,10 @@ class _ProgramWriter:
                     if part.bias_grad is not None:
                         gb = self.bind(f"GB{index}", part.bias_grad)
                         lines.append(f"addmv({gb}, {grad_t}, ones, beta=0, alpha=scale, out={gb})")
+                        self.native.emit(native_code.ADDMV_SCALED, gb, grad_t, "ones")
                     if slot is not None:  # a batch without the ones column: the gradient stays in the buffer
                         lines.append(f"handed[{slot}] = {self.bind(f'GWB{index}', part.grad_with_bias)}")
+                        self.native.emit(native_code.HAND, native_code.Number(slot), f"GWB{index}")
                 if index == 0:
                     return
                 previous = step.previous_linear[index]
@@ -357,6 +384,8 @@ class _ProgramWriter:
                 grad = new_grad
             elif kind == ACTIVATION:
                 lines.append(f"{self.bind(f'act_backward{index}', part[1])}({grad}, {saved[index]})")
+                self.native.emit(native_code.ACTIVATION_BACKWARD,
+                                 native_code.ACTIVATION_KINDS[step.layers[index].name], grad, saved[index])
             elif saved[index] is not None:
                 lines.append(f"g{index} = dropout{index}.backward({grad}, {saved[index]})")
                 grad = f"g{index}"
@@ -368,11 +397,13 @@ class _ProgramWriter:
         the update there: oneDNN's result itself where oneDNN computes it, else the buffer."""
         macs = self.buffers.rows * tensor.shape[0] * tensor.shape[1]
         if slot is not None and self.onednn is not None and macs >= ONEDNN_MIN_MACS:
-            self.lines.append(f"handed[{slot}] = onednn({self._transposed(inputs)}, {self._transposed(grad)}, None, "
-                              "'none', [], '')")
+            left, right = self._transposed(inputs), self._transposed(grad)
+            self.lines.append(f"handed[{slot}] = onednn({left}, {right}, None, 'none', [], '')")
+            self.native.emit(native_code.ONEDNN_HAND, native_code.Number(slot), left, right)
             return
         if slot is not None:
             self.lines.append(f"handed[{slot}] = {self.bind(name, tensor)}")  # the product below fills it
+            self.native.emit(native_code.HAND, native_code.Number(slot), name)
         if inputs in self.names:
             gw = self.bind(name, tensor)
             self._gemm(gw, self._transposed(inputs), grad, macs, scaled=True)
@@ -423,13 +454,47 @@ class StaticStep:
         # A graph may replay the direct fused Adam call; optimizer.step() keeps Python-side state.
         self.update_is_capturable = is_direct_fused_update(self.update)
         self.handed = self._hand_gradients_to_update(batch_size)
-        self.programs, self._sources = {}, {}
+        self.programs, self._sources, self._native = {}, {}, {}
         self._program_for((batch_size, self.in_features))
-        self._guard_check = None
+        self._guard_check = self._guard = None
 
     def guard_with(self, guard, optimizer) -> None:
         self._guard_check = guard.checker(self.update.grads if self.handed else [self.flat_grad])
         self.update = guard.guarded_update(self.update, optimizer)
+        self._guard = guard
+
+    def why_not_native(self) -> str | None:
+        """``None`` where the C++ step loop (:mod:`hpctrain.engine.native`) can run this step, else why not."""
+        reason = ("not on a CPU" if self.device.type != "cpu"
+                  else "replicas average gradients between steps" if self.communicator is not None
+                  else "weight penalties are added in Python" if self.penalized
+                  else "only the fused Adam/AdamW update runs there" if not is_direct_fused_update(self.update)
+                  else "the non-finite check skips steps" if self._guard is None or self._guard.skip_steps
+                  else None)
+        return reason or next((native.reason for native in self._native.values() if native.code is None), None)
+
+    def run_many(self, loop, x: torch.Tensor, y: torch.Tensor, sizes, metrics) -> None:
+        """Steps on consecutive batches of ``x``/``y``, ``sizes[k]`` rows each, by the C++ ``loop``.
+
+        One call per run of equal sizes; the same kernels as :meth:`__call__`, and the logits go to
+        the metrics as one slot per call."""
+        update, guard = self.update, self._guard
+        group = update.optimizer.param_groups[0]
+        beta1, beta2 = group["betas"]
+        options = (float(group["lr"]), beta1, beta2, group["weight_decay"], group["eps"], update.decoupled)
+        checked = [] if self.handed else [self.flat_grad]
+        first = 0
+        for rows, count in _runs_of_equal(sizes):
+            last = first + rows * count
+            xs, ys = x[first:last], y[first:last]
+            first = last
+            native = self._native.get(xs[:rows].shape) or self._native_for(xs[:rows].shape)
+            handed = loop(native.table, native.code, xs, ys, metrics.slot(rows * count, ys), [rows] * count,
+                          update.params, update.grads, update.exp_avgs, update.exp_avg_sqs, update.steps,
+                          update.counters, guard.found_inf, guard.one, guard.bad_steps, bool(self.handed), checked,
+                          *options)
+            if self.handed:
+                update.grads[:] = handed  # the same list object the Python step and the guard hold
 
     def _hand_gradients_to_update(self, batch_size: int) -> dict[int, int]:
         """``{layer: slot}``: layers whose weight gradient (with the bias row) oneDNN computes and
@@ -492,11 +557,16 @@ class StaticStep:
         if program is None:
             rows, with_ones = shape[0], shape[-1] == self.in_features + 1 and self.input_ones_column
             buffers = _BatchBuffers(self.layers, rows, self.device, self._with_ones_column)
-            source, names = _ProgramWriter(self, buffers, with_ones).write()
+            writer = _ProgramWriter(self, buffers, with_ones)
+            source, names = writer.write()
             exec(compile(source, f"<static step, {tuple(shape)}>", "exec"), names)  # text written by _ProgramWriter
             program = self.programs[shape] = names["step"]
-            self._sources[shape] = source
+            self._sources[shape], self._native[shape] = source, writer.native
         return program
+
+    def _native_for(self, shape):
+        self._program_for(shape)
+        return self._native[torch.Size(shape)]
 
     def _attach_gradient_buffers(self) -> torch.Tensor:
         """Every ``.grad`` a view into one flat buffer, which the backward writes straight into.
@@ -564,6 +634,17 @@ class _DropoutPart:
 
 def _layer_callables(layer):
     return ACTIVATIONS[layer.name] if isinstance(layer, Activation) else _DropoutPart(layer)
+
+
+def _runs_of_equal(sizes):
+    """``(size, count)`` of each run of equal sizes, in order: ``[32, 32, 8]`` -> ``(32, 2), (8, 1)``."""
+    runs = []
+    for size in sizes:
+        if runs and runs[-1][0] == size:
+            runs[-1][1] += 1
+        else:
+            runs.append([size, 1])
+    return runs
 
 
 def _add_penalty_gradient(param, l1: float, l2: float) -> torch.Tensor:

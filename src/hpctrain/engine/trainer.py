@@ -26,6 +26,7 @@ from hpctrain.engine.metrics import DeferredMetricSet, Metric, MetricSet, ModelO
 from hpctrain.engine.optim import as_torch_optimizer, build_optimizer, optimizer_class_by_name, scheduled_rate
 from hpctrain.engine.progress import Progress, format_logs
 from hpctrain.engine.run_state import FitRun, RunCheckpointer
+from hpctrain.engine import native
 from hpctrain.engine.static_step import StaticStep, why_not_static
 from hpctrain.engine.step import AutogradStep, autocast
 from hpctrain.errors import ConfigError, InputError, NonFiniteLossError
@@ -153,6 +154,7 @@ class Trainer:
         batch_size, step, train_metrics = self._settle_plan(data, batch_size, epochs, hooks)
         if skip_steps:
             step = SkippingStep(step, self._guard)
+        self._choose_step_loop(step, hooks)
         steps = params["steps"] = steps_per_epoch or _steps_per_epoch(data.train, batch_size)
         self._before_update = scheduled_rate(self.optimizer)
         self._retuner = self._thread_retuner(data.train)
@@ -314,7 +316,12 @@ class Trainer:
             done, order = self._run_graphed(data, order, metrics, progress)
             if self.stop_training:
                 return metrics.results()
-        batches = data.batches(batch_size, order=order, ones_column=getattr(step, "input_ones_column", False))
+        ones_column = getattr(step, "input_ones_column", False)
+        loop = native.step_loop() if self._native_steps else None
+        if loop is not None:
+            runs = data.batch_runs(batch_size, order=order, ones_column=ones_column)
+            return self._run_step_runs(step, loop, runs, done, metrics, progress)
+        batches = data.batches(batch_size, order=order, ones_column=ones_column)
         return self._run_steps(step, batches, done, metrics, hooks, progress)
 
     def _pass_batches(self, data, batch_size: int, shuffler):
@@ -381,6 +388,21 @@ class Trainer:
             self._after_step(done)
             if self.stop_training:
                 break
+        return metrics.results()
+
+    def _run_step_runs(self, step, loop, runs, done: int, metrics, progress: Progress):
+        """Runs of batches, each run's steps in one call of the C++ ``loop``; nothing per step here
+        (no per-batch callbacks, schedule or checkpoints, see :meth:`_choose_step_loop`)."""
+        retuner, run = self._retuner, self._run
+        for xs, ys, sizes in runs:
+            step.run_many(loop, xs, ys, sizes, metrics)
+            done += len(sizes)
+            if retuner is not None:
+                retuner.after_step(len(sizes))
+            progress.step(done, metrics.local_results)
+            if run is not None:
+                run.step = done
+                run.global_step += len(sizes)
         return metrics.results()
 
     def _after_step(self, done: int) -> None:
@@ -518,21 +540,37 @@ class Trainer:
         """Groups of static steps as CUDA graphs, where the device, the data and the callbacks allow."""
         steps_per_launch = graph_steps_per_launch(self.plan.device, len(data.train) // batch_size)
         reason = ("not asked for" if not self.plan.cuda_graph else "not a CUDA device" if steps_per_launch == 0
-                  else "not with replicas yet" if self.communicator is not None
-                  else "only the fused Adam/AdamW update is captured" if not step.update_is_capturable
-                  else "a learning-rate schedule sets the rate before every step"
-                  if getattr(self.optimizer, "schedule", None) is not None
-                  else "a callback listens to every batch" if hooks.wants_train_batch_logs
-                  or hooks.wants_train_batch_begin
-                  else "checkpoints are saved between steps" if self._saver is not None
-                  else "on_nonfinite='skip_step' takes each skipped batch out of the metrics"
-                  if self._guard is not None and self._guard.skip_steps else None)
+                  else self._why_each_step_needs_python(step, hooks))
         if reason is not None:
             if self.plan.device.type == "cuda":
                 self.plan = self.plan.with_choice("cuda_graph", False, reason)
             return None
         self.plan = self.plan.with_choice("cuda_graph", True, f"{steps_per_launch} static steps per launch")
         return GraphedSteps(step, data.train, batch_size, steps_per_launch, self.module, self.optimizer)
+
+    def _why_each_step_needs_python(self, step, hooks: CallbackList) -> str | None:
+        """Why the steps cannot run many per call (a CUDA graph launch, the C++ loop), or ``None``."""
+        return ("not with replicas yet" if self.communicator is not None
+                else "only the fused Adam/AdamW update is captured" if not step.update_is_capturable
+                else "a learning-rate schedule sets the rate before every step"
+                if getattr(self.optimizer, "schedule", None) is not None
+                else "a callback listens to every batch" if hooks.wants_train_batch_logs or hooks.wants_train_batch_begin
+                else "checkpoints are saved between steps" if self._saver is not None
+                else "on_nonfinite='skip_step' takes each skipped batch out of the metrics"
+                if self._guard is not None and self._guard.skip_steps else None)
+
+    def _choose_step_loop(self, step, hooks: CallbackList) -> None:
+        """The C++ step loop (:mod:`hpctrain.engine.native`) for a static step on a CPU, where nothing
+        must run between steps in Python; its build is started here when it is not there yet."""
+        self._native_steps = False
+        if not isinstance(step, StaticStep) or self.plan.device.type != "cpu":
+            return
+        reason = self._why_each_step_needs_python(step, hooks) or step.why_not_native()
+        if reason is None and native.step_loop() is None:
+            reason = native.status()
+        self._native_steps = reason is None
+        self.plan = self.plan.with_reason("step_loop", "C++ (each run of gathered batches is one call)"
+                                          if reason is None else f"Python ({reason})")
 
     def _tune_threads(self, step, data, batch_size: int, metrics) -> None:
         """Measure the thread counts up to the physical cores on real steps; keep the fastest.

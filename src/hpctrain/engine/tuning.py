@@ -189,10 +189,11 @@ class ThreadRetuner:
         self._start_idle(self.clock())
         self._next_comparison = next_comparison
 
-    def after_step(self) -> None:
-        self._countdown -= 1
+    def after_step(self, steps: int = 1) -> None:
+        """Called after each step, or after each run of ``steps`` steps."""
+        self._countdown -= steps
         if self._countdown <= 0:
-            self._advance()
+            self._advance(steps)
 
     def _start_idle(self, now: float) -> None:
         self._phase, self._probing, self._baseline = "idle", None, None
@@ -202,7 +203,7 @@ class ThreadRetuner:
     def _start_timing(self, phase: str, now: float) -> None:
         self._phase, self._timed_from, self._timed_steps = phase, now, 0
 
-    def _advance(self) -> None:
+    def _advance(self, steps: int) -> None:
         now = self.clock()
         if self._phase == "idle":
             self._countdown = IDLE_CLOCK_EVERY_STEPS
@@ -211,7 +212,7 @@ class ThreadRetuner:
                 self._countdown = 1
             return
         self._countdown = 1  # timing: the clock after every step
-        self._timed_steps += 1
+        self._timed_steps += steps
         if now - self._timed_from < PROBE_SECONDS or self._timed_steps < PROBE_STEPS:
             return
         per_step = (now - self._timed_from) / self._timed_steps
