@@ -6,30 +6,33 @@ a fifth of the seed step. ``step_loop.cpp`` runs the same calls, in the same ord
 arguments, for a run of batches per call from Python (bit-identical weights: tested).
 
 The library is compiled with the system's C++ compiler against the installed PyTorch (~10 s),
-in a background thread at the first fit that can use it, niced, while that fit trains on the
-Python loop; later epochs and runs take it from the cache. No compiler, a failed build or
+in a niced process of its own started at the first fit that can use it, while that fit trains
+on the Python loop; later epochs and runs take it from the cache. No compiler, a failed build or
 ``HPCTRAIN_NATIVE=0``: the Python loop, always available, and ``hpctrain doctor`` says why.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
+import json
 import threading
 import time
 
 import torch
+
+from hpctrain.engine.native import compile_job
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "step_loop.cpp")
 _LIBRARY_NAME = "step_loop.so"
 _STALE_LOCK_SECONDS = 600  # a build left unfinished by a killed process is retried after this
 
 _lock = threading.Lock()
-_state = {"op": None, "builder": None, "error": None}
+_state = {"op": None, "error": None}
 
 
 def enabled() -> bool:
@@ -48,16 +51,20 @@ def compiler() -> str | None:
 
 
 def library_path() -> str:
-    """Where the build for this source, PyTorch and Python lives."""
+    """Where the build for this source, PyTorch, Python and compiler lives."""
+    return os.path.join(native_dir(), _build_key(compiler()), _LIBRARY_NAME)
+
+
+@functools.cache
+def _build_key(compiler_path: str | None) -> str:
     with open(SOURCE, "rb") as f:
         source = f.read()
-    key = hashlib.sha256(source + f"{torch.__version__}|{sys.version}|{compiler()}".encode()).hexdigest()[:16]
-    return os.path.join(native_dir(), key, _LIBRARY_NAME)
+    return hashlib.sha256(source + f"{torch.__version__}|{sys.version}|{compiler_path}".encode()).hexdigest()[:16]
 
 
 def step_loop(build_in_background: bool = True):
-    """``torch.ops.hpctrain_native.run_steps`` where built, else ``None`` (then starting a
-    background build unless one runs or failed)."""
+    """``torch.ops.hpctrain_native.run_steps`` where built, else ``None`` (then starting the
+    build in the background unless it runs or failed)."""
     if not enabled():
         return None
     op = _state["op"]
@@ -82,10 +89,8 @@ def build(timeout: float = 300.0) -> bool:
             os.unlink(_failure_path(path))  # asked for explicitly: an earlier failure is retried
         except OSError:
             pass
-        _start_build(path)
-        builder = _state["builder"]
-        if builder is not None:
-            builder.join(timeout)
+        if _claim(path):
+            compile_job.compile_library(_compile_command(), path, _lock_path(path), _failure_path(path))
         deadline = time.monotonic() + timeout
         while not os.path.exists(path) and os.path.exists(_lock_path(path)) and time.monotonic() < deadline:
             time.sleep(0.2)  # another process is building it
@@ -137,12 +142,14 @@ def _failure_path(path: str) -> str:
 
 
 def _start_build(path: str) -> None:
+    """Starts the build in a process of its own, which outlives this one if it has to."""
     with _lock:
-        running = _state["builder"] is not None and _state["builder"].is_alive()
-        if running or os.path.exists(_failure_path(path)) or not _claim(path):
+        if os.path.exists(_failure_path(path)) or not _claim(path):
             return
-        _state["builder"] = threading.Thread(target=_build, args=(path,), name="hpctrain-native-build", daemon=True)
-        _state["builder"].start()
+        spec = json.dumps({"command": _compile_command(), "output": path, "lock": _lock_path(path),
+                           "failure": _failure_path(path)})
+        subprocess.Popen([sys.executable, compile_job.__file__, spec], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def _claim(path: str) -> bool:
@@ -161,33 +168,12 @@ def _claim(path: str) -> bool:
         return False
 
 
-def _build(path: str) -> None:
-    folder = os.path.dirname(path)
-    temporary = tempfile.mktemp(suffix=".so", dir=folder)
-    try:
-        result = subprocess.run(_compile_command(temporary), capture_output=True, text=True,
-                                preexec_fn=lambda: os.nice(10))  # training keeps the CPU it needs
-        if result.returncode == 0:
-            os.replace(temporary, path)  # readers see no library or the whole library
-        else:
-            with open(_failure_path(path), "w") as f:
-                f.write(result.stderr[-4000:] or f"compiler exited with {result.returncode}")
-    except OSError as error:
-        with open(_failure_path(path), "w") as f:
-            f.write(str(error))
-    finally:
-        for leftover in (temporary, _lock_path(path)):
-            try:
-                os.unlink(leftover)
-            except OSError:
-                pass
-
-
-def _compile_command(output: str) -> list[str]:
+def _compile_command() -> list[str]:
+    """The compiler's command line; ``{output}`` stands for the library's path."""
     from torch.utils.cpp_extension import include_paths, library_paths
 
     libraries = library_paths()[0]
     return [compiler(), "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-            *(f"-I{folder}" for folder in include_paths()), SOURCE, "-o", output,
+            *(f"-I{folder}" for folder in include_paths()), SOURCE, "-o", "{output}",
             f"-L{libraries}", "-lc10", "-ltorch_cpu", "-ltorch", f"-Wl,-rpath,{libraries}"]
