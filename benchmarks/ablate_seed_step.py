@@ -10,11 +10,15 @@ part out changes what the next parts compute on (the weights stop moving without
 not how long they take.
 
     .venv/bin/python benchmarks/ablate_seed_step.py [--rounds 10] [--output FILE]
+
+This patches the step's generated Python, so it runs with the C++ step loop off
+(``HPCTRAIN_NATIVE=0``); ``ablate_step_loop.py`` does the same for the C++ loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import sys
@@ -80,6 +84,7 @@ def install_variants(static_step):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    os.environ["HPCTRAIN_NATIVE"] = "0"  # the variants patch the Python step
     import hpctrain as tf
     from hpctrain.engine import static_step
     from hpctrain.errors import NonFiniteLossError
