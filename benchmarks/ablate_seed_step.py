@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import statistics
 import sys
-import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from common import WORKLOADS, make_dataset  # noqa: E402
+from ablation import parts_table, train_variants  # noqa: E402
+from common import WORKLOADS  # noqa: E402
 from reporting import print_and_save  # noqa: E402
 
 # name -> (generated-program lines to drop (regular expressions), parts of the call to skip)
@@ -85,51 +84,14 @@ def install_variants(static_step):
 def main(argv=None) -> None:
     args = parse_args(argv)
     os.environ["HPCTRAIN_NATIVE"] = "0"  # the variants patch the Python step
-    import hpctrain as tf
     from hpctrain.engine import static_step
-    from hpctrain.errors import NonFiniteLossError
-    from hpctrain.keras import Sequential
-    from hpctrain.keras.callbacks import Callback
-    from hpctrain.keras.layers import Dense
 
-    workload = WORKLOADS["seed"]
-    x, _, y = make_dataset(workload)
-    steps = -(-len(x) // workload.batch_size)
     current = install_variants(static_step)
-    model = Sequential([tf.keras.Input(shape=(workload.input_dim,)),
-                        *[Dense(units, activation="relu") for units in workload.hidden_units],
-                        Dense(workload.num_classes, activation="softmax")])
-    # Two threads throughout: a variant must not move the thread count the others run on.
-    model.compile(optimizer=tf.keras.optimizers.Adam(workload.learning_rate), loss="categorical_crossentropy",
-                  metrics=["accuracy"], plan=tf.make_plan(threads=2))
-    model.fit(x, y, batch_size=workload.batch_size, epochs=1, verbose=0)
-    times = []
-
-    class EpochTimes(Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append((time.perf_counter() - self.start) / steps * 1e6)
-
-    measured = {name: [] for name in VARIANTS}
-    for _ in range(args.rounds):
-        for name, (drop, skip) in VARIANTS.items():
-            current.update(drop=drop, skip=skip)
-            times.clear()
-            try:
-                model.fit(x, y, batch_size=workload.batch_size, epochs=2, verbose=0, callbacks=[EpochTimes()])
-            except NonFiniteLossError:  # a variant without the gradient may diverge: its times stand
-                pass
-            measured[name].append(min(times) if times else float("nan"))
-    full = measured["full step"]
-    lines = [f"seed workload, hpctrain static step on 2 threads, {args.rounds} rounds (command: "
-             f"{' '.join(['.venv/bin/python benchmarks/ablate_seed_step.py', *(argv or sys.argv[1:])])})",
-             f"{'variant':56s} {'median us/step':>14s} {'part us/step':>13s}"]
-    for name, values in measured.items():
-        part = statistics.median(f - v for f, v in zip(full, values))
-        lines.append(f"{name:56s} {statistics.median(values):14.1f} {part if name != 'full step' else 0:13.1f}")
-    print_and_save("\n".join(lines), args.output)
+    measured, _ = train_variants(WORKLOADS["seed"], VARIANTS, lambda drop, skip: current.update(drop=drop, skip=skip),
+                                 args.rounds)
+    command = " ".join([".venv/bin/python benchmarks/ablate_seed_step.py", *(argv or sys.argv[1:])])
+    title = f"seed workload, hpctrain static step on 2 threads, {args.rounds} rounds (command: {command})"
+    print_and_save("\n".join(parts_table(title, measured)), args.output)
 
 
 if __name__ == "__main__":

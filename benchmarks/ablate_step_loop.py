@@ -16,9 +16,7 @@ of the loop; it is timed alone, on the same tensors, as one fused call per step 
 from __future__ import annotations
 
 import argparse
-import math
 import re
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +24,8 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from common import WORKLOADS, make_dataset  # noqa: E402
+from ablation import parts_table, train_variants  # noqa: E402
+from common import WORKLOADS  # noqa: E402
 from reporting import print_and_save  # noqa: E402
 
 
@@ -121,61 +120,21 @@ def adam_alone_us(model, steps: int) -> float:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    import hpctrain as tf
     from hpctrain.engine import native, static_step
     from hpctrain.engine.native import code as native_code
-    from hpctrain.errors import NonFiniteLossError
-    from hpctrain.keras import Sequential
-    from hpctrain.keras.callbacks import Callback
-    from hpctrain.keras.layers import Dense
 
     if not native.build():
         sys.exit(f"the C++ step loop is not available: {native.status()}")
     workload = WORKLOADS[args.workload]
-    x, _, y = make_dataset(workload)
-    steps = -(-len(x) // workload.batch_size)
     current = install_variants(static_step, native_code)
-    layers = [Dense(units, activation="relu") for units in workload.hidden_units]
-    model = Sequential([tf.keras.Input(shape=(workload.input_dim,)), *layers,
-                        Dense(workload.num_classes, activation="softmax")])
-    # Two threads throughout: a variant must not move the thread count the others run on.
-    model.compile(optimizer=tf.keras.optimizers.Adam(workload.learning_rate), loss="categorical_crossentropy",
-                  metrics=["accuracy"], plan=tf.make_plan(threads=2))
-    model.fit(x, y, batch_size=workload.batch_size, epochs=1, verbose=0)
-    assert "step_loop: C++" in model.plan.explain(), model.plan.explain()
-    times = []
-
-    class EpochTimes(Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append((time.perf_counter() - self.start) / steps * 1e6)
-
     table = variants([2 * index for index in range(len(workload.hidden_units) + 1)])
-    measured = {name: [] for name in table}
-    for _ in range(args.rounds):
-        for name, (drop, check) in table.items():
-            current.update(drop=drop, check=check)
-            times.clear()
-            try:
-                model.fit(x, y, batch_size=workload.batch_size, epochs=2, verbose=0, callbacks=[EpochTimes()])
-            except NonFiniteLossError:  # a variant without the gradient may diverge: its times stand
-                pass
-            measured[name].append(min(times) if times else float("nan"))
-    full = measured["full step"]
+    measured, model = train_variants(workload, table, lambda drop, check: current.update(drop=drop, check=check),
+                                     args.rounds)
+    assert "step_loop: C++" in model.plan.explain(), model.plan.explain()
+    steps = -(-workload.num_samples // workload.batch_size)
     command = " ".join([".venv/bin/python benchmarks/ablate_step_loop.py", *(argv or sys.argv[1:])])
-    lines = [f"{args.workload} workload, hpctrain's C++ step loop on 2 threads, {args.rounds} rounds "
-             f"(command: {command})",
-             f"{'variant':56s} {'median us/step':>14s} {'part us/step':>13s}"]
-    for name, values in measured.items():
-        pairs = [(f, v) for f, v in zip(full, values) if math.isfinite(v)]
-        if not pairs:  # every fit of this variant diverged before an epoch ended
-            lines.append(f"{name:56s} {'diverged':>14s} {'-':>13s}")
-            continue
-        part = statistics.median(f - v for f, v in pairs)
-        median = statistics.median(v for _, v in pairs)
-        lines.append(f"{name:56s} {median:14.1f} {part if name != 'full step' else 0:13.1f}")
+    lines = parts_table(f"{args.workload} workload, hpctrain's C++ step loop on 2 threads, {args.rounds} rounds "
+                        f"(command: {command})", measured)
     lines.append(f"{'the fused Adam update alone, one Python call per step':56s} {adam_alone_us(model, steps):14.1f}")
     print_and_save("\n".join(lines), args.output)
 
