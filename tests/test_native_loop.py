@@ -163,6 +163,24 @@ def test_a_failed_build_leaves_training_on_the_python_loop(tmp_path, rng):
     assert step_loop.startswith("step_loop: Python (C++ step loop build failed")
 
 
+def test_an_unwritable_build_directory_leaves_training_on_the_python_loop(rng):
+    program = (
+        "import numpy as np, hpctrain as tf\n"
+        "from hpctrain.keras.layers import Dense\n"
+        "m = tf.keras.Sequential([Dense(3, input_shape=(4,))])\n"
+        "m.compile(optimizer='adam', loss='mse')\n"
+        "h = m.fit(np.ones((8, 4), 'float32'), np.ones((8, 3), 'float32'), epochs=2, verbose=0)\n"
+        "print(len(h.history['loss']))\n"
+        "print([line for line in m.plan.explain().splitlines() if line.startswith('step_loop')][0])\n"
+    )
+    env = dict(os.environ, HPCTRAIN_NATIVE_DIR="/proc/hpctrain-native", HPCTRAIN_NATIVE="1")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    epochs, step_loop = result.stdout.strip().splitlines()
+    assert epochs == "2"
+    assert step_loop.startswith("step_loop: Python (C++ step loop unavailable: cannot build in /proc/hpctrain-native")
+
+
 def _doctor(*args, **env):
     return subprocess.run([sys.executable, "-m", "hpctrain.cli", "doctor", *args], capture_output=True, text=True,
                           timeout=300, env=dict(os.environ, **env))

@@ -65,16 +65,19 @@ def _build_key(compiler_path: str | None) -> str:
 def step_loop(build_in_background: bool = True):
     """``torch.ops.hpctrain_native.run_steps`` where built, else ``None`` (then starting the
     build in the background unless it runs or failed)."""
-    if not enabled():
+    if not enabled() or _state["error"]:
         return None
     op = _state["op"]
     if op is not None:
         return op
-    path = library_path()
-    if os.path.exists(path):
-        return _load(path)
-    if build_in_background and compiler() is not None:
-        _start_build(path)
+    try:
+        path = library_path()
+        if os.path.exists(path):
+            return _load(path)
+        if build_in_background and compiler() is not None:
+            _start_build(path)
+    except OSError as error:  # an unwritable cache directory, say: training goes on in Python
+        _state["error"] = f"cannot build in {native_dir()}: {error}"
     return None
 
 
@@ -89,8 +92,12 @@ def build(timeout: float = 300.0) -> bool:
             os.unlink(_failure_path(path))  # asked for explicitly: an earlier failure is retried
         except OSError:
             pass
-        if _claim(path):
-            compile_job.compile_library(_compile_command(), path, _lock_path(path), _failure_path(path))
+        try:
+            if _claim(path):
+                compile_job.compile_library(_compile_command(), path, _lock_path(path), _failure_path(path))
+        except OSError as error:
+            _state["error"] = f"cannot build in {native_dir()}: {error}"
+            return False
         deadline = time.monotonic() + timeout
         while not os.path.exists(path) and os.path.exists(_lock_path(path)) and time.monotonic() < deadline:
             time.sleep(0.2)  # another process is building it
@@ -126,9 +133,8 @@ def _load(path: str):
             try:
                 torch.ops.load_library(path)
                 _state["op"] = torch.ops.hpctrain_native.run_steps
-            except (OSError, RuntimeError) as error:
+            except (OSError, RuntimeError) as error:  # not retried in this process
                 _state["error"] = f"could not load {path}: {error}"
-                os.environ["HPCTRAIN_NATIVE"] = "0"  # never retried in this process
                 return None
         return _state["op"]
 
