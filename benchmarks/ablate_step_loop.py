@@ -15,7 +15,6 @@ of the loop; it is timed alone, on the same tensors, as one fused call per step 
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import time
@@ -25,7 +24,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from ablation import parts_table, train_variants  # noqa: E402
-from common import WORKLOADS  # noqa: E402
+from common import WORKLOADS, mlp_rounds_arguments  # noqa: E402
 from reporting import print_and_save  # noqa: E402
 
 
@@ -40,14 +39,6 @@ def variants(linear_layers: list[int]) -> dict[str, tuple[str | None, bool]]:
     table["without the non-finite check"] = (None, False)
     table["without the program (gather, Adam, check, loop only)"] = (".", True)
     return table
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=("seed", "mlp1024"), default="seed")
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--output", type=Path, help="also write the table here")
-    return parser.parse_args(argv)
 
 
 def instructions(code, operand_counts):
@@ -119,7 +110,7 @@ def adam_alone_us(model, steps: int) -> float:
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
+    args = mlp_rounds_arguments(__doc__.splitlines()[0], argv)
     from hpctrain.engine import native, static_step
     from hpctrain.engine.native import code as native_code
 

@@ -15,6 +15,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 # The parent process looks for this prefix on the child's stdout, so that any
 # other line a framework prints to stdout cannot be mistaken for the result.
@@ -190,3 +191,13 @@ def emit_result(
         **details,
     }
     print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def mlp_rounds_arguments(description: str, argv=None):
+    """``--workload`` (an MLP workload), ``--rounds`` and ``--output``, for the scripts that run
+    variants in turn in one process."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--workload", choices=("seed", "mlp1024"), default="seed")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--output", type=Path, help="also write the table here")
+    return parser.parse_args(argv)

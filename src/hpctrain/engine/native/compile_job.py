@@ -20,7 +20,8 @@ def compile_library(command: list[str], output: str, lock: str, failure: str) ->
     """Runs ``command`` (``{output}`` in it standing for the library's path) into a temporary file
     then renamed to ``output``; on failure writes the compiler's message to ``failure``. Removes
     ``lock`` at the end either way."""
-    temporary = tempfile.mktemp(suffix=".so", dir=os.path.dirname(output))
+    with tempfile.NamedTemporaryFile(suffix=".so", dir=os.path.dirname(output), delete=False) as placeholder:
+        temporary = placeholder.name
     try:
         result = subprocess.run([temporary if part == "{output}" else part for part in command],
                                 capture_output=True, text=True)
