@@ -403,6 +403,8 @@ class Trainer:
             if run is not None:
                 run.step = done
                 run.global_step += len(sizes)
+            if self.stop_training:
+                break
         return metrics.results()
 
     def _after_step(self, done: int) -> None:
@@ -551,10 +553,11 @@ class Trainer:
     def _why_each_step_needs_python(self, step, hooks: CallbackList) -> str | None:
         """Why the steps cannot run many per call (a CUDA graph launch, the C++ loop), or ``None``."""
         return ("not with replicas yet" if self.communicator is not None
-                else "only the fused Adam/AdamW update is captured" if not step.update_is_capturable
+                else "only the fused Adam/AdamW update runs many steps per call" if not step.update_is_capturable
                 else "a learning-rate schedule sets the rate before every step"
                 if getattr(self.optimizer, "schedule", None) is not None
-                else "a callback listens to every batch" if hooks.wants_train_batch_logs or hooks.wants_train_batch_begin
+                else "a callback listens to every batch"
+                if hooks.wants_train_batch_logs or hooks.wants_train_batch_begin
                 else "checkpoints are saved between steps" if self._saver is not None
                 else "on_nonfinite='skip_step' takes each skipped batch out of the metrics"
                 if self._guard is not None and self._guard.skip_steps else None)

@@ -7,7 +7,7 @@ arguments, for a run of batches per call from Python (bit-identical weights: tes
 
 The library is compiled with the system's C++ compiler against the installed PyTorch (~10 s),
 in a niced process of its own started at the first fit that can use it, while that fit trains
-on the Python loop; later epochs and runs take it from the cache. No compiler, a failed build or
+on the Python loop; later fits and runs take it from the cache. No compiler, a failed build or
 ``HPCTRAIN_NATIVE=0``: the Python loop, always available, and ``hpctrain doctor`` says why.
 """
 
