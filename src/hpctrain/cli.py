@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--clear-cache", action="store_true",
                         help="forget the plans measured on earlier runs, so the next fit measures again")
     doctor.add_argument("--build", action="store_true",
-                        help="build the C++ step loop now (~10 s) instead of in the background at the first fit")
+                        help="build the C++ step loop now (~10 s) instead of in the background after the first fit")
     doctor.set_defaults(run=_print_doctor)
     launch = commands.add_parser("launch", help="start one process per replica (data-parallel training)",
                                  description="Start SCRIPT once per replica, through torchrun.")
@@ -67,7 +67,7 @@ def _print_doctor(args) -> int:
         print(native.status())
         return 0 if built else 1
     diagnosis = diagnose()
-    native.step_loop(build_in_background=False)  # loaded where built, so that the status says so
+    native.step_loop()  # loaded where built, so that the status says so
     if args.json:
         print(json.dumps({**diagnosis_as_dict(diagnosis), "step_loop": native.status()}, indent=2))
     else:

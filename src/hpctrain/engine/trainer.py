@@ -185,6 +185,8 @@ class Trainer:
         hooks.call("on_train_end", logs)
         if saver is not None:
             saver.finish()
+        if self._build_step_loop_after_fit:
+            native.build_in_background()
         self._run = self._saver = None
         self.history = history
         return history
@@ -564,13 +566,14 @@ class Trainer:
 
     def _choose_step_loop(self, step, hooks: CallbackList) -> None:
         """The C++ step loop (:mod:`hpctrain.engine.native`) for a static step on a CPU, where nothing
-        must run between steps in Python; its build is started here when it is not there yet."""
-        self._native_steps = False
+        must run between steps in Python; where it is not built yet, it is built after this fit."""
+        self._native_steps = self._build_step_loop_after_fit = False
         if not isinstance(step, StaticStep) or self.plan.device.type != "cpu":
             return
         reason = self._why_each_step_needs_python(step, hooks) or step.why_not_native()
         if reason is None and native.step_loop() is None:
             reason = native.status()
+            self._build_step_loop_after_fit = True
         self._native_steps = reason is None
         self.plan = self.plan.with_reason("step_loop", "C++ (each run of gathered batches is one call)"
                                           if reason is None else f"Python ({reason})")

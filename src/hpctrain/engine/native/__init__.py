@@ -6,8 +6,8 @@ a fifth of the seed step. ``step_loop.cpp`` runs the same calls, in the same ord
 arguments, for a run of batches per call from Python (bit-identical weights: tested).
 
 The library is compiled with the system's C++ compiler against the installed PyTorch (~10 s),
-in a niced process of its own started at the first fit that can use it, while that fit trains
-on the Python loop; later fits and runs take it from the cache. No compiler, a failed build or
+in an idle-priority process of its own started when the first fit that could use it ends (that
+fit trains on the Python loop); later fits and runs take it from the cache. No compiler, a failed build or
 ``HPCTRAIN_NATIVE=0``: the Python loop, always available, and ``hpctrain doctor`` says why.
 """
 
@@ -62,9 +62,8 @@ def _build_key(compiler_path: str | None) -> str:
     return hashlib.sha256(source + f"{torch.__version__}|{sys.version}|{compiler_path}".encode()).hexdigest()[:16]
 
 
-def step_loop(build_in_background: bool = True):
-    """``torch.ops.hpctrain_native.run_steps`` where built, else ``None`` (then starting the
-    build in the background unless it runs or failed)."""
+def step_loop():
+    """``torch.ops.hpctrain_native.run_steps`` where built (loaded on first use), else ``None``."""
     if not enabled() or _state["error"]:
         return None
     op = _state["op"]
@@ -72,13 +71,24 @@ def step_loop(build_in_background: bool = True):
         return op
     try:
         path = library_path()
-        if os.path.exists(path):
-            return _load(path)
-        if build_in_background and compiler() is not None:
+        return _load(path) if os.path.exists(path) else None
+    except OSError as error:
+        _state["error"] = f"cannot read {native_dir()}: {error}"
+        return None
+
+
+def build_in_background() -> None:
+    """Starts the build in a process of its own unless the library is there, being built, failed
+    before, or cannot be built here. Called when a fit that could have used it ends: started
+    while training, even an idle-priority compiler slowed a two-thread fit severalfold."""
+    if not enabled() or _state["error"] or compiler() is None:
+        return
+    try:
+        path = library_path()
+        if not os.path.exists(path):
             _start_build(path)
     except OSError as error:  # an unwritable cache directory, say: training goes on in Python
         _state["error"] = f"cannot build in {native_dir()}: {error}"
-    return None
 
 
 def build(timeout: float = 300.0) -> bool:
@@ -124,7 +134,7 @@ def status() -> str:
         return f"C++ step loop build failed (see {failed}): {last_line}; the Python loop runs"
     if os.path.exists(_lock_path(path)):
         return "C++ step loop being built in the background; the Python loop runs meanwhile"
-    return "C++ step loop not built yet: built in the background at the first fit that uses it"
+    return "C++ step loop not built yet: built in the background when a fit that can use it ends"
 
 
 def _load(path: str):
