@@ -92,17 +92,22 @@ def test_loop_hands_onednn_gradients_like_the_python_step(monkeypatch, rng):
     assert "oneDNN for" in explained
 
 
+TORCH_MIDDLES = {"sigmoid": lambda: [torch.nn.Sigmoid()],
+                 "relu_dropout": lambda: [torch.nn.ReLU(), torch.nn.Dropout(0.4)]}
+
+
 @needs_loop
-def test_torch_sequential_runs_in_the_loop_bit_for_bit(monkeypatch, rng):
-    x, y = rng.normal(size=(50, 5)).astype("float32"), rng.integers(0, 3, size=50)
+@pytest.mark.parametrize("middle", sorted(TORCH_MIDDLES))
+def test_torch_sequential_runs_in_the_loop_bit_for_bit(monkeypatch, rng, middle):
+    x, y = rng.normal(size=(60, 5)).astype("float32"), rng.integers(0, 3, size=60)
     results = []
     for flag in ("1", "0"):
         monkeypatch.setenv("HPCTRAIN_NATIVE", flag)
         torch.manual_seed(0)
-        net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Sigmoid(), torch.nn.Linear(7, 3))
+        net = torch.nn.Sequential(torch.nn.Linear(5, 7), *TORCH_MIDDLES[middle](), torch.nn.Linear(7, 3))
         trainer = hpctrain.Trainer(net, loss=hpctrain.engine.losses.CrossEntropy(sparse=True, from_logits=True),
                                    optimizer="adam")
-        torch.manual_seed(5)
+        torch.manual_seed(5)  # the dropout masks' stream
         trainer.fit(x, y, epochs=2, batch_size=8, verbose=0)
         results.append(([p.detach().clone() for p in net.parameters()], trainer.plan.explain()))
     assert "step_loop: C++" in results[0][1]
@@ -117,9 +122,15 @@ def test_steps_that_need_python_between_them_say_why(monkeypatch, rng):
     per_batch = tf.keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: None)
     *_, explained = _keras_run(monkeypatch, True, CASES["relu_sparse_ce"][0], loss, y, x, callbacks=[per_batch])
     assert "step_loop: Python (a callback listens to every batch)" in explained
-    dropout = lambda: [Dense(12, activation="relu", input_shape=(9,)), Dropout(0.3), Dense(4)]  # noqa: E731
-    *_, explained = _keras_run(monkeypatch, True, dropout, loss, y, x)
-    assert "step_loop: Python (dropout draws its mask in Python)" in explained
+
+
+@needs_loop
+def test_dropout_draws_the_same_masks_in_the_loop(monkeypatch, rng):
+    """The mask is drawn by the same ATen calls from the same generator: the same values drop."""
+    x, y = rng.normal(size=(90, 9)).astype("float32"), rng.integers(0, 4, size=90)
+    layers = lambda: [Dense(12, activation="relu", input_shape=(9,)), Dropout(0.3), Dense(8, activation="tanh"),  # noqa: E731
+                      Dropout(0.5), Dense(4)]
+    _assert_identical(monkeypatch, layers, tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), y, x)
 
 
 @needs_loop

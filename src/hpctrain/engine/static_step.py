@@ -316,7 +316,9 @@ class _ProgramWriter:
                 saved.append(a)
             elif part.rate:
                 lines.append(f"d{index}, mask{index} = {self.bind(f'dropout{index}', part)}({a})")
-                self.native.unsupported("dropout draws its mask in Python")
+                self.native.per_step(f"d{index}", f"mask{index}")
+                self.native.emit(native_code.DROPOUT, f"d{index}", f"mask{index}", a, int(part.torch_mask),
+                                 native_code.Real(part.rate))
                 a, a_with_ones = f"d{index}", None
                 saved.append(f"mask{index}")
             else:
@@ -388,6 +390,9 @@ class _ProgramWriter:
                                  native_code.ACTIVATION_KINDS[step.layers[index].name], grad, saved[index])
             elif saved[index] is not None:
                 lines.append(f"g{index} = dropout{index}.backward({grad}, {saved[index]})")
+                self.native.per_step(f"g{index}")
+                self.native.emit(native_code.DROPOUT_BACKWARD, f"g{index}", grad, saved[index], int(part.torch_mask),
+                                 native_code.Real(part.scale))
                 grad = f"g{index}"
 
     def _weight_gradient(self, name: str, tensor, inputs: str, grad: str, slot: int | None = None) -> None:

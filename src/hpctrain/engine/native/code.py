@@ -8,12 +8,13 @@ kernels in the same order.
 from __future__ import annotations
 
 import dataclasses
+import struct
 
 import torch
 
 (MM, ADDMM_BIAS, ADDMM_SCALED, ONEDNN_COPY, ONEDNN_SCALED, ONEDNN_HAND, HAND, ACTIVATION, ACTIVATION_BACKWARD,
- LOSS_GRADIENT, SCALE_GRADIENT, ADDMV_SCALED) = range(12)
-OPERANDS = (3, 4, 3, 4, 3, 3, 2, 2, 3, 5, 1, 3)
+ LOSS_GRADIENT, SCALE_GRADIENT, ADDMV_SCALED, DROPOUT, DROPOUT_BACKWARD) = range(14)
+OPERANDS = (3, 4, 3, 4, 3, 3, 2, 2, 3, 5, 1, 3, 5, 5)
 ACTIVATION_KINDS = {"relu": 0, "tanh": 1, "sigmoid": 2}
 CROSS_ENTROPY, BINARY_CROSS_ENTROPY, SQUARED_ERROR, ABSOLUTE_ERROR = range(4)
 # The first table slots are rebound for every batch: the batch, its targets, where the logits go.
@@ -25,6 +26,17 @@ class Number:
     """An operand that is a number (a kind, a slot), not a tensor's name."""
 
     value: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Real:
+    """An operand that is a float (a dropout rate), passed as the bits of a double."""
+
+    value: float
+
+    @property
+    def bits(self) -> int:
+        return struct.unpack("<q", struct.pack("<d", self.value))[0]
 
 
 class NativeCode:
@@ -41,6 +53,11 @@ class NativeCode:
         if name not in self.slots:
             self.slots[name] = len(self.table)
             self.table.append(tensor)
+
+    def per_step(self, *names: str) -> None:
+        """Slots for tensors an instruction makes anew each step (a dropout's output and mask)."""
+        for name in names:
+            self.bind(name, torch.empty(0))
 
     def unsupported(self, reason: str) -> None:
         self.code, self.reason = None, reason
@@ -61,6 +78,8 @@ class NativeCode:
             return -1
         if isinstance(operand, Number):
             return operand.value
+        if isinstance(operand, Real):
+            return operand.bits
         if isinstance(operand, int):
             return operand
         transposed = operand.endswith(".t()")

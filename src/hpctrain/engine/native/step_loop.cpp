@@ -9,6 +9,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <optional>
 #include <string_view>
 #include <vector>
@@ -30,8 +31,10 @@ enum Op : int64_t {
   kLossGradient = 9,   // kind, z, y, out, minus_ones: out = c * dloss/dz; scale = 1/c
   kScaleGradient = 10, // g:                   g *= scale; scale = 1
   kAddmvScaled = 11,   // out, a, v:           addmv(out, a, v, beta=0, alpha=scale, out=out)
+  kDropout = 12,       // out, mask, a, torch_mask, rate:  out, mask = dropout(a) (new tensors)
+  kDropoutBackward = 13,  // out, grad, mask, torch_mask, scale:  out = dropout backward of grad
 };
-constexpr int64_t kOperands[] = {3, 4, 3, 4, 3, 3, 2, 2, 3, 5, 1, 3};
+constexpr int64_t kOperands[] = {3, 4, 3, 4, 3, 3, 2, 2, 3, 5, 1, 3, 5, 5};
 enum Activation : int64_t { kRelu = 0, kTanh = 1, kSigmoid = 2 };
 enum Loss : int64_t { kCrossEntropy = 0, kBinaryCrossEntropy = 1, kSquaredError = 2, kAbsoluteError = 3 };
 // Table slots rebound per batch: the batch, its targets, the logits' destination.
@@ -51,6 +54,13 @@ at::Tensor wrapped(double value) {
   at::Tensor t = at::scalar_to_tensor(value);
   t.unsafeGetTensorImpl()->set_wrapped_number(true);
   return t;
+}
+
+// A float operand travels as the bits of a double.
+double real(int64_t bits) {
+  double value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
 }
 
 struct Program {
@@ -138,6 +148,24 @@ struct Program {
         case kAddmvScaled: {
           at::Tensor out = operand(a[0]);
           at::addmv_out(out, out, operand(a[1]), operand(a[2]), 0, scale);
+          break;
+        }
+        case kDropout: {  // as engine/dropout.py's scaled_keep_mask, or torch.native_dropout
+          const at::Tensor input = operand(a[2]);
+          const double rate = real(a[4]);
+          if (a[3]) {
+            std::tie(table[a[0] >> 1], table[a[1] >> 1]) = at::native_dropout(input, rate, true);
+          } else {
+            at::Tensor mask = at::rand(input.sizes(), input.options().dtype(at::kFloat)).ge_(rate).mul_(1.0 / (1.0 - rate));
+            table[a[0] >> 1] = input * mask;
+            table[a[1] >> 1] = mask;
+          }
+          break;
+        }
+        case kDropoutBackward: {
+          at::Tensor grad = operand(a[1]);
+          const at::Tensor mask = operand(a[2]);
+          table[a[0] >> 1] = a[3] ? at::native_dropout_backward(grad, mask, real(a[4])) : grad.mul_(mask);
           break;
         }
         default: TORCH_CHECK(false, "hpctrain step loop: unknown opcode ", op);
