@@ -493,7 +493,8 @@ class StaticStep:
             last = first + rows * count
             xs, ys = x[first:last], y[first:last]
             first = last
-            native = self._native.get(xs[:rows].shape) or self._native_for(xs[:rows].shape)
+            shape = torch.Size((rows, x.shape[1]))  # a batch's shape, without slicing a view for it
+            native = self._native.get(shape) or self._native_for(shape)
             handed = loop(native.table, native.code, xs, ys, metrics.slot(rows * count, ys), [rows] * count,
                           update.params, update.grads, update.exp_avgs, update.exp_avg_sqs, update.steps,
                           update.counters, guard.found_inf, guard.one, guard.bad_steps, bool(self.handed), checked,
