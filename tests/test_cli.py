@@ -39,3 +39,22 @@ def test_launch_maps_onto_torchrun_arguments():
                               max_restarts=2, script="train.py", script_args=["--epochs", "5"]) == [
         "--nproc-per-node=2", "--nnodes=3", "--node-rank=1", "--master-addr=node0", "--master-port=29400",
         "--max-restarts=2", "train.py", "--epochs", "5"]
+
+
+def test_launch_refuses_arguments_torchrun_would_hang_or_fail_on(tmp_path, capsys):
+    """Checked before any process starts: a node rank outside the group (torchrun would wait for
+    it forever), no processes, a missing script."""
+    from hpctrain.cli import main
+
+    script = tmp_path / "train.py"
+    script.write_text("print('trained')\n")
+    cases = {
+        ("--node-rank", "3", str(script)): "--node-rank must be 0 .. 0 with --nnodes 1; got 3",
+        ("--nnodes", "2", "--node-rank", "-1", str(script)): "--node-rank must be 0 .. 1 with --nnodes 2; got -1",
+        ("--nproc-per-node", "0", str(script)): "--nproc-per-node must be at least 1; got 0",
+        (str(tmp_path / "missing.py"),): "missing.py: no such script",
+        (): "give the script to run: hpctrain launch [options] SCRIPT [ARGS ...]",
+    }
+    for arguments, message in cases.items():
+        assert main(["launch", *arguments]) == 2
+        assert message in capsys.readouterr().err

@@ -201,7 +201,7 @@ def test_local_spawn_brings_weights_and_history_back_equal_to_one_process(monkey
 @pytest.mark.parametrize("how, expected", [("raise", r"(?s)replica rank 1 .* raised.*replica 1 was told to fail"),
                                            ("kill", r"replica rank 1 .* died \(signal SIGKILL\)")])
 def test_a_failing_spawned_replica_stops_training_and_is_named(monkeypatch, how, expected):
-    from hpctrain.distribute.spawn import ReplicaFailed
+    from hpctrain.errors import ReplicaFailed
     from replica_callbacks import FailOnRank
 
     monkeypatch.setenv("PYTHONPATH", os.path.join(REPO, "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -234,6 +234,17 @@ def test_spawned_replicas_check_the_data_before_sharing_it():
         model = _local_model()
     with pytest.raises(tf.errors.InputError, match="y has dtype <U1 \\(strings\\)"):
         model.fit(x, np.array(["a"] * len(x)), verbose=0)
+
+
+def test_a_callback_class_defined_in_the_script_is_refused_before_replicas_start():
+    """Spawned replicas do not run the script, so they could not rebuild its classes."""
+    defined_in_script = type("MyCallback", (tf.keras.callbacks.Callback,), {"__module__": "__main__"})
+    x, y = _local_data()
+    with tf.distribute.MirroredStrategy(devices=["cpu:0", "cpu:1"]).scope():
+        model = _local_model()
+    with pytest.raises(ConfigError, match=r"MyCallback is defined in the script itself; spawned replicas do not "
+                                          r"run the script.*hpctrain launch --nproc-per-node N script.py"):
+        model.fit(x, y, verbose=0, callbacks=[defined_in_script()])
 
 
 def test_a_plan_of_ones_own_inside_a_strategy_scope_is_refused():

@@ -33,14 +33,40 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--master-addr", default="127.0.0.1", help="address of the machine with node rank 0")
     launch.add_argument("--master-port", type=int, default=29500, help="a free port on that machine")
     launch.add_argument("--max-restarts", type=int, default=0, help="restart the group this often on a failure")
-    launch.add_argument("script")
-    launch.add_argument("script_args", nargs=argparse.REMAINDER)
+    # Optional for argparse only, so that a missing script is reported without naming the script's
+    # own (optional) arguments as required too.
+    launch.add_argument("script", nargs="?", help="the Python script to run in every process")
+    launch.add_argument("script_args", nargs=argparse.REMAINDER, metavar="...", help="arguments for the script")
     launch.set_defaults(run=_launch)
     return parser
 
 
+def launch_argument_problem(args) -> str | None:
+    """What is wrong with ``hpctrain launch``'s arguments, found before any process starts (torchrun
+    would wait forever for a node rank that can never join, or fail with an empty message)."""
+    import os
+
+    if args.nproc_per_node < 1:
+        return f"--nproc-per-node must be at least 1; got {args.nproc_per_node}"
+    if args.nnodes < 1:
+        return f"--nnodes must be at least 1; got {args.nnodes}"
+    if not 0 <= args.node_rank < args.nnodes:
+        return (f"--node-rank must be 0 .. {args.nnodes - 1} with --nnodes {args.nnodes}; got {args.node_rank} "
+                "(number the machines from 0, the one at --master-addr being 0)")
+    if args.script is None:
+        return "give the script to run: hpctrain launch [options] SCRIPT [ARGS ...]"
+    if not os.path.isfile(args.script):
+        return f"{args.script}: no such script (give the path of the Python file to run in every process)"
+    return None
+
+
 def _launch(args) -> int:
     from hpctrain.distribute.launch import launch, torchrun_arguments
+
+    problem = launch_argument_problem(args)
+    if problem is not None:
+        print(f"hpctrain launch: {problem}", file=sys.stderr)
+        return 2
 
     return launch(torchrun_arguments(
         nproc_per_node=args.nproc_per_node, nnodes=args.nnodes, node_rank=args.node_rank,

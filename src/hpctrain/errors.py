@@ -25,6 +25,10 @@ class NonFiniteLossError(HpctrainError, FloatingPointError):
     """Training produced a NaN or infinite loss."""
 
 
+class ReplicaFailed(HpctrainError, RuntimeError):
+    """A replica spawned at ``fit`` raised or died; the others were stopped. The message names its rank."""
+
+
 class CheckpointError(HpctrainError, OSError):
     """A checkpoint could not be written (the previous one is kept) or read back intact."""
 

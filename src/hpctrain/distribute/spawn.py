@@ -10,6 +10,7 @@ at once and its rank and error are reported.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import shutil
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
@@ -26,14 +28,10 @@ import torch
 
 from hpctrain.engine.callbacks import History
 from hpctrain.engine.data import as_numeric
-from hpctrain.errors import ConfigError, HpctrainError
+from hpctrain.errors import ConfigError, ReplicaFailed
 
 _POLL_SECONDS = 0.05
 _SETTLE_SECONDS = 0.5
-
-
-class ReplicaFailed(HpctrainError, RuntimeError):
-    """A spawned replica raised or died; the others were stopped."""
 
 
 class SharedArray:
@@ -128,7 +126,7 @@ def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments:
                    "timeout_seconds": timeout_seconds, "folder": folder, "rng_state": torch.get_rng_state(),
                    "strategy": strategy}
             with open(os.path.join(folder, "job.pickle"), "wb") as f:
-                pickle.dump(job, f)
+                f.write(_pickled_job(job))
             _run_and_watch(folder, replicas)
             with open(os.path.join(folder, "result.pickle"), "rb") as f:
                 weights, history_dict, epochs, rng_state, optimizer_state = pickle.load(f)
@@ -183,6 +181,39 @@ def _error_time(folder: str, rank: int) -> float:
             return float(f.readline())
     except (OSError, ValueError):
         return float("inf")
+
+
+class _ScriptDefinitionFinder(pickle.Pickler):
+    """A pickler noting the classes and functions it meets that the running script defines itself."""
+
+    def __init__(self, file):
+        super().__init__(file)
+        self.found: list[str] = []
+
+    def reducer_override(self, obj):
+        if isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__":
+            self.found.append(obj.__qualname__)
+        return NotImplemented  # pickled as usual
+
+
+def _pickled_job(job: dict) -> bytes:
+    """The replicas' job as pickle bytes; refused before any replica starts if it holds a class or
+    function defined in the script itself: the replicas do not run the script, so they could not
+    rebuild it (they would fail one by one with a bare unpickling error)."""
+    buffer = io.BytesIO()
+    finder = _ScriptDefinitionFinder(buffer)
+    try:
+        finder.dump(job)
+    except (pickle.PicklingError, AttributeError, TypeError) as error:
+        if not finder.found:
+            raise ConfigError(f"the model, its callbacks or fit's arguments cannot be sent to the spawned replicas "
+                              f"({error}); start the script once per replica with hpctrain launch instead.") from error
+    if finder.found:
+        names = ", ".join(sorted(set(finder.found)))
+        raise ConfigError(f"{names} is defined in the script itself; spawned replicas do not run the script, so they "
+                          "cannot rebuild it. Move it into a module beside the script and import it from there, or "
+                          "start the script once per replica: hpctrain launch --nproc-per-node N script.py.")
+    return buffer.getvalue()
 
 
 def _failure_message(folder: str, rank: int, returncode: int) -> str:
