@@ -7,7 +7,7 @@ import pytest
 
 from conftest import small_classification
 from hpctrain.keras import optimizers
-from hpctrain.keras.callbacks import CSVLogger, LambdaCallback, LearningRateScheduler, ReduceLROnPlateau
+from hpctrain.keras.callbacks import Callback, CSVLogger, LambdaCallback, LearningRateScheduler, ReduceLROnPlateau
 from hpctrain.keras.layers import Dense
 from hpctrain.keras.models import Sequential
 
@@ -105,3 +105,41 @@ def test_model_checkpoint_every_n_batches_and_bad_fields(tmp_path, rng):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b-1-2.weights", "b-2-1.weights"]  # batches 3 and 6
     with pytest.raises(ConfigError, match="names 'val_acc', which is not in the logs"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[ModelCheckpoint(tmp_path / "{val_acc}.keras")])
+
+
+class _RecordsTestAndPredictHooks(Callback):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def on_test_begin(self, logs=None):
+        self.calls.append("test_begin")
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.calls.append(f"test_batch_end {batch} {sorted(logs)}")
+
+    def on_test_end(self, logs=None):
+        self.calls.append(f"test_end {sorted(logs)}")
+
+    def on_predict_begin(self, logs=None):
+        self.calls.append("predict_begin")
+
+    def on_predict_end(self, logs=None):
+        self.calls.append("predict_end")
+
+
+def test_evaluate_predict_and_validation_call_keras_test_and_predict_hooks(rng):
+    x, y = small_classification(rng, n=40)
+    model = _model("sgd")
+    record = _RecordsTestAndPredictHooks()
+    logs = model.evaluate(x, y, batch_size=20, verbose=0, callbacks=[record], return_dict=True)
+    assert record.calls == ["test_begin", "test_batch_end 0 ['accuracy', 'loss']",
+                            "test_batch_end 1 ['accuracy', 'loss']", "test_end ['accuracy', 'loss']"]
+    assert sorted(logs) == ["accuracy", "loss"]
+    record.calls.clear()
+    model.predict(x, verbose=0, callbacks=[record])
+    assert record.calls == ["predict_begin", "predict_end"]
+    record.calls.clear()
+    model.fit(x, y, epochs=1, batch_size=20, verbose=0, validation_split=0.5, callbacks=[record])
+    assert record.calls == ["test_begin", "test_batch_end 0 ['val_accuracy', 'val_loss']",
+                            "test_end ['val_accuracy', 'val_loss']"]

@@ -123,6 +123,32 @@ def test_native_api_resumes_with_a_checkpoint_config(tmp_path):
     assert len(ckpt.checkpoint_files(str(tmp_path / "native"))) == 2  # steps 3 and 6; delete_at_end=False
 
 
+def test_a_shuffling_dataloader_resumes_mid_epoch_in_the_same_order(tmp_path):
+    """The loader draws its shuffle order from torch's RNG as its pass begins; the resumed epoch
+    begins its pass from that same state, so it skips exactly the batches already trained on."""
+    x, y = _data()
+    dataset = torch.utils.data.TensorDataset(torch.tensor(x), torch.tensor(y))
+
+    def fit(stop_at=None):
+        torch.manual_seed(0)
+        module = torch.nn.Sequential(torch.nn.Linear(20, 8), torch.nn.Tanh(), torch.nn.Dropout(0.2),
+                                     torch.nn.Linear(8, 4))
+        trainer = Trainer(module, loss=torch.nn.CrossEntropyLoss(), optimizer="adam", plan=tf.make_plan(threads=1))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=True)
+        config = CheckpointConfig(directory=str(tmp_path / "loader"), save_freq=5)
+        try:
+            history = trainer.fit(loader, epochs=2, verbose=0, checkpoint=config,
+                                  callbacks=[StopAtBatch(stop_at)] if stop_at else None)
+        except Interrupt:
+            return None
+        return trainer.get_weights(), history.history
+
+    reference = fit()
+    shutil.rmtree(tmp_path / "loader")
+    assert fit(stop_at=20) is None  # in the second epoch (13 batches each), after the save at step 15
+    _assert_same_run(fit(), reference)
+
+
 def test_payload_round_trip_is_exact(tmp_path):
     payload = {"t": torch.randn(3, 2), "i": torch.arange(5), "a": np.arange(4, dtype=np.int64),
                "nested": [1, 2.5, None, "s", (3, (4, 5.0))], "f": float("inf"), "n": {"x": True}}

@@ -102,6 +102,32 @@ def test_loss_objects_reduce_and_weight_as_keras_on_numpy_data():
         Sequential([Dense(2, input_dim=2)]).compile(loss=losses.MeanSquaredError(reduction=None))
 
 
+def squared_error(y_true, y_pred):
+    return ((y_true - y_pred) ** 2).mean(-1)
+
+
+def test_one_dimensional_labels_meet_one_unit_predictions_as_in_keras(rng):
+    """(N,) labels against a (N, 1) output: a wrapped function, a built-in loss with another
+    reduction and a metric function all see them aligned, as Keras's wrappers align them (no
+    (N, N) broadcast)."""
+    assert losses.MeanSquaredError()(np.array([1.0, 2.0, 3.0]), np.array([[1.0], [2.0], [4.0]])).numpy() \
+        == pytest.approx(1 / 3)
+    x = rng.normal(size=(40, 4)).astype("float32")
+    y = x.sum(1)
+    model = Sequential([Dense(1, input_shape=(4,))])
+    model.compile(optimizer="sgd", loss=squared_error, metrics=[squared_error, "mse"])
+    loss, function_metric, builtin_metric = model.evaluate(x, y, verbose=0)
+    true_mse = float(((model.predict(x, verbose=0)[:, 0] - y) ** 2).mean())
+    assert loss == pytest.approx(true_mse, rel=1e-5)
+    assert function_metric == pytest.approx(true_mse, rel=1e-5)
+    assert builtin_metric == pytest.approx(true_mse, rel=1e-5)
+    summed = Sequential([Dense(1, input_shape=(4,))])
+    summed.compile(optimizer="sgd", loss=losses.MeanSquaredError(reduction="sum"))
+    predictions = summed.predict(x, verbose=0)[:, 0]
+    assert summed.evaluate(x, y, batch_size=40, verbose=0) == pytest.approx(float(((predictions - y) ** 2).sum()),
+                                                                            rel=1e-5)
+
+
 class CountCorrect(metrics.Metric):
     """Keras's custom-metric pattern: state from add_weight, updated per batch."""
 

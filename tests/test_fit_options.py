@@ -163,7 +163,8 @@ def test_steps_per_epoch_carries_a_pass_across_epochs_as_keras_does(rng):
     steps_seen = []
     count = LambdaCallback(on_epoch_begin=lambda epoch, logs: steps_seen.append(0),
                            on_train_batch_end=lambda batch, logs: steps_seen.__setitem__(-1, steps_seen[-1] + 1))
-    with pytest.warns(HpctrainWarning, match="training data ran out after 5 batches, before 2 steps"):
+    with pytest.warns(HpctrainWarning, match=r"training data ran out after 1 of this epoch.s 2 steps \(a pass over "
+                                             r"it is 5 batches\)"):
         model.fit(x, y, epochs=4, batch_size=8, steps_per_epoch=2, shuffle=False, verbose=0, callbacks=[count])
     # Epochs 1-2 take batches 0-3, epoch 3 gets batch 4 and the pass runs out, epoch 4 starts a new pass.
     assert steps_seen == [2, 2, 1, 2]

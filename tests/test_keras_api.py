@@ -357,3 +357,77 @@ def test_verbose_output_is_keras_style(rng, capsys):
     assert line.startswith("2/2 - ") and "/step - loss: " in line
     model.fit(x, y, epochs=1, verbose=0)
     assert capsys.readouterr().out == ""
+
+
+def _two_class_model(seed=0):
+    tf.keras.utils.set_random_seed(seed)
+    model = Sequential([Dense(8, activation="relu", input_shape=(4,)), Dense(2, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return model
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int64", "bool"])
+def test_integer_features_train_as_their_float32_values(dtype, rng):
+    """uint8 pixels or counts: Keras casts them to its float32 layers; fit, evaluate, predict and
+    model(x) give exactly what the same values as float32 give."""
+    x = (rng.random((48, 4)) * 3).astype(dtype)
+    y = rng.integers(0, 2, 48)
+    given = _two_class_model()
+    history = given.fit(x, y, epochs=2, verbose=0, validation_data=(x, y)).history
+    as_float = _two_class_model()  # the same initial weights and shuffling order
+    reference = as_float.fit(x.astype("float32"), y, epochs=2, verbose=0, validation_data=(x.astype("float32"), y))
+    assert history == reference.history
+    np.testing.assert_array_equal(given.predict(x, verbose=0), as_float.predict(x.astype("float32"), verbose=0))
+    np.testing.assert_array_equal(np.asarray(given(x[:3])), as_float.predict(x[:3].astype("float32"), verbose=0))
+    assert given.evaluate(x, y, verbose=0) == as_float.evaluate(x.astype("float32"), y, verbose=0)
+
+
+def test_numpy_scalars_are_accepted_where_numbers_are(rng):
+    """np.int64 from np.unique or shapes, np.float32 from a computed rate: accepted as Keras accepts them."""
+    x, y = rng.random((40, 4)).astype("float32"), rng.integers(0, 2, 40)
+    model = Sequential([Dense(np.int64(8), activation="relu", input_shape=(4,)), Dense(2, activation="softmax")])
+    model.compile(optimizer=Adam(learning_rate=np.float32(0.01)), loss="sparse_categorical_crossentropy")
+    history = model.fit(x, y, epochs=np.int64(2), batch_size=np.int64(8), validation_split=np.float32(0.25),
+                        class_weight={label: 1.0 for label in np.unique(y)}, verbose=0)
+    assert len(history.history["loss"]) == 2 and len(history.history["val_loss"]) == 2
+    with pytest.raises(tf.errors.ConfigError, match=r"batch_size must be a whole number >= 1; got True"):
+        model.fit(x, y, batch_size=True, verbose=0)
+
+
+def test_zero_epochs_train_nothing_as_in_keras(rng):
+    x, y = rng.random((40, 4)).astype("float32"), rng.integers(0, 2, 40)
+    model = _two_class_model()
+    before = model.get_weights()
+    history = model.fit(x, y, epochs=0, verbose=0)
+    assert history.history == {} and history.epoch == []
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    with pytest.raises(tf.errors.ConfigError, match=r"epochs must be a whole number >= 0; got -1"):
+        model.fit(x, y, epochs=-1, verbose=0)
+
+
+def test_one_output_given_as_a_list_is_a_one_output_model(rng):
+    x = rng.random((32, 4)).astype("float32")
+    y = x.sum(1, keepdims=True)
+    inputs = Input(shape=(4,))
+    listed = tf.keras.Model(inputs=[inputs], outputs=[Dense(1)(inputs)])
+    listed.compile(optimizer="sgd", loss="mse")
+    history = listed.fit(x, y, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+    predictions = listed.predict(x, verbose=0)
+    assert predictions.shape == (32, 1)
+    assert listed.evaluate(x, y, verbose=0) == pytest.approx(float(((predictions - y) ** 2).mean()), rel=1e-5)
+
+
+def test_unsupported_cross_entropy_options_are_named():
+    losses.CategoricalCrossentropy(label_smoothing=0.0, axis=-1)  # Keras's defaults are accepted
+    with pytest.raises(tf.errors.ConfigError, match=r"CategoricalCrossentropy\(label_smoothing=...\) is not supported"):
+        losses.CategoricalCrossentropy(label_smoothing=0.1)
+    with pytest.raises(tf.errors.ConfigError, match=r"SparseCategoricalCrossentropy\(ignore_class=...\) is not"):
+        losses.SparseCategoricalCrossentropy(ignore_class=0)
+
+
+def test_sequential_output_shape():
+    assert Sequential([Dense(8, input_shape=(4,)), Dense(3)]).output_shape == (None, 3)
+    with pytest.raises(tf.errors.ConfigError, match=r"has no output shape yet: its input shape is unknown"):
+        Sequential([Dense(3)]).output_shape

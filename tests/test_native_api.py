@@ -183,6 +183,7 @@ def test_customised_pytorch_losses_keep_their_own_semantics(rng):
     assert from_torch(torch.nn.CrossEntropyLoss(label_smoothing=0.1)) is None
     assert from_torch(torch.nn.CrossEntropyLoss(weight=torch.ones(3))) is None
     assert from_torch(torch.nn.MSELoss(reduction="sum")) is None
+    assert from_torch(torch.nn.CrossEntropyLoss(ignore_index=0)) is None
     trainer = hpctrain.Trainer(_net(), loss=torch.nn.CrossEntropyLoss(label_smoothing=0.1), optimizer="sgd")
     assert isinstance(trainer.loss, CallableLoss)
 
@@ -205,3 +206,103 @@ def test_shuffled_batches_stay_intact_while_the_loop_uses_them():
         previous = (xb, order[first:first + 4])
         targets.append(yb)
     assert torch.equal(torch.cat(targets), order)
+
+
+def test_an_ignored_class_trains_as_torch_ignores_it(rng):
+    x, y = small_classification(rng, n=48)
+    module, reference = _net(), _net()
+    loss = torch.nn.CrossEntropyLoss(ignore_index=0)
+    hpctrain.Trainer(module, loss=loss, optimizer=torch.optim.SGD(module.parameters(), lr=0.1), plan=CPU).fit(
+        x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    for _ in range(2):
+        for start in range(0, 48, 16):
+            opt.zero_grad()
+            loss(reference(xt[start:start + 16]), yt[start:start + 16]).backward()
+            opt.step()
+    for got, expected in zip(module.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def _batch_norm_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+
+def test_weights_include_buffers_so_restoring_the_best_epoch_restores_batch_norm(rng):
+    x, y = small_classification(rng, n=64)
+    module = _batch_norm_net()
+    trainer = hpctrain.Trainer(module, loss=torch.nn.CrossEntropyLoss(), optimizer="adam", plan=CPU)
+    weights = trainer.get_weights()
+    assert len(weights) == len(module.state_dict())  # running mean, variance and count included
+    best = hpctrain.keras.callbacks.EarlyStopping(monitor="val_loss", patience=1, restore_best_weights=True)
+    history = trainer.fit(x[:48], y[:48], epochs=6, batch_size=8, verbose=0, validation_data=(x[48:], y[48:]),
+                          callbacks=[best])
+    assert trainer.evaluate(x[48:], y[48:], verbose=0) == pytest.approx(min(history.history["val_loss"]), rel=1e-6)
+
+
+def test_model_checkpoint_saves_a_modules_state_dict(tmp_path, rng):
+    x, y = small_classification(rng, n=32)
+    module = _net()
+    trainer = hpctrain.Trainer(module, loss=torch.nn.CrossEntropyLoss(), optimizer="sgd", plan=CPU)
+    path = tmp_path / "weights-{epoch}.pt"
+    trainer.fit(x, y, epochs=2, verbose=0, callbacks=[
+        hpctrain.keras.callbacks.ModelCheckpoint(str(path), monitor="loss", save_weights_only=True)])
+    saved = torch.load(tmp_path / "weights-2.pt", weights_only=True)
+    for name, tensor in module.state_dict().items():
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=0)
+    other = hpctrain.Trainer(_net(), loss=torch.nn.CrossEntropyLoss(), optimizer="sgd", plan=CPU)
+    other.load_weights(tmp_path / "weights-2.pt")
+    np.testing.assert_array_equal(other.predict(x), trainer.predict(x))
+    with pytest.raises(hpctrain.errors.ConfigError, match=r"for a torch module give save_weights_only=True"):
+        trainer.fit(x, y, epochs=1, verbose=0,
+                    callbacks=[hpctrain.keras.callbacks.ModelCheckpoint(str(tmp_path / "m.keras"))])
+
+
+def test_loader_batches_get_the_same_label_handling_as_arrays(rng):
+    """(N,) float64 regression targets against a one-unit output: from a DataLoader exactly as
+    from arrays (float32, aligned to (N, 1); no (N, N) broadcast)."""
+    x = rng.normal(size=(64, 6))
+    y = x.sum(1)
+    torch.manual_seed(0)
+    from_arrays = torch.nn.Linear(6, 1)
+    from_loader = torch.nn.Linear(6, 1)
+    from_loader.load_state_dict(from_arrays.state_dict())
+    hpctrain.Trainer(from_arrays, loss=torch.nn.MSELoss(), optimizer="sgd", plan=CPU).fit(
+        x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.tensor(x), torch.tensor(y)),
+                                         batch_size=16)
+    hpctrain.Trainer(from_loader, loss=torch.nn.MSELoss(), optimizer="sgd", plan=CPU).fit(loader, epochs=2,
+                                                                                        verbose=0)
+    for a, b in zip(from_arrays.parameters(), from_loader.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+class _DictOutput(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return {"logits": self.linear(x)}
+
+
+def test_a_module_returning_a_dict_is_told_to_return_a_tensor(rng):
+    x, y = small_classification(rng, n=16)
+    trainer = hpctrain.Trainer(_DictOutput(), loss=lambda out, target: out["logits"].sum(), optimizer="sgd")
+    with pytest.raises(hpctrain.errors.InputError, match=r"the model returned a dict, not a tensor"):
+        trainer.fit(x, y, verbose=0)
+
+
+def test_evaluate_takes_a_dataloader_as_fit_does(rng):
+    x, y = small_classification(rng, n=40)
+    trainer = hpctrain.Trainer(_net(), loss=torch.nn.CrossEntropyLoss(), optimizer="sgd", metrics=["accuracy"],
+                               plan=CPU)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.tensor(x), torch.tensor(y)),
+                                         batch_size=16)
+    assert trainer.evaluate(loader, verbose=0) == pytest.approx(trainer.evaluate(x, y, verbose=0), rel=1e-6)
+    with pytest.raises(hpctrain.errors.ConfigError, match=r"takes the labels .* from its batches"):
+        trainer.evaluate(loader, y, verbose=0)
+    with pytest.raises(hpctrain.errors.ConfigError, match=r"predict takes the inputs as one array or tensor"):
+        trainer.predict(loader)

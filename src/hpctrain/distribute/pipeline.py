@@ -20,6 +20,7 @@ from hpctrain.distribute.communicator import Communicator
 from hpctrain.distribute.partition import Split, optimizer_slots, split_model, stack_layers
 from hpctrain.distribute.runtime import DEFAULT_TIMEOUT_SECONDS, GroupSpec
 from hpctrain.distribute.strategy import Strategy, parse_device
+from hpctrain.engine.callbacks import CallbackList
 from hpctrain.engine.data import ResidentData, to_tensor
 from hpctrain.engine.metrics import MetricSet, ModelOutput
 from hpctrain.engine.optim import as_torch_optimizer
@@ -388,18 +389,27 @@ class PipelineTrainer(Trainer):
         return logs
 
     def _evaluate_logs(self, data, batch_size: int, prefix: str = "", output_shape=None,
-                       batches=None) -> dict[str, float]:
+                       batches=None, hooks=None) -> dict[str, float]:
+        """As the trainer's; callbacks get ``on_test_begin``/``on_test_end`` (no per-batch hooks:
+        a batch's loss is known on the last stage only)."""
         if batches is not None:
             raise ConfigError("validation_steps is not supported with PipelineStrategy yet; leave it out.")
+        if hooks is not None:
+            hooks.call("on_test_begin", {})
         metrics = self._metric_set(output_shape or self._output_shape_of(data), prefix=prefix)
         share = data.shard(self.groups.replica, self.config.data_parallel)
         for xb, yb in share.batches(batch_size):
             output = self._forward(xb)
             if self.is_last:
                 metrics.update(self.loss(output, yb), ModelOutput(output, self.output_activation), yb)
-        return self._logs_of_last_stage(metrics)
+        logs = self._logs_of_last_stage(metrics)
+        if hooks is not None:
+            hooks.call("on_test_end", logs)
+        return logs
 
-    def predict(self, x, *, batch_size=None, verbose=0):
+    def predict(self, x, *, batch_size=None, verbose=0, callbacks=None, callback_model=None):
+        hooks = CallbackList(callbacks or [], model=callback_model or self, params={})
+        hooks.call("on_predict_begin", {})
         self._apply_plan()
         inputs = self._inputs_tensor(x, name="x")
         share = ResidentData(inputs, None).shard(self.groups.replica, self.config.data_parallel)
@@ -414,6 +424,7 @@ class PipelineTrainer(Trainer):
         self.communicator.broadcast_(rows, source=last)  # every rank returns every row
         steps = -(-len(inputs) // batch_size)
         Progress(verbose=_resolve_verbose(verbose) if self.plan.rank == 0 else 0, total_steps=steps).finish(steps, {})
+        hooks.call("on_predict_end", {})
         return self._activate(rows).cpu().numpy()
 
     def _metric_set(self, output_shape, prefix: str = "") -> MetricSet:

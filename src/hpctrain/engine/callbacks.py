@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from hpctrain.arguments import is_number, is_whole_number
 from hpctrain.engine.checkpoint import CheckpointConfig
 from hpctrain.errors import ConfigError, MissingDependencyError, warn
 
@@ -93,6 +94,9 @@ class CallbackList:
         self.wants_train_batch_begin = any(
             _overrides(cb, hook) for cb in self.callbacks for hook in ("on_train_batch_begin", "on_batch_begin")
         )
+
+    def wants(self, *hooks: str) -> bool:
+        return any(_overrides(cb, hook) for cb in self.callbacks for hook in hooks)
 
     def call(self, hook: str, *args) -> None:
         for callback in self.callbacks:
@@ -254,7 +258,7 @@ class LearningRateScheduler(Callback):
             rate = self.schedule(epoch, current)
         except TypeError:  # the one-argument form
             rate = self.schedule(epoch)
-        if not isinstance(rate, (int, float)) or rate != rate:
+        if not is_number(rate) or rate != rate:
             raise ConfigError(f"the learning-rate schedule returned {rate!r} for epoch {epoch}; it must return a "
                               "number.")
         _set_learning_rate(self.model, float(rate))
@@ -374,7 +378,7 @@ class ModelCheckpoint(Callback):
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
                  mode="auto", save_freq="epoch", initial_value_threshold=None):
         super().__init__()
-        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1):
+        if save_freq != "epoch" and (not is_whole_number(save_freq) or save_freq < 1):
             raise ConfigError(f"save_freq must be 'epoch' or a whole number of batches >= 1; got {save_freq!r}.")
         if mode not in ("auto", "min", "max"):
             raise ConfigError(f"ModelCheckpoint mode must be 'auto', 'min' or 'max'; got {mode!r}.")
@@ -387,6 +391,12 @@ class ModelCheckpoint(Callback):
         self.batches_seen = 0
         if save_freq != "epoch":
             self.on_train_batch_end = self._every_n_batches  # only then: per-batch logs cost a sync each
+
+    def on_train_begin(self, logs=None):
+        if not self.save_weights_only and not hasattr(self.model, "save"):
+            raise ConfigError("ModelCheckpoint saves a whole model only for Keras models; for a torch module give "
+                              "save_weights_only=True (its state_dict, read back with trainer.load_weights or "
+                              "module.load_state_dict(torch.load(path))).")
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -455,7 +465,7 @@ class TensorBoard(Callback):
         if write_images or profile_batch or embeddings_freq or embeddings_metadata is not None:
             raise ConfigError("TensorBoard: write_images, profile_batch and embeddings are not supported yet; "
                               "remove them (scalars, histograms and steps per second are written).")
-        if isinstance(histogram_freq, bool) or not isinstance(histogram_freq, int) or histogram_freq < 0:
+        if not is_whole_number(histogram_freq) or histogram_freq < 0:
             raise ConfigError(f"TensorBoard histogram_freq must be a whole number >= 0; got {histogram_freq!r}.")
         self.log_dir = str(log_dir)
         self.histogram_freq = histogram_freq
@@ -517,7 +527,7 @@ def _batch_frequency(update_freq) -> int:
         return 0
     if update_freq == "batch":
         return 1
-    if isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq < 1:
+    if not is_whole_number(update_freq) or update_freq < 1:
         raise ConfigError(f"TensorBoard update_freq must be 'epoch', 'batch' or a whole number of batches >= 1; "
                           f"got {update_freq!r}.")
     return update_freq

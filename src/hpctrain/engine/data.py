@@ -13,6 +13,7 @@ pays the per-call overhead once. For the 784-wide, 32-row seed batches that halv
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Iterator
 
 import numpy as np
@@ -128,14 +129,17 @@ def to_tensor(array, *, name: str, device: torch.device) -> torch.Tensor:
         tensor = array.detach()
     else:
         tensor = torch.from_numpy(_as_numeric_numpy(array, name=name))
-    if tensor.is_floating_point() and tensor.dtype != torch.float32:
-        tensor = tensor.to(torch.float32)
-    elif tensor.dtype == torch.bool:
-        tensor = tensor.to(torch.float32)
-    elif not tensor.is_floating_point() and tensor.dtype != torch.int64:
-        tensor = tensor.to(torch.int64)
     # Fancy-index gathers and GEMMs both want one dense block.
-    return tensor.to(device).contiguous()
+    return with_training_dtype(tensor).to(device).contiguous()
+
+
+def with_training_dtype(tensor: torch.Tensor) -> torch.Tensor:
+    """Floats (and bools) as float32, as Keras casts them; other integers as int64 (class indices)."""
+    if tensor.is_floating_point() and tensor.dtype != torch.float32 or tensor.dtype == torch.bool:
+        return tensor.to(torch.float32)
+    if not tensor.is_floating_point() and tensor.dtype != torch.int64:
+        return tensor.to(torch.int64)
+    return tensor
 
 
 def as_numeric(array, *, name: str):
@@ -325,12 +329,18 @@ class _AlternatingChunks:
         return self.source.new_empty((self.rows, *self.source.shape[1:]))
 
 
+_EMPTY = object()
+
+
 class LoaderData:
     """An iterable of ``(x, y)`` batches (a ``DataLoader``), moved to the device batch by batch."""
 
     def __init__(self, loader, device: torch.device):
         self.loader = loader
         self.device = device
+        # The loss's label checks and conversions, ``y -> y``: arrays get them once before training,
+        # a loader's batches each as they come (set by the trainer once it knows the output's shape).
+        self.prepare_targets = None
 
     def __len__(self) -> int:
         return len(self.loader.dataset) if hasattr(self.loader, "dataset") else 0
@@ -343,12 +353,22 @@ class LoaderData:
             return None
 
     def batches(self):
+        """One pass's batches. The loader's iterator is made, and its first batch fetched, here at
+        the call: that is when a loader draws its workers' seed and a shuffling sampler its order
+        from torch's RNG, so the caller knows which RNG state the pass's order came from."""
+        iterator = iter(self.loader)
+        first = next(iterator, _EMPTY)
+        return self._moved_to_device(iterator if first is _EMPTY else itertools.chain([first], iterator))
+
+    def _moved_to_device(self, iterator):
         # non_blocking lets the copy of batch k+1 overlap the step of batch k with pinned memory.
-        for batch in self.loader:
+        for batch in iterator:
             if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
                 raise InputError(
                     "each batch from the data loader must be an (x, y) pair or an (x, y, sample_weight) triple; "
                     f"got {type(batch).__name__}. Return (inputs, targets) from the dataset."
                 )
-            xb, *targets = (torch.as_tensor(part).to(self.device, non_blocking=True) for part in batch)
-            yield xb, targets[0] if len(targets) == 1 else WeightedTargets(targets[0], targets[1].to(torch.float32))
+            xb, *targets = (with_training_dtype(torch.as_tensor(part)).to(self.device, non_blocking=True)
+                            for part in batch)
+            yb = targets[0] if self.prepare_targets is None else self.prepare_targets(targets[0])
+            yield xb, yb if len(targets) == 1 else WeightedTargets(yb, targets[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from hpctrain.arguments import is_whole_number
 from hpctrain.engine import validation
 from hpctrain.engine.data import Columns, WeightedTargets, to_tensor
 from hpctrain.engine.metrics import class_indices
@@ -38,7 +39,7 @@ def with_class_weight(targets, class_weight: dict):
     if isinstance(targets, WeightedTargets):
         raise ConfigError("class_weight and sample_weight were both given; give one of them (Keras accepts "
                           "only one). To combine them, multiply the class weights into sample_weight.")
-    if any(isinstance(key, bool) or not isinstance(key, int) or key < 0 for key in class_weight):
+    if any(not is_whole_number(key) or key < 0 for key in class_weight):
         raise ConfigError(f"class_weight keys must be class indices (whole numbers >= 0); got {sorted(class_weight)}.")
     classes = class_indices(targets)
     classes = classes.round().to(torch.int64) if classes.is_floating_point() else classes
@@ -59,10 +60,10 @@ def check_steps(value, name: str):
 
 def check_validation_freq(validation_freq):
     if isinstance(validation_freq, (list, tuple)):
-        if not validation_freq or any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in validation_freq):
+        if not validation_freq or any(not is_whole_number(e) or e < 1 for e in validation_freq):
             raise ConfigError(f"validation_freq as a list names the epochs (counted from 1) to validate after; got "
                               f"{validation_freq!r}.")
-        return set(validation_freq)
+        return {int(epoch) for epoch in validation_freq}
     return validation.check_positive_int(validation_freq, name="validation_freq",
                                          hint="Or give a list of epochs, e.g. [1, 5, 10].")
 
@@ -93,11 +94,12 @@ class BatchStream:
     def epoch(self):
         if self.current is None:
             self.current, self.seen = iter(self.new_pass()), 0
-        for _ in range(self.steps):
+        for done in range(self.steps):
             batch = None if self._pass_done() else next(self.current, None)
             if batch is None:
-                warn(f"the {self.what} data ran out after {self.seen} batches, before {self.steps} steps; this epoch "
-                     "ends early and the next one starts a new pass. Lower the steps, or give more data.")
+                warn(f"the {self.what} data ran out after {done} of this epoch's {self.steps} steps (a pass over it "
+                     f"is {self.seen} batches); this epoch ends early and the next one starts a new pass. Lower the "
+                     "steps, or give more data.")
                 self.current = None
                 return
             self.seen += 1

@@ -174,7 +174,8 @@ def from_torch(loss) -> Loss | None:
     Known losses can train on the static executor; anything else is a :class:`CallableLoss`.
     """
     plain_mean = getattr(loss, "reduction", "mean") == "mean" and getattr(loss, "weight", None) is None
-    if type(loss) is torch.nn.CrossEntropyLoss and plain_mean and loss.label_smoothing == 0.0:
+    if (type(loss) is torch.nn.CrossEntropyLoss and plain_mean and loss.label_smoothing == 0.0
+            and loss.ignore_index == -100):  # an ignored class changes the loss; torch's own runs it then
         return CrossEntropy(sparse=None, from_logits=True)
     if loss is F.cross_entropy:
         return CrossEntropy(sparse=None, from_logits=True)
@@ -196,6 +197,18 @@ class CallableLoss(Loss):
 
     def __call__(self, prediction, target):
         return self.fn(prediction, target)
+
+
+def same_rank(y_true: torch.Tensor, y_pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keras's alignment of labels and predictions whose ranks differ by one trailing unit axis:
+    ``(N,)`` labels against ``(N, 1)`` predictions become ``(N, 1)``, so that ``y_true - y_pred``
+    does not broadcast to ``(N, N)``. Other shapes (class indices against class scores) pass as
+    they are."""
+    if y_true.dim() == y_pred.dim() + 1 and y_true.shape[-1] == 1:
+        return (y_true, y_pred.unsqueeze(-1)) if y_pred.dim() == 1 else (y_true.squeeze(-1), y_pred)
+    if y_pred.dim() == y_true.dim() + 1 and y_pred.shape[-1] == 1:
+        return (y_true.unsqueeze(-1), y_pred) if y_true.dim() == 1 else (y_true, y_pred.squeeze(-1))
+    return y_true, y_pred
 
 
 def weighted_values(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import math
 import torch
 
 from hpctrain.errors import ConfigError, valid_names_hint
+from hpctrain.engine.losses import same_rank
 
 
 class ModelOutput:
@@ -93,9 +94,14 @@ def class_indices(target: torch.Tensor) -> torch.Tensor:
 
 
 def dense_target(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """Class-index labels as one-hot rows shaped like ``output`` (labels may be stored as indices)."""
-    if target.dtype == torch.int64 and output.dim() == target.dim() + 1:
+    """Class-index labels as one-hot rows shaped like ``output`` (labels may be stored as indices);
+    ``(N,)`` labels of a one-unit ``(N, 1)`` output (or the reverse) with its rank, as Keras aligns them."""
+    if target.dtype == torch.int64 and output.dim() == target.dim() + 1 and output.shape[-1] > 1:
         return torch.nn.functional.one_hot(target, output.shape[-1]).to(output.dtype)
+    if output.dim() == target.dim() + 1 and output.shape[-1] == 1:
+        return target.unsqueeze(-1)
+    if target.dim() == output.dim() + 1 and target.shape[-1] == 1:
+        return target.squeeze(-1)
     return target
 
 
@@ -152,7 +158,7 @@ class FunctionMetric(Metric):
 
     def per_sample(self, output, target):
         y_true = keras_y_true(target, output.probs, self.loss).to(output.probs.dtype)
-        return torch.as_tensor(self.fn(y_true, output.probs), dtype=self.total.dtype)
+        return torch.as_tensor(self.fn(*same_rank(y_true, output.probs)), dtype=self.total.dtype)
 
 
 class StatefulMetric(Metric):

@@ -31,6 +31,8 @@ class FitRun:
     step: int = 0  # steps done in this epoch
     global_step: int = 0
     order: torch.Tensor | None = None  # this epoch's permutation of the rows
+    # A DataLoader's pass draws its shuffle order from torch's RNG as it begins: the state then.
+    loader_rng: torch.Tensor | None = None
     resumed_mid_epoch: bool = False
 
 
@@ -66,6 +68,7 @@ class RunCheckpointer:
             "position": {"epoch": run.epoch, "step": run.step, "global_step": run.global_step,
                          "finished": finished, "world_size": trainer.plan.world_size},
             "order": run.order,
+            "loader_rng": run.loader_rng,
             "model": dict(trainer.module.state_dict()),
             "optimizer": optimizer_state(trainer.optimizer),
             "rng": _shared_rng_state(shuffler),
@@ -107,7 +110,8 @@ class RunCheckpointer:
         self.saved_hyperparameters = payload["optimizer"]["groups"]
         _load_callback_states(hooks.callbacks, payload["callbacks"])
         run = FitRun(epoch=position["epoch"], step=position["step"], global_step=position["global_step"],
-                     order=payload["order"], resumed_mid_epoch=position["step"] > 0)
+                     order=payload["order"], loader_rng=payload.get("loader_rng"),
+                     resumed_mid_epoch=position["step"] > 0)
         trainer.stop_training = bool(position["finished"])
         return run
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import itertools
 import math
+import os
 
 import numpy as np
 import torch
@@ -136,7 +138,7 @@ class Trainer:
         skip_steps = check_on_nonfinite(on_nonfinite) == "skip_step"
         if batch_size != "auto":
             batch_size = validation.check_batch_size(batch_size)
-        validation.check_positive_int(epochs, name="epochs")
+        epochs = validation.check_whole_number(epochs, name="epochs", minimum=0)  # 0 trains nothing, as in Keras
         validation_split = validation.check_fraction(validation_split, name="validation_split")
         steps_per_epoch = fit_options.check_steps(steps_per_epoch, "steps_per_epoch")
         validation_steps = fit_options.check_steps(validation_steps, "validation_steps")
@@ -213,7 +215,8 @@ class Trainer:
         validation = loop.data.validation
         if validation is not None and fit_options.validates_after(epoch, loop.validation_freq):
             logs.update(self._evaluate_logs(validation, self.inference_batch_size, prefix="val_",
-                                            output_shape=loop.data.output_shape, batches=loop.validation_batches()))
+                                            output_shape=loop.data.output_shape, batches=loop.validation_batches(),
+                                            hooks=hooks))
         progress.finish(loop.steps, logs)
         hooks.call("on_epoch_end", epoch, logs)
         run.epoch, run.step, run.order = epoch + 1, 0, None
@@ -235,23 +238,47 @@ class Trainer:
                               "running pass over the data); drop steps_per_epoch or the checkpoint.")
         return RunCheckpointer(configs[0], self) if configs else None
 
-    def evaluate(self, x, y=None, *, batch_size=None, verbose="auto", return_dict=False, sample_weight=None):
+    def evaluate(self, x, y=None, *, batch_size=None, verbose="auto", return_dict=False, sample_weight=None,
+                 callbacks=None, callback_model=None):
+        """``callbacks`` get Keras's ``on_test_*`` hooks (``on_test_batch_*`` cost a host sync per batch,
+        and only when a callback defines them)."""
         self._apply_plan()
-        data, _ = self._prepare_labelled(x, y, name="x", sample_weight=sample_weight)
-        steps = _steps_per_epoch(data, batch_size or 32)
+        if _is_loader(x):
+            data = self._evaluation_loader(x, y, sample_weight)
+            steps = data.steps
+        else:
+            data, _ = self._prepare_labelled(x, y, name="x", sample_weight=sample_weight)
+            steps = _steps_per_epoch(data, batch_size or 32)
         progress = Progress(verbose=_resolve_verbose(verbose) if self.plan.rank == 0 else 0, total_steps=steps)
-        logs = self._evaluate_logs(data, batch_size or self.inference_batch_size)
+        hooks = CallbackList(callbacks or [], model=callback_model or self,
+                             params={"verbose": verbose, "epochs": 1, "steps": steps})
+        logs = self._evaluate_logs(data, batch_size or self.inference_batch_size, hooks=hooks)
         progress.finish(steps, logs)
         if return_dict:
             return logs
         values = list(logs.values())
         return values[0] if len(values) == 1 else values
 
-    def predict(self, x, *, batch_size=None, verbose=0) -> np.ndarray:
+    def _evaluation_loader(self, loader, y, sample_weight) -> LoaderData:
+        if y is not None or sample_weight is not None:
+            raise ConfigError("evaluate on a DataLoader takes the labels (and sample weights) from its batches; "
+                              "give no y or sample_weight beside it.")
+        data = LoaderData(loader, self.plan.device)
+        return self._with_loader_targets(_PreparedData(data, None, self._loader_output_shape(data))).train
+
+    def predict(self, x, *, batch_size=None, verbose=0, callbacks=None, callback_model=None) -> np.ndarray:
+        """``callbacks`` get ``on_predict_begin``/``on_predict_end`` (per-batch predict hooks are not
+        called: the rows are predicted in large batches)."""
+        if _is_loader(x):
+            raise ConfigError("predict takes the inputs as one array or tensor, not a DataLoader; concatenate the "
+                              "loader's inputs (torch.cat([xb for xb, *_ in loader])) or predict batch by batch.")
         self._apply_plan()
         inputs = self._inputs_tensor(x, name="x")
         steps = _steps_per_epoch(ResidentData(inputs, None), batch_size or 32)
         progress = Progress(verbose=_resolve_verbose(verbose) if self.plan.rank == 0 else 0, total_steps=steps)
+        hooks = CallbackList(callbacks or [], model=callback_model or self,
+                             params={"verbose": verbose, "epochs": 1, "steps": steps})
+        hooks.call("on_predict_begin", {})
         if self.communicator is None:
             outputs = self.predict_tensor(inputs, batch_size=batch_size or self.inference_batch_size)
         else:  # each replica predicts its contiguous share; the gather restores input order
@@ -259,6 +286,7 @@ class Trainer:
             outputs = self.communicator.all_gather_rows(
                 self.predict_tensor(share, batch_size=batch_size or self.inference_batch_size))
         progress.finish(steps, {})
+        hooks.call("on_predict_end", {})
         return outputs.cpu().numpy()
 
     def predict_tensor(self, inputs: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
@@ -272,12 +300,30 @@ class Trainer:
     # --- weights ------------------------------------------------------------------------------
 
     def get_weights(self) -> list[np.ndarray]:
-        return [p.detach().cpu().numpy().copy() for p in self.module.parameters()]
+        """Every tensor of the module's state in ``state_dict`` order: parameters and buffers (batch
+        norm's running statistics), as Keras's list holds non-trainable weights too."""
+        return [tensor.detach().cpu().numpy().copy() for tensor in self._state_tensors()]
+
+    def save_weights(self, filepath) -> None:
+        """The module's ``state_dict`` by ``torch.save``, written under a temporary name then renamed
+        (never a truncated file); :meth:`load_weights` or ``module.load_state_dict(torch.load(path))``
+        reads it back."""
+        filepath = str(filepath)
+        temporary = f"{filepath}.tmp"
+        torch.save(self.module.state_dict(), temporary)
+        os.replace(temporary, filepath)
+
+    def load_weights(self, filepath) -> None:
+        self.module.load_state_dict(torch.load(str(filepath), map_location=self.plan.device, weights_only=True))
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        return list(self.module.state_dict(keep_vars=True).values())
 
     def set_weights(self, weights) -> None:
-        params = list(self.module.parameters())
+        params = self._state_tensors()
         if len(weights) != len(params):
-            raise InputError(f"set_weights got {len(weights)} arrays but the model has {len(params)} weights.")
+            raise InputError(f"set_weights got {len(weights)} arrays but the model has {len(params)} weights "
+                             "(parameters and buffers, as get_weights() lists them).")
         with torch.no_grad():
             for param, value in zip(params, weights):
                 value = torch.as_tensor(np.asarray(value), dtype=param.dtype)
@@ -289,6 +335,21 @@ class Trainer:
                 param.copy_(value)
 
     # --- the epoch ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _loader_pass(data: LoaderData, run: FitRun, *, resumed: bool):
+        """The batches of one pass of a DataLoader. A shuffling loader draws its order from torch's
+        RNG as the pass begins; the RNG state then is kept in the run (and its checkpoints), so a
+        resumed epoch begins its pass from the same state: the same order, whose batches already
+        done are then skipped."""
+        if resumed and run.loader_rng is not None:
+            now = torch.get_rng_state()
+            torch.set_rng_state(run.loader_rng)
+            batches = data.batches()
+            torch.set_rng_state(now)  # the RNG as saved, for what the steps draw (dropout)
+            return batches
+        run.loader_rng = torch.get_rng_state()
+        return data.batches()
 
     def _run_epoch(self, step, data, batch_size, shuffler, metrics: MetricSet, hooks: CallbackList,
                    progress: Progress, stream=None) -> dict[str, float]:
@@ -302,8 +363,8 @@ class Trainer:
             run.resumed_mid_epoch = False
             self._saver.resume_epoch(metrics)
         if isinstance(data, LoaderData):
-            return self._run_steps(step, itertools.islice(data.batches(), done, None), done, metrics, hooks,
-                                   progress)
+            return self._run_steps(step, itertools.islice(self._loader_pass(data, run, resumed=done > 0), done, None),
+                                   done, metrics, hooks, progress)
         if done:
             order = run.order if run.order is not None else torch.arange(len(data), device=data.x.device)
         else:
@@ -467,21 +528,30 @@ class Trainer:
         return next(itertools.islice(batches, step - 1, None), None)
 
     def _evaluate_logs(self, data, batch_size: int, prefix: str = "", output_shape=None,
-                       batches=None) -> dict[str, float]:
+                       batches=None, hooks: CallbackList | None = None) -> dict[str, float]:
         metrics = self._metric_set(output_shape or self._output_shape_of(data), prefix=prefix)
         data = self._share_of(data)
+        hooks = hooks or CallbackList([], model=self, params={})
+        per_batch = hooks.wants("on_test_batch_begin", "on_test_batch_end")
+        hooks.call("on_test_begin", {})
         self.module.eval()
         with torch.inference_mode(), autocast(self.plan.device, self.plan.precision):
             if batches is None:
                 batches = data.batches() if isinstance(data, LoaderData) else data.batches(batch_size)
-            for xb, yb in batches:
+            for batch, (xb, yb) in enumerate(batches):
+                if per_batch:
+                    hooks.call("on_test_batch_begin", batch, {})
                 yb, weights = split_weights(yb)
                 logits = self.module(xb)
                 loss = self.loss(logits, yb) if weights is None else self.loss.weighted(logits, yb, weights)
                 if self.penalty is not None:
                     loss = loss + self.penalty()
                 metrics.update(loss, ModelOutput(logits, self.output_activation), yb, weights)
-        return metrics.results()
+                if per_batch:
+                    hooks.call("on_test_batch_end", batch, metrics.results())  # a host sync, asked for
+        logs = metrics.results()
+        hooks.call("on_test_end", logs)
+        return logs
 
     def _start_replicas_equal(self) -> None:
         """Every replica starts from rank 0's weights, as DDP does, whatever each one initialised."""
@@ -669,7 +739,9 @@ class Trainer:
                 raise ConfigError("with a DataLoader, give sample weights as a third item of each batch "
                                   "(x, y, sample_weight); sample_weight and class_weight need arrays.")
             loader = LoaderData(x, self.plan.device)
-            return _PreparedData(loader, self._prepare_validation(validation_data), self._loader_output_shape(loader))
+            output_shape = self._loader_output_shape(loader)
+            return self._with_loader_targets(_PreparedData(loader, self._prepare_validation(validation_data),
+                                                           output_shape))
         train, output_shape = self._prepare_labelled(x, y, name="x", sample_weight=sample_weight)
         held_out = self._prepare_validation(validation_data)
         if validation_split and validation_data is None:  # as in Keras, validation_data wins
@@ -681,7 +753,14 @@ class Trainer:
                 )
         if class_weight is not None:  # as in Keras, for the training rows only
             train = ResidentData(train.x, fit_options.with_class_weight(train.y, class_weight))
-        return _PreparedData(train, held_out, output_shape)
+        return self._with_loader_targets(_PreparedData(train, held_out, output_shape))
+
+    def _with_loader_targets(self, data: "_PreparedData") -> "_PreparedData":
+        """Loaders' labels checked and converted by the loss batch by batch, as arrays' are once."""
+        for part in (data.train, data.validation):
+            if isinstance(part, LoaderData):
+                part.prepare_targets = functools.partial(self.loss.prepare_targets, output_shape=data.output_shape)
+        return data
 
     def _prepare_validation(self, validation_data):
         if validation_data is None:

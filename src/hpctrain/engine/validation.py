@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import torch
 
+from hpctrain.arguments import is_number, is_whole_number
 from hpctrain.engine.data import Columns
 from hpctrain.errors import ConfigError, InputError
 
 
+def check_whole_number(value, *, name: str, minimum: int = 1, hint: str = "") -> int:
+    if not is_whole_number(value) or value < minimum:
+        raise ConfigError(f"{name} must be a whole number >= {minimum}; got {value!r}.{(' ' + hint) if hint else ''}")
+    return int(value)
+
+
 def check_positive_int(value, *, name: str, hint: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a whole number >= 1; got {value!r}.{(' ' + hint) if hint else ''}")
-    return value
+    return check_whole_number(value, name=name, hint=hint)
 
 
 def check_batch_size(batch_size) -> int:
@@ -19,7 +24,7 @@ def check_batch_size(batch_size) -> int:
 
 
 def check_fraction(value, *, name: str) -> float:
-    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+    if not is_number(value) or not 0.0 <= value < 1.0:
         raise ConfigError(f"{name} must be a number in [0, 1); got {value!r}. For example 0.2 keeps 20% aside.")
     return float(value)
 
@@ -72,4 +77,10 @@ def probe_output_shape(module: torch.nn.Module, x: torch.Tensor, *, name: str = 
         ) from exc
     finally:
         module.train(was_training)
-    return output.shapes if isinstance(output, Columns) else tuple(output.shape)
+    if isinstance(output, Columns):
+        return output.shapes
+    if not isinstance(output, torch.Tensor):
+        raise InputError(f"the model returned a {type(output).__name__}, not a tensor; hpctrain trains a module "
+                         "whose forward returns one tensor (the loss and metrics take it). Wrap the module so "
+                         "that it returns the output to train on, e.g. its ['logits'] entry.")
+    return tuple(output.shape)

@@ -6,6 +6,7 @@ import dataclasses
 
 import torch
 
+from hpctrain.arguments import is_whole_number
 from hpctrain.errors import ConfigError
 from hpctrain.hardware import host_memory
 from hpctrain.hardware.inventory import CPU_FEATURE_LABELS
@@ -185,6 +186,6 @@ def _resolve_device(device, machine: Machine) -> tuple[torch.device, str]:
 def _resolve_threads(threads, machine: Machine) -> tuple[int, str]:
     if threads == "auto":
         return machine.cpu.physical_cores, "one per physical core this process may use; fit measures fewer"
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+    if not is_whole_number(threads) or threads < 1:
         raise ConfigError(f"threads must be 'auto' or a whole number >= 1, got {threads!r}.")
-    return threads, "given explicitly"
+    return int(threads), "given explicitly"

@@ -156,6 +156,8 @@ class Functional(Model):
                 if not isinstance(leaf, KerasTensor):
                     raise ConfigError(f"Model {what} must be tensors from Input() and layer calls; got "
                                       f"{type(leaf).__name__}.")
+        if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
+            outputs = outputs[0]  # Model(inputs, [output]) is a one-output model, as in Keras
         self._inputs, self._outputs = inputs, outputs
         input_tensors, output_tensors = flatten(inputs), flatten(outputs)
         self.input_names = list(inputs) if isinstance(inputs, dict) else [t.name for t in input_tensors]
@@ -243,7 +245,7 @@ class Functional(Model):
     # --- data in the shapes the engine carries --------------------------------------------------
 
     def _model_inputs(self, x, name: str):
-        return self._as_columns(x, self.input_names, name, "input")
+        return self._float_features(self._as_columns(x, self.input_names, name, "input"))
 
     def _model_targets(self, y, name: str):
         return self._as_columns(y, self.output_names, name, "output")

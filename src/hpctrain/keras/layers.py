@@ -13,6 +13,7 @@ import re
 import numpy as np
 import torch
 
+from hpctrain.arguments import is_whole_number
 from hpctrain.engine import static_step as static
 from hpctrain.engine.dropout import dropout
 from hpctrain.errors import ConfigError, InputError
@@ -265,7 +266,7 @@ class Dense(Layer):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
+        if not is_whole_number(units) or units < 1:
             raise ConfigError(f"Dense units must be a whole number >= 1; got {units!r}.")
         self.units = int(units)
         set_kernel_and_bias_options(self, activation, use_bias, kernel_initializer, bias_initializer,
@@ -280,6 +281,8 @@ class Dense(Layer):
         return (*input_shape[:-1], self.units)
 
     def pre_activation(self, x):
+        if not x.is_floating_point():
+            x = x.to(self.kernel.dtype)  # integer features, as Keras casts them to the layer's float32
         if self.bias is None:
             return x @ self.kernel
         if x.dim() == 2:

@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from hpctrain.arguments import is_whole_number
 from hpctrain.errors import ConfigError
 from hpctrain.keras.layers import Layer, kernel_and_bias_config, set_kernel_and_bias_options, weight_penalty
 
@@ -28,10 +29,10 @@ _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d}
 
 def _int_tuple(value, rank: int, argument: str, layer: str) -> tuple[int, ...]:
     """``3`` or ``(3, 3)`` -> ``(3, 3)``: Keras accepts one int for every spatial axis."""
-    values = (value,) * rank if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else None
-    if values is None or len(values) != rank or not all(isinstance(v, int) and v >= 1 for v in values):
+    values = (value,) * rank if is_whole_number(value) else tuple(value) if isinstance(value, (tuple, list)) else None
+    if values is None or len(values) != rank or not all(is_whole_number(v) and v >= 1 for v in values):
         raise ConfigError(f"{layer} {argument} must be a whole number >= 1 or a tuple of {rank}; got {value!r}.")
-    return values
+    return tuple(int(v) for v in values)
 
 
 def _padding(value, layer: str, allowed=("valid", "same")) -> str:
@@ -124,9 +125,9 @@ class _Conv(_ChannelsLast, Layer):
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
         super().__init__(**kwargs)
         layer = type(self).__name__
-        if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
+        if not is_whole_number(filters) or filters < 1:
             raise ConfigError(f"{layer} filters must be a whole number >= 1; got {filters!r}.")
-        self.filters = filters
+        self.filters = int(filters)
         self.kernel_size = _int_tuple(kernel_size, self.rank, "kernel_size", layer)
         self.strides = _int_tuple(strides, self.rank, "strides", layer)
         self.dilation_rate = _int_tuple(dilation_rate, self.rank, "dilation_rate", layer)

@@ -8,6 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from hpctrain.arguments import is_whole_number
 from hpctrain.errors import ConfigError, InputError
 from hpctrain.keras import activations, initializers, regularizers
 from hpctrain.keras.layers import Activation, Layer, weight_penalty
@@ -20,11 +21,11 @@ class Embedding(Layer):
                  mask_zero=False, input_length=None, **kwargs):
         super().__init__(**kwargs)
         for argument, value in (("input_dim", input_dim), ("output_dim", output_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_whole_number(value) or value < 1:
                 raise ConfigError(f"Embedding {argument} must be a whole number >= 1; got {value!r}.")
         if mask_zero:
             raise ConfigError("Embedding mask_zero=True is not supported yet (masks are not propagated); remove it.")
-        self.input_dim, self.output_dim = input_dim, output_dim
+        self.input_dim, self.output_dim = int(input_dim), int(output_dim)
         self.embeddings_initializer = initializers.get(embeddings_initializer)
         self.embeddings_regularizer = regularizers.get(embeddings_regularizer)
 

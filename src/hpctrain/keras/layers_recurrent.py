@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
+from hpctrain.arguments import is_whole_number
 from hpctrain.errors import ConfigError
 from hpctrain.keras import activations, initializers, regularizers
 from hpctrain.keras.layers import Layer, weight_penalty
@@ -27,8 +28,9 @@ class _Recurrent(Layer):
                  stateful=False, unroll=False, **kwargs):
         super().__init__(**kwargs)
         layer = type(self).__name__
-        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+        if not is_whole_number(units) or units < 1:
             raise ConfigError(f"{layer} units must be a whole number >= 1; got {units!r}.")
+        units = int(units)
         # PyTorch's fused kernels compute exactly Keras's default cell; other choices have no kernel here.
         if activations.get(activation) is not activations.tanh or \
                 activations.get(recurrent_activation) is not activations.sigmoid:

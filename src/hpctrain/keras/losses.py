@@ -72,6 +72,10 @@ class Loss:
     ``"none"``/``None`` returns the weighted values. Both arguments are cast to float32 first.
     """
 
+    # Keras's own losses and wrapped functions align (N,) labels with (N, 1) predictions before
+    # ``call``; a subclass's ``call`` gets them as they are, as in Keras.
+    aligns_ranks = False
+
     def __init__(self, name=None, reduction="sum_over_batch_size", dtype=None):
         if reduction not in REDUCTIONS:
             raise ConfigError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {reduction!r}.")
@@ -92,6 +96,8 @@ class Loss:
     def _reduced(self, y_true, y_pred, sample_weight):
         y_pred = torch.as_tensor(y_pred, dtype=torch.float32) if not isinstance(y_pred, torch.Tensor) else y_pred
         y_true = torch.as_tensor(y_true).to(y_pred.dtype)
+        if self.aligns_ranks:
+            y_true, y_pred = engine_losses.same_rank(y_true, y_pred)
         values = torch.as_tensor(self.call(y_true, y_pred))
         if sample_weight is not None:
             sample_weight = torch.as_tensor(sample_weight, device=values.device)
@@ -116,6 +122,8 @@ class Loss:
 class LossFunctionWrapper(Loss):
     """A Keras loss from a function ``fn(y_true, y_pred) -> per-sample losses``."""
 
+    aligns_ranks = True
+
     def __init__(self, fn, reduction="sum_over_batch_size", name=None, **kwargs):
         super().__init__(name=name or getattr(fn, "__name__", "loss"), reduction=reduction)
         self.fn = fn
@@ -139,7 +147,10 @@ class KerasLoss(engine_losses.Loss):
         return self.keras_loss(target, prediction)
 
     def per_sample(self, prediction, target):
-        return torch.as_tensor(self.keras_loss.call(target.to(prediction.dtype), prediction))
+        target = target.to(prediction.dtype)
+        if self.keras_loss.aligns_ranks:
+            target, prediction = engine_losses.same_rank(target, prediction)
+        return torch.as_tensor(self.keras_loss.call(target, prediction))
 
     def weighted(self, prediction, target, weights):
         return self.keras_loss(target, prediction, sample_weight=weights)
@@ -147,6 +158,8 @@ class KerasLoss(engine_losses.Loss):
 
 class _BuiltinLoss(Loss):
     """A built-in loss: the engine runs its own form (static executor) unless the reduction differs."""
+
+    aligns_ranks = True
 
     def engine_loss(self):
         if self.reduction in ("sum_over_batch_size", "mean"):
@@ -157,10 +170,18 @@ class _BuiltinLoss(Loss):
         raise NotImplementedError
 
 
+# Keras's cross-entropy options that change the loss; accepted at their defaults only.
+_UNSUPPORTED_DEFAULTS = {"label_smoothing": 0.0, "ignore_class": None, "axis": -1}
+
+
 class _FromLogitsLoss(_BuiltinLoss):
     function = None
 
     def __init__(self, from_logits=False, name=None, **kwargs):
+        for option, default in _UNSUPPORTED_DEFAULTS.items():
+            if option in kwargs and kwargs.pop(option) != default:
+                raise ConfigError(f"{type(self).__name__}({option}=...) is not supported yet; remove it (the "
+                                  f"default is {default!r}), or write the loss as a function of (y_true, y_pred).")
         super().__init__(name=name, **kwargs)
         self.from_logits = from_logits
 

@@ -21,6 +21,7 @@ from hpctrain.engine.metrics import ModelOutput  # noqa: F401  (re-exported for 
 from hpctrain.errors import ConfigError, InputError, NotCompiledError
 from hpctrain.hardware import make_plan
 from hpctrain.keras import activations, losses as keras_losses, optimizers as keras_optimizers
+from hpctrain.keras.layers_core import Embedding
 from hpctrain.keras.layers import LAYERS, InputLayer, KerasTensor, Layer, _snake_case, unique_name
 from hpctrain.keras.summary import summary_table
 
@@ -153,14 +154,16 @@ class Model(Layer):
         _reject_unsupported(steps=steps)
         x, y = self._model_inputs(x, "x"), self._model_targets(y, "y")
         return self._ready_trainer(x, "evaluate").evaluate(x, y, batch_size=batch_size, verbose=verbose,
-                                                          return_dict=return_dict, sample_weight=sample_weight)
+                                                          return_dict=return_dict, sample_weight=sample_weight,
+                                                          callbacks=callbacks, callback_model=self)
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None) -> np.ndarray:
         _reject_unsupported(steps=steps)
         x = self._model_inputs(x, "x")
         self._build_from_data(x)
         trainer = self._trainer or self._inference_trainer()
-        return self._model_outputs(trainer.predict(x, batch_size=batch_size, verbose=verbose))
+        return self._model_outputs(trainer.predict(x, batch_size=batch_size, verbose=verbose, callbacks=callbacks,
+                                                   callback_model=self))
 
     def _build_on(self, inputs) -> None:
         self._build_from_data(inputs)
@@ -168,12 +171,27 @@ class Model(Layer):
     # --- data in the shapes the engine carries (a functional model may take several) -----------
 
     def _model_inputs(self, x, name: str):
-        return _numeric_or_loader(x, name)
+        return self._float_features(_numeric_or_loader(x, name))
+
+    def _float_features(self, x):
+        """Integer or boolean features (uint8 pixels, counts) as float32, as Keras casts the inputs of
+        its float32 layers: resident once in that form, so the static executor's products take
+        them as they are. A model that looks integer ids up (Embedding) gets them unchanged."""
+        if isinstance(x, Columns):
+            return Columns(self._float_features(part) for part in x.parts)
+        integral = (isinstance(x, np.ndarray) and x.dtype.kind in "biu"
+                    or isinstance(x, torch.Tensor) and not x.is_floating_point() and not x.is_complex())
+        if not integral or any(isinstance(module, Embedding) for module in self.modules()):
+            return x
+        return x.astype(np.float32) if isinstance(x, np.ndarray) else x.to(torch.float32)
 
     def _model_targets(self, y, name: str):
         return y
 
     def _structured_validation(self, validation_data):
+        if isinstance(validation_data, (list, tuple)) and len(validation_data) in (2, 3):
+            x_val, *rest = validation_data
+            return (self._model_inputs(x_val, "x_val"), *rest)
         return validation_data
 
     def _model_outputs(self, outputs):
@@ -457,6 +475,13 @@ class Sequential(Model):
     @property
     def input_shape(self):
         return None if self._input_shape is None else (None, *self._input_shape)
+
+    @property
+    def output_shape(self):
+        if self._input_shape is None:
+            raise ConfigError(f"{self.name} has no output shape yet: its input shape is unknown. Give the first "
+                              "layer input_shape=..., start with keras.Input(...), or call the model on data.")
+        return self.output_shapes()[-1] if self.layers else self.input_shape
 
     def output_shapes(self) -> list[tuple]:
         shape = (None, *self._input_shape) if self._input_shape is not None else None

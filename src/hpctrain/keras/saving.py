@@ -7,7 +7,7 @@ import os
 import torch
 from safetensors.torch import load_file, save_file
 
-from hpctrain.errors import InputError
+from hpctrain.errors import InputError, warn
 
 
 def _named_weights(model) -> dict[str, torch.nn.Parameter]:
@@ -102,4 +102,7 @@ def load_model(filepath: str, compile: bool = False):
     with torch.no_grad():
         for key, param in own.items():
             param.copy_(weights[key])
+    if compile:
+        warn(f"load_model({filepath!r}, compile=True): the file keeps no loss or optimizer, so the model comes "
+             "back uncompiled; call model.compile(...) before fit or evaluate (predict works as it is).")
     return model

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from hpctrain.arguments import is_number
 from hpctrain.engine.optim import build_optimizer, update_count
 from hpctrain.errors import ConfigError, valid_names_hint
 from hpctrain.keras.optimizers import schedules
@@ -36,7 +37,7 @@ class Optimizer:
         self._schedule = learning_rate if isinstance(learning_rate, LearningRateSchedule) else None
         if self._schedule is not None:
             learning_rate = self._schedule(0)
-        if not isinstance(learning_rate, (int, float)) or learning_rate < 0:
+        if not is_number(learning_rate) or learning_rate < 0:
             raise ConfigError(f"learning_rate must be a number >= 0 or a keras.optimizers.schedules."
                               f"LearningRateSchedule; got {learning_rate!r}.")
         self.name = name or type(self).__name__.lower()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from hpctrain.arguments import is_number
 from hpctrain.errors import ConfigError
 
 
@@ -28,7 +29,7 @@ class LearningRateSchedule:
 
 
 def _check_decay_steps(decay_steps, name: str = "decay_steps") -> None:
-    if isinstance(decay_steps, bool) or not isinstance(decay_steps, (int, float)) or decay_steps <= 0:
+    if not is_number(decay_steps) or decay_steps <= 0:
         raise ConfigError(f"{name} must be a number > 0; got {decay_steps!r}.")
 
 
