@@ -180,3 +180,29 @@ def test_metric_objects_work_on_their_own_like_keras():
     assert float(value) == 2.0 and float(metric.result()) == 2.0
     metric.reset_state()
     assert float(metric.result()) == 0.0 and metric.variables[0].numpy() == 0.0
+
+
+def test_built_in_metric_classes_work_on_their_own_like_keras():
+    """update_state / result / reset_state / calling, as in a loop of one's own; values as Keras's."""
+    accuracy = metrics.SparseCategoricalAccuracy()
+    accuracy.update_state([1, 2, 0], [[0.1, 0.8, 0.1], [0.5, 0.4, 0.1], [0.9, 0.05, 0.05]])
+    assert accuracy.result().numpy() == pytest.approx(2 / 3)
+    accuracy.update_state(np.array([[2]]), np.array([[0.1, 0.2, 0.7]]))  # accumulates across batches
+    assert float(accuracy.result()) == pytest.approx(3 / 4)
+    accuracy.reset_state()
+    assert float(accuracy.result()) == 0.0
+    assert float(accuracy([0, 1], [[0.9, 0.1, 0.0], [0.8, 0.2, 0.0]], sample_weight=[1, 3])) == pytest.approx(0.25)
+    assert float(metrics.CategoricalAccuracy()([[0, 1], [1, 0]], [[0.3, 0.7], [0.4, 0.6]])) == 0.5
+    assert float(metrics.BinaryAccuracy()([1, 0, 1], [[0.7], [0.2], [0.4]])) == pytest.approx(2 / 3)
+    assert float(metrics.MeanSquaredError()([1.0, 2.0], [[1.5], [2.0]])) == pytest.approx(0.125)
+    assert float(metrics.MeanAbsoluteError()([[1.0, 2.0]], [[2.0, 4.0]])) == pytest.approx(1.5)
+
+
+def test_a_built_in_metric_object_in_compile_is_accumulated_by_the_engine(rng):
+    x, y = small_classification(rng, n=30)
+    model = Sequential([Dense(3, activation="softmax", input_dim=6)])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy",
+                  metrics=[metrics.SparseCategoricalAccuracy()])
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    expected = float((model.predict(x, verbose=0).argmax(-1) == y).mean())
+    assert logs["sparse_categorical_accuracy"] == pytest.approx(expected)

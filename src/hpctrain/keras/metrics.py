@@ -2,38 +2,81 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from hpctrain.engine import metrics as _engine
+from hpctrain.engine.losses import same_rank
 from hpctrain.errors import ConfigError
 from hpctrain.keras.layers import _snake_case
 
 
-class CategoricalAccuracy(_engine.ClassAccuracy):
+class _StandaloneUse:
+    """Keras's standalone interface on a built-in metric, for loops of one's own:
+    ``update_state(y_true, y_pred, sample_weight=None)``, ``result()`` (a scalar with ``.numpy()``),
+    ``reset_state()`` and ``metric(y_true, y_pred)`` (update, then the result). Passed to
+    ``compile`` instead, the engine accumulates the same object on the training device."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_pred = torch.as_tensor(np.asarray(y_pred) if not isinstance(y_pred, torch.Tensor) else y_pred)
+        y_pred = y_pred.detach().to(torch.float32)
+        if self.total is None:
+            self.bind(y_pred.device)
+        y_true = torch.as_tensor(np.asarray(y_true) if not isinstance(y_true, torch.Tensor) else y_true)
+        y_true = y_true.detach().to(y_pred.device, torch.float32)  # Keras casts the labels to the predictions' dtype
+        y_true, y_pred = same_rank(y_true, y_pred)  # (N,) labels against a one-unit (N, 1) output, as Keras aligns them
+        values = self.per_sample(_engine.ModelOutput(y_pred), y_true).to(self.total.dtype)
+        if sample_weight is None:
+            self.total.add_(values.sum())
+            self.count.add_(values.numel())
+            return
+        weights = torch.as_tensor(np.asarray(sample_weight), dtype=self.total.dtype, device=values.device)
+        weights = weights.reshape(values.shape) if weights.numel() == values.numel() else weights.expand_as(values)
+        self.total.add_((values * weights).sum())  # Keras: the sample-weighted mean
+        self.count.add_(weights.sum())
+
+    def result(self):
+        from hpctrain.keras.functional import eager_value
+
+        if self.total is None:
+            return eager_value(torch.zeros((), dtype=torch.float32))
+        value = self.total / self.count if float(self.count) else torch.zeros_like(self.total)
+        return eager_value(value.to(torch.float32))
+
+    def reset_state(self) -> None:
+        if self.total is not None:
+            self.reset()
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        self.update_state(y_true, y_pred, sample_weight=sample_weight)
+        return self.result()
+
+
+class CategoricalAccuracy(_StandaloneUse, _engine.ClassAccuracy):
     name = "categorical_accuracy"
 
     def __init__(self, name="categorical_accuracy", dtype=None):
         super().__init__(name)
 
 
-class SparseCategoricalAccuracy(_engine.ClassAccuracy):
+class SparseCategoricalAccuracy(_StandaloneUse, _engine.ClassAccuracy):
     name = "sparse_categorical_accuracy"
 
     def __init__(self, name="sparse_categorical_accuracy", dtype=None):
         super().__init__(name)
 
 
-class BinaryAccuracy(_engine.BinaryAccuracy):
+class BinaryAccuracy(_StandaloneUse, _engine.BinaryAccuracy):
     def __init__(self, name="binary_accuracy", dtype=None, threshold=0.5):
         super().__init__(name, threshold=threshold)
 
 
-class MeanSquaredError(_engine.MeanSquaredError):
+class MeanSquaredError(_StandaloneUse, _engine.MeanSquaredError):
     def __init__(self, name="mean_squared_error", dtype=None):
         super().__init__(name)
 
 
-class MeanAbsoluteError(_engine.MeanAbsoluteError):
+class MeanAbsoluteError(_StandaloneUse, _engine.MeanAbsoluteError):
     def __init__(self, name="mean_absolute_error", dtype=None):
         super().__init__(name)
 
