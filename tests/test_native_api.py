@@ -306,3 +306,19 @@ def test_evaluate_takes_a_dataloader_as_fit_does(rng):
         trainer.evaluate(loader, y, verbose=0)
     with pytest.raises(hpctrain.errors.ConfigError, match=r"predict takes the inputs as one array or tensor"):
         trainer.predict(loader)
+
+
+def test_integer_targets_shaped_like_the_output_reach_a_torch_loss_as_floats(rng):
+    x = rng.normal(size=(32, 6)).astype("float32")
+    y = rng.integers(0, 5, size=(32, 3))  # integer regression targets, one per output
+    torch.manual_seed(0)
+    module = torch.nn.Linear(6, 3)
+    reference = torch.nn.Linear(6, 3)
+    reference.load_state_dict(module.state_dict())
+    hpctrain.Trainer(module, loss=torch.nn.HuberLoss(), optimizer=torch.optim.SGD(module.parameters(), lr=0.1),
+                     plan=CPU).fit(x, y, epochs=1, batch_size=32, verbose=0)
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    torch.nn.HuberLoss()(reference(torch.tensor(x)), torch.tensor(y, dtype=torch.float32)).backward()
+    opt.step()
+    for got, expected in zip(module.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)

@@ -198,6 +198,14 @@ class CallableLoss(Loss):
     def __call__(self, prediction, target):
         return self.fn(prediction, target)
 
+    def prepare_targets(self, y: torch.Tensor, output_shape: tuple[int, ...]) -> torch.Tensor:
+        """Integer targets shaped like the output (regression values, multi-label 0/1) as float32,
+        as torch's elementwise losses (Huber, smooth L1, BCE) need them; class indices, shaped
+        otherwise, stay integers. Shapes are left as given: the function may expect them so."""
+        if not y.is_floating_point() and tuple(y.shape[1:]) == tuple(output_shape[1:]):
+            return y.to(torch.float32)
+        return y
+
 
 def same_rank(y_true: torch.Tensor, y_pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Keras's alignment of labels and predictions whose ranks differ by one trailing unit axis:
