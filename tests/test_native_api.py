@@ -322,3 +322,10 @@ def test_integer_targets_shaped_like_the_output_reach_a_torch_loss_as_floats(rng
     opt.step()
     for got, expected in zip(module.parameters(), reference.parameters()):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_a_list_of_input_arrays_is_named_as_several_inputs(rng):
+    x, y = small_classification(rng, n=20)
+    trainer = hpctrain.Trainer(_net(), loss=torch.nn.CrossEntropyLoss(), optimizer="sgd")
+    with pytest.raises(hpctrain.errors.InputError, match=r"x is a list of 2 arrays of 20 rows each: several inputs"):
+        trainer.fit([x, x], y, verbose=0)

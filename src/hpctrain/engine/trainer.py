@@ -781,6 +781,7 @@ class Trainer:
                           weight_name: str = "sample_weight") -> tuple[ResidentData, tuple[int, ...]]:
         if y is None:
             raise InputError(f"{y_name} is missing: training and evaluation need a label for each sample of {name}.")
+        validation.check_not_several_inputs(x, y, name=name)
         inputs = self._inputs_tensor(x, name=name)
         targets = to_tensor(y, name=y_name, device=self.plan.device)
         validation.check_same_length(inputs, targets, x_name=name, y_name=y_name)

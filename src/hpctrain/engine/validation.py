@@ -39,6 +39,17 @@ def check_same_length(x: torch.Tensor, y: torch.Tensor | None, *, x_name="x", y_
         )
 
 
+def check_not_several_inputs(x, y, *, name: str = "x") -> None:
+    """A list of arrays whose lengths all match the labels' is several inputs, not rows (which
+    the length check would report as a confusing count of samples)."""
+    if not isinstance(x, (list, tuple)) or len(x) < 2 or y is None or len(x) == len(y):
+        return
+    if all(hasattr(part, "shape") and len(part.shape) >= 1 and part.shape[0] == len(y) for part in x):
+        raise InputError(f"{name} is a list of {len(x)} arrays of {len(y)} rows each: several inputs. A module on the "
+                         "native API takes one tensor; concatenate the inputs (np.concatenate(x, axis=1)) and split "
+                         "them in forward, or use a Keras functional model with several Input()s.")
+
+
 def check_finite(x: torch.Tensor, *, name: str) -> None:
     if isinstance(x, Columns):
         for i, part in enumerate(x.parts):
