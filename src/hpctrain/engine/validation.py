@@ -6,7 +6,7 @@ import torch
 
 from hpctrain.arguments import is_number, is_whole_number
 from hpctrain.engine.data import Columns
-from hpctrain.errors import ConfigError, InputError
+from hpctrain.errors import ConfigError, HpctrainError, InputError
 
 
 def check_whole_number(value, *, name: str, minimum: int = 1, hint: str = "") -> int:
@@ -81,6 +81,8 @@ def probe_output_shape(module: torch.nn.Module, x: torch.Tensor, *, name: str = 
     try:
         with torch.inference_mode():
             output = module(x[:2])
+    except HpctrainError:
+        raise  # a layer's own message already says what is wrong
     except (RuntimeError, ValueError) as exc:
         raise InputError(
             f"the model could not run on {name} with {tuple(x.shape[1:])} features per sample ({exc}). "

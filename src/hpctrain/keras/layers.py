@@ -13,10 +13,10 @@ import re
 import numpy as np
 import torch
 
-from hpctrain.arguments import is_whole_number
+from hpctrain.arguments import is_number, is_whole_number
 from hpctrain.engine import static_step as static
 from hpctrain.engine.dropout import dropout
-from hpctrain.errors import ConfigError, InputError
+from hpctrain.errors import ConfigError, InputError, warn
 from hpctrain.keras import activations, initializers, regularizers
 
 _name_counts: collections.Counter = collections.Counter()
@@ -74,6 +74,9 @@ class Layer(torch.nn.Module):
                 "Check the spelling against the Keras documentation of this layer."
             )
         self.name = name or unique_name(_snake_case(type(self).__name__))
+        # Inference until fit trains it, as Keras's model(x) and layer(x) are: dropout off, batch
+        # norm on its moving statistics (torch modules start in training mode).
+        self.training = False
         self.built = False
         self._trainable = trainable
         self._statistics: set[str] = set()  # weights updated by forward, never by gradients
@@ -86,19 +89,28 @@ class Layer(torch.nn.Module):
         """On tensors: the forward (building the weights on the first call). On symbolic inputs
         (``Input``): records the call for a functional ``Model``. On NumPy data: inference,
         returning a NumPy array that also has ``.numpy()``, as Keras's eager tensors do."""
-        if isinstance(inputs, torch.Tensor):
-            if not self.built:
-                self._build_on(inputs)
-            return super().__call__(inputs, *args, **kwargs)
         from hpctrain.keras import functional
 
-        if functional.is_symbolic(inputs):
-            return functional.call_symbolic(self, inputs, kwargs)
-        if functional.is_tensor_structure(inputs):
+        if isinstance(inputs, torch.Tensor) or functional.is_tensor_structure(inputs):
             if not self.built:
                 self._build_on(inputs)
-            return super().__call__(inputs, *args, **kwargs)
+            if training is None:  # the mode fit, evaluate and predict set
+                return super().__call__(inputs, *args, **kwargs)
+            return self._call_in_mode(bool(training), inputs, *args, **kwargs)
+        if functional.is_symbolic(inputs):
+            # training=... given in the graph is kept with the call, and applies whenever it runs.
+            return functional.call_symbolic(self, inputs, kwargs if training is None else {**kwargs, "training": training})
         return functional.call_on_arrays(self, inputs, training=bool(training))
+
+    def _call_in_mode(self, training: bool, *args, **kwargs):
+        """One call in training or inference mode whatever the current mode (Keras's ``training=``
+        argument: Monte-Carlo dropout in predict, a frozen batch norm in fit)."""
+        was_training = self.training
+        self.train(training)
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            self.train(was_training)
 
     @property
     def output(self):
@@ -138,9 +150,10 @@ class Layer(torch.nn.Module):
 
     @trainable.setter
     def trainable(self, value: bool) -> None:
+        """As in Keras, for this layer and every layer inside it: a frozen BatchNormalization also
+        runs in inference mode, and moving statistics never become trainable."""
         self._trainable = bool(value)
-        for name, param in self.named_parameters():
-            param.requires_grad_(self._trainable and name not in self._statistics)
+        _set_trainable(self, self._trainable)
 
     @property
     def weights(self) -> list[torch.nn.Parameter]:
@@ -328,13 +341,31 @@ class Activation(Layer):
         return {**super().get_config(), "activation": activations.serialize(self.activation)}
 
 
+def _set_trainable(module: torch.nn.Module, value: bool) -> None:
+    """``requires_grad`` of the module's own parameters (statistics excepted); the layers inside
+    it get ``trainable`` themselves, through containers and plain torch modules alike."""
+    statistics = getattr(module, "_statistics", ())
+    for name, param in module.named_parameters(recurse=False):
+        param.requires_grad_(value and name not in statistics)
+    for child in module.children():
+        if isinstance(child, Layer):
+            child.trainable = value
+        else:
+            _set_trainable(child, value)
+
+
 class Dropout(Layer):
     """Inverted dropout in training (scale kept by ``1 / (1 - rate)``); identity in inference."""
 
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
         super().__init__(**kwargs)
-        if not 0.0 <= float(rate) < 1.0:
-            raise ConfigError(f"Dropout rate must be in [0, 1); got {rate!r}.")
+        if not is_number(rate) or not 0.0 <= float(rate) < 1.0:
+            raise ConfigError(f"Dropout rate must be a number in [0, 1); got {rate!r}.")
+        if noise_shape is not None:
+            raise ConfigError("Dropout(noise_shape=...) is not supported yet (masks are drawn per value); remove it.")
+        if seed is not None:
+            warn(f"Dropout(seed={seed!r}) is not used: the masks come from the global generator, which "
+                 "keras.utils.set_random_seed seeds.")
         self.rate = float(rate)
 
     def forward(self, x):
@@ -349,7 +380,8 @@ class Dropout(Layer):
 
 class Flatten(Layer):
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], math.prod(input_shape[1:]))
+        features = input_shape[1:]
+        return (input_shape[0], None if None in features else math.prod(features))
 
     def forward(self, x):
         return x.flatten(1)
@@ -382,6 +414,9 @@ class Concatenate(_Merge):
 
     def _check_shapes(self, shapes):
         rank = len(shapes[0])
+        if not -rank <= self.axis < rank:
+            raise ConfigError(f"{self.name}: Concatenate(axis={self.axis}) is outside inputs of rank {rank} "
+                              f"(shapes {', '.join(map(str, shapes))}); use an axis in {-rank}..{rank - 1}.")
         axis = self.axis % rank
         for shape in shapes[1:]:
             if len(shape) != rank or not all(_same_dims(a, b) for i, (a, b) in enumerate(zip(shapes[0], shape))

@@ -76,6 +76,14 @@ def _output_length(size, kernel: int, stride: int, dilation: int, padding: str):
     return (size - (kernel - 1) * dilation - 1) // stride + 1
 
 
+def _check_positive(layer, input_shape, spatial, window: str) -> None:
+    """Keras refuses a window larger than its 'valid' input, where the output would be empty."""
+    if any(n is not None and n < 1 for n in spatial):
+        raise ConfigError(f"{layer.name}: {window} with padding='{layer.padding}' does not fit an input shaped "
+                          f"{tuple(input_shape)}: the output would have {tuple(spatial)} positions. Use a smaller "
+                          "window or stride, padding='same', or a larger input.")
+
+
 def _spatial_pads(spatial, kernel, strides, dilation, padding) -> list[tuple[int, int]]:
     if padding == "valid":
         return [(0, 0)] * len(spatial)
@@ -154,6 +162,7 @@ class _Conv(_ChannelsLast, Layer):
     def compute_output_shape(self, input_shape):
         spatial = [_output_length(n, k, s, d, self.padding) for n, k, s, d in
                    zip(self._spatial(input_shape), self.kernel_size, self.strides, self.dilation_rate)]
+        _check_positive(self, input_shape, spatial, f"kernel_size={self.kernel_size}")
         return self._with_spatial(input_shape, spatial, self.filters)
 
     def pre_activation(self, x):
@@ -213,6 +222,7 @@ class _Pooling(_ChannelsLast, Layer):
     def compute_output_shape(self, input_shape):
         spatial = [_output_length(n, k, s, 1, self.padding) for n, k, s in
                    zip(self._spatial(input_shape), self.pool_size, self.strides)]
+        _check_positive(self, input_shape, spatial, f"pool_size={self.pool_size}")
         channels = input_shape[-1] if self.data_format == "channels_last" else input_shape[1]
         return self._with_spatial(input_shape, spatial, channels)
 

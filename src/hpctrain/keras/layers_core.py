@@ -38,7 +38,14 @@ class Embedding(Layer):
 
     def forward(self, x):
         # fit keeps integer ids as int64; NumPy data called through model(x) arrives as float32.
-        return F.embedding(x if x.dtype == torch.int64 else x.long(), self.embeddings)
+        ids = x if x.dtype == torch.int64 else x.long()
+        try:
+            return F.embedding(ids, self.embeddings)
+        except IndexError as error:  # checked only on failure: no extra pass or host sync per batch
+            low, high = int(ids.min()), int(ids.max())
+            raise InputError(f"{self.name}: the ids go from {low} to {high}, but Embedding(input_dim="
+                             f"{self.input_dim}) takes ids 0..{self.input_dim - 1}. Raise input_dim to the "
+                             "vocabulary size, or map the ids into that range.") from error
 
     def regularization_penalty(self):
         return weight_penalty((self.embeddings_regularizer, self.embeddings))

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import torch
 
+from hpctrain.arguments import is_whole_number
 from hpctrain.engine import Trainer
 from hpctrain.engine.trainer import INFERENCE_BATCH
 from hpctrain.engine.data import Columns, as_numeric
@@ -135,7 +136,10 @@ class Model(Layer):
             self._ready_trainer(x, "fit")  # builds the model and checks x's shape before any process starts
             self.history = strategy.fit(self, arguments)
             return self.history
-        self.history = self._ready_trainer(x, "fit").fit(**arguments, callback_model=self)
+        try:
+            self.history = self._ready_trainer(x, "fit").fit(**arguments, callback_model=self)
+        finally:
+            self.train(False)  # model(x) after fit is inference, as in Keras
         return self.history
 
     def use_plan(self, plan) -> None:
@@ -443,7 +447,8 @@ class Sequential(Model):
             self._set_input_shape(shape)
             self._build_layers()
             return
-        if shape != self._input_shape:
+        if len(shape) != len(self._input_shape) or any(
+                expected is not None and expected != given for expected, given in zip(self._input_shape, shape)):
             raise InputError(
                 f"x has samples shaped {shape} ({_features(shape)}) but the model's first layer expects "
                 f"{self._input_shape} ({_features(self._input_shape)}). Reshape x, or change the first layer's "
@@ -600,9 +605,10 @@ def inference_batch_size(model) -> int:
     """Evaluation/prediction rows per batch: a power of two, at most ``INFERENCE_BATCH``, at least 32."""
     shapes = model.output_shapes() if isinstance(model, Sequential) and model.built else []
     widths = [math.prod(shape[1:]) for shape in shapes
-              if isinstance(shape, tuple) and all(isinstance(n, int) for n in shape[1:])]
-    if getattr(model, "_input_shape", None) is not None:
-        widths.append(math.prod(model._input_shape))
+              if isinstance(shape, tuple) and all(is_whole_number(n) for n in shape[1:])]
+    input_shape = getattr(model, "_input_shape", None)
+    if input_shape is not None and None not in input_shape:  # a variable length has no width to size by
+        widths.append(math.prod(input_shape))
     if not widths:
         return INFERENCE_BATCH
     rows = INFERENCE_VALUES_PER_BATCH // max(max(widths), 1)
