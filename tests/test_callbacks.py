@@ -102,7 +102,8 @@ def test_model_checkpoint_every_n_batches_and_bad_fields(tmp_path, rng):
     model = _model("adam")
     model.fit(x, y, epochs=2, batch_size=16, verbose=0,
               callbacks=[ModelCheckpoint(tmp_path / "b-{epoch}-{batch}.weights", save_weights_only=True, save_freq=3)])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b-1-2.weights", "b-2-1.weights"]  # batches 3 and 6
+    # batches 3 and 6 of 8: the third of epoch 1 and the second of epoch 2, counted from 1 as Keras names them
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b-1-3.weights", "b-2-2.weights"]
     with pytest.raises(ConfigError, match="names 'val_acc', which is not in the logs"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[ModelCheckpoint(tmp_path / "{val_acc}.keras")])
 
@@ -141,5 +142,18 @@ def test_evaluate_predict_and_validation_call_keras_test_and_predict_hooks(rng):
     assert record.calls == ["predict_begin", "predict_end"]
     record.calls.clear()
     model.fit(x, y, epochs=1, batch_size=20, verbose=0, validation_split=0.5, callbacks=[record])
-    assert record.calls == ["test_begin", "test_batch_end 0 ['val_accuracy', 'val_loss']",
-                            "test_end ['val_accuracy', 'val_loss']"]
+    assert record.calls == ["test_begin", "test_batch_end 0 ['accuracy', 'loss']",  # unprefixed, as in Keras
+                            "test_end ['accuracy', 'loss']"]
+
+
+def test_auto_mode_follows_the_metric_name_or_asks():
+    from hpctrain.errors import ConfigError
+    from hpctrain.keras.callbacks import EarlyStopping, ModelCheckpoint
+
+    assert EarlyStopping(monitor="val_count_correct").higher_is_better
+    assert EarlyStopping(monitor="val_recall").higher_is_better and EarlyStopping(monitor="accuracy").higher_is_better
+    assert not EarlyStopping(monitor="val_loss").higher_is_better
+    assert not ReduceLROnPlateau(monitor="mean_absolute_error").higher_is_better
+    with pytest.raises(ConfigError, match=r"mode='auto' cannot tell whether 'val_widgets' improves"):
+        ModelCheckpoint("m.keras", monitor="val_widgets")
+    assert EarlyStopping(monitor="val_widgets", mode="max").higher_is_better

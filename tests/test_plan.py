@@ -76,6 +76,12 @@ def test_explicit_values_win_and_bad_ones_say_what_works():
         make_plan(compile="yes", machine=described)
     with pytest.raises(ConfigError, match="lr_scaling must be None, 'linear' or 'sqrt'; got 'cubic'"):
         make_plan(lr_scaling="cubic", machine=described)
+    with pytest.raises(ConfigError, match=r"device 'mps': hpctrain trains on 'cpu' or 'cuda\[:N\]'"):
+        make_plan(device="mps", machine=described)
+    with pytest.raises(ConfigError, match=r"device 'meta': .* meta devices are not supported"):
+        make_plan(device="meta", machine=described)
+    with pytest.raises(ConfigError, match="cuda_graph must be True or False; got 'yes'"):
+        make_plan(cuda_graph="yes", machine=described)
 
 
 # --- a simulated 8 GB GPU -----------------------------------------------------------------------

@@ -26,7 +26,7 @@ from hpctrain.engine.metrics import MetricSet, ModelOutput
 from hpctrain.engine.optim import as_torch_optimizer
 from hpctrain.engine.progress import Progress
 from hpctrain.engine.step import sum_gradients
-from hpctrain.engine.trainer import INFERENCE_BATCH, Trainer, _build_optimizer, _resolve_verbose
+from hpctrain.engine.trainer import INFERENCE_BATCH, Trainer, _build_optimizer, _resolve_verbose, _unprefixed
 from hpctrain.engine import validation
 from hpctrain.errors import ConfigError, InputError
 
@@ -404,7 +404,7 @@ class PipelineTrainer(Trainer):
                 metrics.update(self.loss(output, yb), ModelOutput(output, self.output_activation), yb)
         logs = self._logs_of_last_stage(metrics)
         if hooks is not None:
-            hooks.call("on_test_end", logs)
+            hooks.call("on_test_end", _unprefixed(logs, prefix))
         return logs
 
     def predict(self, x, *, batch_size=None, verbose=0, callbacks=None, callback_model=None):

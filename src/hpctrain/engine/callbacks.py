@@ -211,9 +211,20 @@ class EarlyStopping(Callback):
             self.model.set_weights(self.best_weights)
 
 
+_LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "crossentropy", "hinge", "divergence", "deviance")
+_HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "f1", "fmeasure", "r2", "correct", "iou", "score")
+
+
 def _sounds_like_a_score(monitor: str) -> bool:
-    name = monitor.removeprefix("val_")
-    return "acc" in name or name.startswith("fmeasure") or name.startswith("auc")
+    """``mode="auto"``: whether ``monitor`` improves upwards, from its name; a name that says
+    neither is refused, as Keras refuses a metric whose direction it cannot tell."""
+    name = monitor.removeprefix("val_").lower()
+    if any(word in name for word in _LOWER_IS_BETTER):
+        return False
+    if any(word in name for word in _HIGHER_IS_BETTER):
+        return True
+    raise ConfigError(f"mode='auto' cannot tell whether {monitor!r} improves upwards or downwards; pass "
+                      "mode='max' or mode='min'.")
 
 
 class LambdaCallback(Callback):
@@ -442,7 +453,8 @@ class ModelCheckpoint(Callback):
 
     def _path(self, epoch: int, logs: dict, batch: int | None) -> str:
         try:
-            return self.filepath.format(epoch=epoch + 1, batch=batch, **logs)
+            # Keras counts both from 1 in file names.
+            return self.filepath.format(epoch=epoch + 1, batch=None if batch is None else batch + 1, **logs)
         except KeyError as exc:
             raise ConfigError(f"ModelCheckpoint filepath {self.filepath!r} names {exc}, which is not in the logs "
                               f"(available: epoch, batch, {', '.join(sorted(logs))}).") from exc

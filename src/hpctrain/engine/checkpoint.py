@@ -224,8 +224,14 @@ def load_checkpoint(path: str):
 
 
 def delete_checkpoints(directory: str) -> None:
+    """The folder's checkpoints, and the folder itself once nothing else is left in it (as Keras's
+    BackupAndRestore removes its backup folder)."""
     for path in checkpoint_files(directory):
         os.remove(path)
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass  # other files are there, or it was never made
 
 
 def _remove_stale_temporaries(directory: str) -> None:

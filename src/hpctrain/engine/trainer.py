@@ -547,10 +547,10 @@ class Trainer:
                 if self.penalty is not None:
                     loss = loss + self.penalty()
                 metrics.update(loss, ModelOutput(logits, self.output_activation), yb, weights)
-                if per_batch:
-                    hooks.call("on_test_batch_end", batch, metrics.results())  # a host sync, asked for
+                if per_batch:  # a host sync, asked for
+                    hooks.call("on_test_batch_end", batch, _unprefixed(metrics.results(), prefix))
         logs = metrics.results()
-        hooks.call("on_test_end", logs)
+        hooks.call("on_test_end", _unprefixed(logs, prefix))
         return logs
 
     def _start_replicas_equal(self) -> None:
@@ -854,6 +854,11 @@ def _build_optimizer(optimizer, module: torch.nn.Module, device: torch.device):
         f"optimizer must be a torch.optim.Optimizer, a name such as 'adam', or a factory fn(params, device); "
         f"got {type(optimizer).__name__}."
     )
+
+
+def _unprefixed(logs: dict, prefix: str) -> dict:
+    """Validation's logs as the test hooks see them: "loss", not "val_loss", as in Keras."""
+    return {name.removeprefix(prefix): value for name, value in logs.items()} if prefix else logs
 
 
 def _is_loader(data) -> bool:

@@ -79,6 +79,8 @@ def make_plan(*, device: str | torch.device = "auto", threads: int | str = "auto
     size) is left for ``fit`` to measure; the rules that need no measurement are applied here.
     """
     machine = machine or inspect_machine()
+    if not isinstance(cuda_graph, bool):
+        raise ConfigError(f"cuda_graph must be True or False; got {cuda_graph!r}.")
     resolved_device, device_reason = _resolve_device(device, machine)
     resolved_threads, threads_reason = _resolve_threads(threads, machine)
     resolved_precision, precision_reason = _resolve_precision(precision, resolved_device, machine)
@@ -178,6 +180,9 @@ def _resolve_device(device, machine: Machine) -> tuple[torch.device, str]:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"device {device!r} is not a device PyTorch knows; use 'auto', 'cpu' or 'cuda:N'.") from exc
+    if resolved.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r}: hpctrain trains on 'cpu' or 'cuda[:N]' ('auto' picks); "
+                          f"{resolved.type} devices are not supported.")
     if resolved.type == "cuda" and not machine.gpus:
         raise ConfigError(f"device {device!r} was asked for but no CUDA GPU is visible; use 'cpu' or 'auto'.")
     return resolved, "given explicitly"
