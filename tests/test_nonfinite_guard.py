@@ -195,3 +195,19 @@ def test_first_nonfinite_output_names_a_layer_output_else_the_gradient_nearest_t
     x[1] = float("inf")
     assert first_nonfinite_output(module, torch.nn.functional.mse_loss, x, y) == "the output of layer '0' (Linear)"
     assert first_nonfinite_output(module, torch.nn.functional.mse_loss, x[2:], y[2:]) is None
+
+
+def test_labels_whose_squared_error_overflows_are_refused_before_training():
+    """A label of 1e20 makes the squared error inf while its gradient stays finite: refused at
+    the start, with what to do, rather than wrecking the weights."""
+    from hpctrain.errors import InputError
+    from hpctrain.keras.layers import Dense
+    from hpctrain.keras.models import Sequential
+
+    x = np.ones((8, 4), dtype="float32")
+    y = np.ones(8, dtype="float32")
+    y[5] = 1e20
+    model = Sequential([Dense(1, input_shape=(4,))])
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.01), loss="mse")
+    with pytest.raises(InputError, match=r"the labels go up to 1e\+20 in magnitude: their squared error overflows"):
+        model.fit(x, y, verbose=0)

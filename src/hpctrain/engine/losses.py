@@ -152,7 +152,9 @@ class MeanSquaredError(Loss):
         return (prediction - target).square().mean(dim=-1)
 
     def prepare_targets(self, y, output_shape):
-        return _match_output_shape(self.name, y.to(torch.float32), output_shape)
+        y = _match_output_shape(self.name, y.to(torch.float32), output_shape)
+        _check_squarable(y)
+        return y
 
 
 class MeanAbsoluteError(Loss):
@@ -264,6 +266,19 @@ def _check_class_range(indices: torch.Tensor, classes: int) -> None:
             f"in 0..{classes - 1}. Check the labels, or give the last layer as many units as there "
             f"are classes (labels seen: {low}..{high})."
         )
+
+
+# float32's largest square root, with margin: a squared error of targets past it overflows to inf
+# while its gradient stays finite, a loss no per-step gradient check sees.
+LARGEST_SQUARABLE = 1e18
+
+
+def _check_squarable(y: torch.Tensor) -> None:
+    largest = float(y.abs().max()) if y.numel() else 0.0  # one pass, once per fit
+    if largest > LARGEST_SQUARABLE:
+        raise InputError(f"the labels go up to {largest:.3g} in magnitude: their squared error overflows float32 "
+                         f"(beyond {LARGEST_SQUARABLE:.0e}), so the loss would be inf. Rescale the labels (e.g. "
+                         "divide by their standard deviation) and scale the predictions back.")
 
 
 def _match_output_shape(loss_name: str, y: torch.Tensor, output_shape) -> torch.Tensor:
