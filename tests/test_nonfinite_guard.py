@@ -211,3 +211,10 @@ def test_labels_whose_squared_error_overflows_are_refused_before_training():
     model.compile(optimizer=tf.keras.optimizers.SGD(0.01), loss="mse")
     with pytest.raises(InputError, match=r"the labels go up to 1e\+20 in magnitude: their squared error overflows"):
         model.fit(x, y, verbose=0)
+
+
+def test_an_epoch_with_every_step_skipped_stops_fit_instead_of_logging_a_perfect_loss():
+    x, y = _data()
+    trainer = _trainer(torch.nn.MSELoss(), "adam")
+    with pytest.raises(NonFiniteLossError, match=r"every step of epoch 1 was non-finite and skipped \(\d+ steps\)"):
+        trainer.fit(np.full_like(x, 3e38), y, batch_size=5, epochs=2, verbose=0, on_nonfinite="skip_step")

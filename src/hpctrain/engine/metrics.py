@@ -73,7 +73,7 @@ class Metric:
     def result(self) -> float:
         # Host sync: reads the device accumulators.
         count = float(self.count)
-        return float(self.total) / count if count else 0.0
+        return float(self.total) / count if count else math.nan  # no samples: no value, not a perfect 0
 
 
 class MeanTracker(Metric):
@@ -266,7 +266,8 @@ class MetricSet:
             self.communicator.all_reduce_sum_(totals)
         values = totals.tolist()  # host sync
         names = ["loss", *(m.name for m in self.metrics)]
-        return {self.prefix + name: (values[2 * i] / values[2 * i + 1] if values[2 * i + 1] else 0.0)
+        # No samples counted (every step of an epoch skipped): NaN, which no callback takes for a best.
+        return {self.prefix + name: (values[2 * i] / values[2 * i + 1] if values[2 * i + 1] else math.nan)
                 for i, name in enumerate(names)}
 
 

@@ -881,6 +881,11 @@ def _resolve_verbose(verbose) -> int:
 
 def _raise_if_not_finite(logs: dict, epoch: int) -> None:
     loss = logs.get("loss")
+    if loss is not None and math.isnan(loss) and logs.get("skipped_steps"):
+        raise NonFiniteLossError(
+            f"every step of epoch {epoch + 1} was non-finite and skipped ({logs['skipped_steps']:.0f} steps): "
+            "nothing trained. Lower the learning rate, or check the inputs and labels for extreme values."
+        )
     if loss is not None and not math.isfinite(loss):
         raise NonFiniteLossError(
             f"the training loss became {loss} during epoch {epoch + 1} ({format_logs(logs)}). Lower the "
