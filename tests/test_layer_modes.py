@@ -105,3 +105,17 @@ def test_dropout_options_that_are_not_applied_are_said():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         L.Dropout(0.5)
+
+
+def test_layer_arguments_are_checked_by_name():
+    with pytest.raises(ConfigError, match=r"ReLU max_value, negative_slope and threshold must be >= 0"):
+        L.ReLU(threshold=-1)
+    assert L.Reshape((np.int64(2), 3)).target_shape == (2, 3)
+    with pytest.raises(ConfigError, match=r"BatchNormalization momentum must be a number in \[0, 1\]; got 'x'"):
+        L.BatchNormalization(momentum="x")
+    with pytest.raises(ConfigError, match=r"Rescaling scale must be a number; got 'a'"):
+        L.Rescaling("a")
+    with pytest.raises(ConfigError, match=r"Concatenate axis must be one int; got 'x'"):
+        L.Concatenate(axis="x")
+    with pytest.raises(ConfigError, match=r"LSTM: return_state is not supported yet; remove it\.$"):
+        L.LSTM(3, return_state=True)

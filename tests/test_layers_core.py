@@ -49,7 +49,7 @@ def test_softmax_over_an_axis(axis, rng):
 
 
 RELU_CASES = [dict(), dict(max_value=0.5), dict(negative_slope=0.1), dict(threshold=0.3),
-              dict(max_value=1.0, negative_slope=0.2, threshold=-0.5)]
+              dict(max_value=1.0, negative_slope=0.2, threshold=0.5)]
 
 
 @pytest.mark.parametrize("arguments", RELU_CASES)

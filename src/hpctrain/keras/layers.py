@@ -410,6 +410,8 @@ class Concatenate(_Merge):
 
     def __init__(self, axis=-1, **kwargs):
         super().__init__(**kwargs)
+        if not is_whole_number(axis):
+            raise ConfigError(f"Concatenate axis must be one int; got {axis!r}.")
         self.axis = int(axis)
 
     def _check_shapes(self, shapes):

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from hpctrain.arguments import is_whole_number
+from hpctrain.arguments import is_number, is_whole_number
 from hpctrain.errors import ConfigError, InputError
 from hpctrain.keras import activations, initializers, regularizers
 from hpctrain.keras.layers import Activation, Layer, weight_penalty
@@ -62,11 +62,11 @@ class Reshape(Layer):
     def __init__(self, target_shape, **kwargs):
         super().__init__(**kwargs)
         target = tuple(target_shape) if isinstance(target_shape, (tuple, list)) else None
-        if target is None or not all(isinstance(n, int) and (n >= 1 or n == -1) for n in target) or \
+        if target is None or not all(is_whole_number(n) and (n >= 1 or n == -1) for n in target) or \
                 target.count(-1) > 1:
             raise ConfigError(f"Reshape target_shape must be a tuple of sizes >= 1 with at most one -1; "
                               f"got {target_shape!r}.")
-        self.target_shape = target
+        self.target_shape = tuple(int(n) for n in target)
 
     def compute_output_shape(self, input_shape):
         sample = input_shape[1:]
@@ -85,11 +85,18 @@ class Reshape(Layer):
         return {**super().get_config(), "target_shape": list(self.target_shape)}
 
 
+def _check_numbers(layer: str, **arguments) -> None:
+    for name, value in arguments.items():
+        if not is_number(value):
+            raise ConfigError(f"{layer} {name} must be a number; got {value!r}.")
+
+
 class Rescaling(Layer):
     """``x * scale + offset``, e.g. ``Rescaling(1 / 255)`` on uint8 pixels (cast to float32 first)."""
 
     def __init__(self, scale, offset=0.0, **kwargs):
         super().__init__(**kwargs)
+        _check_numbers("Rescaling", scale=scale, offset=offset)
         self.scale, self.offset = float(scale), float(offset)
 
     def forward(self, x):
@@ -121,9 +128,11 @@ class ReLU(Activation):
     """Keras's ReLU layer: ``max_value``, ``negative_slope`` and ``threshold``; plain relu by default."""
 
     def __init__(self, max_value=None, negative_slope=0.0, threshold=0.0, **kwargs):
-        if max_value is not None and float(max_value) < 0 or float(negative_slope) < 0:
-            raise ConfigError(f"ReLU max_value and negative_slope must be >= 0; got {max_value!r} and "
-                              f"{negative_slope!r}.")
+        _check_numbers("ReLU", negative_slope=negative_slope, threshold=threshold,
+                       **({} if max_value is None else {"max_value": max_value}))
+        if max_value is not None and float(max_value) < 0 or float(negative_slope) < 0 or float(threshold) < 0:
+            raise ConfigError(f"ReLU max_value, negative_slope and threshold must be >= 0 (as in Keras); got "
+                              f"{max_value!r}, {negative_slope!r} and {threshold!r}.")
         self.max_value = None if max_value is None else float(max_value)
         self.negative_slope, self.threshold = float(negative_slope), float(threshold)
         plain = self.max_value is None and not self.negative_slope and not self.threshold

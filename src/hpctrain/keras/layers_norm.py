@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from hpctrain.arguments import is_number
 from hpctrain.errors import ConfigError
 from hpctrain.keras import initializers, regularizers
 from hpctrain.keras.layers import Layer, weight_penalty
@@ -34,8 +35,8 @@ class _AffineNormalization(Layer):
                  gamma_regularizer, **kwargs):
         super().__init__(**kwargs)
         self.axis = _axis(axis, type(self).__name__)
-        if float(epsilon) <= 0:
-            raise ConfigError(f"{type(self).__name__} epsilon must be > 0; got {epsilon!r}.")
+        if not is_number(epsilon) or float(epsilon) <= 0:
+            raise ConfigError(f"{type(self).__name__} epsilon must be a number > 0; got {epsilon!r}.")
         self.epsilon = float(epsilon)
         self.center, self.scale = bool(center), bool(scale)
         self.beta_initializer = initializers.get(beta_initializer)
@@ -76,8 +77,8 @@ class BatchNormalization(_AffineNormalization):
                  beta_regularizer=None, gamma_regularizer=None, **kwargs):
         super().__init__(axis, epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer,
                          gamma_regularizer, **kwargs)
-        if not 0.0 <= float(momentum) <= 1.0:
-            raise ConfigError(f"BatchNormalization momentum must be in [0, 1]; got {momentum!r}.")
+        if not is_number(momentum) or not 0.0 <= float(momentum) <= 1.0:
+            raise ConfigError(f"BatchNormalization momentum must be a number in [0, 1]; got {momentum!r}.")
         self.momentum = float(momentum)
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)

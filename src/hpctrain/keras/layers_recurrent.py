@@ -40,8 +40,9 @@ class _Recurrent(Layer):
                        "go_backwards": go_backwards, "stateful": stateful}
         given = [name for name, value in unsupported.items() if value]
         if given:
-            raise ConfigError(f"{layer}: {', '.join(given)} is not supported yet; remove it (put a Dropout layer "
-                              "before or after the recurrent layer for dropout).")
+            hint = (" (for dropout, put a Dropout layer before or after the recurrent layer)"
+                    if {"dropout", "recurrent_dropout"} & set(given) else "")
+            raise ConfigError(f"{layer}: {', '.join(given)} is not supported yet; remove it{hint}.")
         self.units = units
         self.use_bias = bool(use_bias)
         self.return_sequences = bool(return_sequences)
