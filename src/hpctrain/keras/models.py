@@ -185,7 +185,7 @@ class Model(Layer):
             return Columns(self._float_features(part) for part in x.parts)
         integral = (isinstance(x, np.ndarray) and x.dtype.kind in "biu"
                     or isinstance(x, torch.Tensor) and not x.is_floating_point() and not x.is_complex())
-        if not integral or any(isinstance(module, Embedding) for module in self.modules()):
+        if not integral or any(isinstance(module, _TAKES_IDS) for module in self.modules()):
             return x
         return x.astype(np.float32) if isinstance(x, np.ndarray) else x.to(torch.float32)
 
@@ -550,6 +550,10 @@ def _has_logits_form(loss) -> bool:
     from hpctrain.engine.losses import BinaryCrossentropy, CrossEntropy
 
     return isinstance(loss, (CrossEntropy, BinaryCrossentropy))
+
+
+# Layers that look integer ids up; a model holding one gets integer inputs as they are.
+_TAKES_IDS = (Embedding, torch.nn.Embedding, torch.nn.EmbeddingBag)
 
 
 def _numeric_or_loader(x, name: str):
