@@ -192,9 +192,33 @@ def test_local_spawn_brings_weights_and_history_back_equal_to_one_process(monkey
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
     np.testing.assert_allclose(predictions, reference_predictions, atol=1e-5)
     # The second fit continued as in one process: optimizer state and RNG came back too.
-    if optimizer == "adam":  # Adam counts its steps in its state (SGD's state has no counter)
-        assert model.optimizer.iterations == reference.optimizer.iterations == 3 * 10 + 11  # 182, then 203 rows
+    # Adam counts its steps in its state; SGD's count comes back with the optimizer's clock.
+    assert model.optimizer.iterations == reference.optimizer.iterations == 3 * 10 + 11  # 182, then 203 rows
     for a, b in zip(final, reference_final):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_spawned_replicas_bring_back_the_rate_callbacks_set_and_the_history_params(monkeypatch):
+    from hpctrain.keras.callbacks import ReduceLROnPlateau
+
+    for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    x, y = _local_data()
+
+    def fit_twice(model):
+        first = model.fit(x, y, epochs=3, batch_size=20, verbose=0,
+                          callbacks=[ReduceLROnPlateau(monitor="loss", factor=0.1, patience=0, min_delta=10)])
+        rate = model.optimizer.learning_rate
+        model.fit(x, y, epochs=1, batch_size=20, verbose=0)  # at the reduced rate, in both
+        return first, rate, model.get_weights()
+
+    reference_history, reference_rate, reference_weights = fit_twice(_local_model("sgd"))
+    with tf.distribute.MirroredStrategy(devices=["cpu:0", "cpu:1"]).scope():
+        model = _local_model("sgd")
+    history, rate, weights = fit_twice(model)
+    assert rate == pytest.approx(reference_rate) and reference_rate == pytest.approx(0.1 * 0.1 ** 2)
+    assert history.params == reference_history.params == {"verbose": 0, "epochs": 3, "steps": 11}
+    for a, b in zip(weights, reference_weights):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
 

@@ -57,8 +57,8 @@ def main(folder: str, rank: int) -> None:
     if rank == 0:
         result = os.path.join(folder, "result.pickle")
         with open(result + ".tmp", "wb") as f:
-            pickle.dump((model.get_weights(), history.history, history.epoch, torch.get_rng_state(),
-                         optimizer_state), f)
+            pickle.dump((model.get_weights(), history.history, history.epoch, history.params, torch.get_rng_state(),
+                         optimizer_state, model.optimizer.clock()), f)
         os.replace(result + ".tmp", result)
 
 

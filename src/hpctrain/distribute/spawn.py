@@ -129,15 +129,17 @@ def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments:
                 f.write(_pickled_job(job))
             _run_and_watch(folder, replicas)
             with open(os.path.join(folder, "result.pickle"), "rb") as f:
-                weights, history_dict, epochs, rng_state, optimizer_state = pickle.load(f)
+                weights, history_dict, epochs, params, rng_state, optimizer_state, clock = pickle.load(f)
     finally:
         for block in blocks:
             block.release()
     model.set_weights(weights)
     model.optimizer.load_state_by_position(optimizer_state)  # a later fit continues Adam's moments
+    model.optimizer.load_clock(clock)  # ... and the rate callbacks set, and a schedule's update count
     torch.set_rng_state(rng_state)  # the next fit shuffles on, as it would after training here
     history = History()
     history.set_model(model)
+    history.set_params(params)
     history.history, history.epoch = history_dict, epochs
     return history
 

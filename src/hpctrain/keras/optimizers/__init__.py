@@ -107,6 +107,19 @@ class Optimizer:
         return [{key: value.detach().cpu().clone() if isinstance(value, torch.Tensor) else value
                  for key, value in state.get(param, {}).items()} for param in self._engine_optimizer.params]
 
+    def clock(self) -> dict:
+        """What a later fit continues from besides each weight's state: the rate set by hand (by
+        ReduceLROnPlateau, say) and the update count that a schedule and ``iterations`` read."""
+        engine = self._engine_optimizer
+        return {"lr": None if self._schedule is not None else self.learning_rate,
+                "scheduled_updates": 0 if engine is None else engine.scheduled_updates}
+
+    def load_clock(self, clock: dict) -> None:
+        if clock["lr"] is not None:
+            self.learning_rate = clock["lr"]
+        if self._engine_optimizer is not None:
+            self._engine_optimizer.scheduled_updates = clock["scheduled_updates"]
+
     def load_state_by_position(self, states: list[dict]) -> None:
         """The inverse of :meth:`state_by_position`, onto the parameters this optimizer was built for."""
         optimizer = self._engine_optimizer
