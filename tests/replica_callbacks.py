@@ -1,7 +1,10 @@
-"""Callbacks that make one spawned replica fail, for the local-spawn tests (importable by replicas)."""
+"""Callbacks for the local-spawn tests (importable by replicas): one makes a replica fail, one
+records what each replica ends with."""
 
 import os
 import signal
+
+import numpy as np
 
 from hpctrain.keras.callbacks import Callback
 
@@ -18,3 +21,14 @@ class FailOnRank(Callback):
             if self.how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"replica {self.rank} was told to fail")
+
+
+class SaveWeightsPerRank(Callback):
+    """At the end of training, each replica writes its weights to ``{prefix}{rank}.npz``."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def on_train_end(self, logs=None):
+        np.savez(f"{self.prefix}{self.model.plan.rank}.npz", *self.model.get_weights())

@@ -222,6 +222,32 @@ def test_spawned_replicas_bring_back_the_rate_callbacks_set_and_the_history_para
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
 
+def test_batch_norm_statistics_are_the_replicas_mean_on_every_replica(monkeypatch, tmp_path):
+    """Each replica's moving statistics follow its own share of the batches; at an epoch's end
+    they become their mean, so every replica validates, evaluates and returns the same model."""
+    from hpctrain.keras.layers import BatchNormalization, Dense
+    from hpctrain.keras.models import Sequential
+    from replica_callbacks import SaveWeightsPerRank
+
+    monkeypatch.setenv("PYTHONPATH", os.path.join(REPO, "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    x, y = _local_data()
+    with tf.distribute.MirroredStrategy(devices=["cpu:0", "cpu:1"]).scope():
+        tf.keras.utils.set_random_seed(0)
+        model = Sequential([Dense(16, activation="relu", input_dim=12), BatchNormalization(),
+                            Dense(4, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, batch_size=20, verbose=0, callbacks=[SaveWeightsPerRank(str(tmp_path / "rank"))])
+    ranks = [np.load(tmp_path / f"rank{rank}.npz") for rank in (0, 1)]
+    moving = [[ranks[rank][f"arr_{i}"] for i in (4, 5)] for rank in (0, 1)]  # moving_mean, moving_variance
+    assert not np.allclose(moving[0][0], 0.0)  # trained
+    for a, b in zip(*moving):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(moving[0], model.get_weights()[4:6]):
+        np.testing.assert_array_equal(a, b)  # and the model brought back holds them
+
+
 @pytest.mark.parametrize("how, expected", [("raise", r"(?s)replica rank 1 .* raised.*replica 1 was told to fail"),
                                            ("kill", r"replica rank 1 .* died \(signal SIGKILL\)")])
 def test_a_failing_spawned_replica_stops_training_and_is_named(monkeypatch, how, expected):

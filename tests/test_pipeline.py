@@ -208,6 +208,8 @@ def test_what_a_pipeline_cannot_do_yet_is_refused_before_any_process_starts(plai
         plain = keras_model()
     with pytest.raises(ConfigError, match=r"on_nonfinite='skip_step' is not supported with PipelineStrategy yet"):
         plain.fit(x, y, batch_size=16, verbose=0, on_nonfinite="skip_step")
+    with pytest.raises(ConfigError, match=r"checkpoints \(BackupAndRestore, fit\(checkpoint=...\)\) are not supported"):
+        plain.fit(x, y, batch_size=16, verbose=0, callbacks=[tf.keras.callbacks.BackupAndRestore("backup")])
     with pytest.raises(ConfigError, match=r"strategy.trainer\(...\) trains the stage of a launched process; start "
                                           r"the script with hpctrain launch --nproc-per-node=2"):
         strategy.trainer(native_network(), **NATIVE)

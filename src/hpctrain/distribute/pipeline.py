@@ -163,6 +163,7 @@ class PipelineStrategy(Strategy):
         self.split(model)  # measured here once; the processes take this cut with them
         self.config.check_batch(fit_arguments["batch_size"])
         _refuse_skip_steps(fit_arguments.get("on_nonfinite", "raise"))
+        _refuse_checkpoints(fit_arguments.get("checkpoint"), fit_arguments.get("callbacks"))
         if any(getattr(layer, "regularization_penalty", lambda: None)() is not None for layer in stack_layers(model)):
             _refuse_penalty()  # here, before any process starts, rather than in every stage
         return fit_in_replicas(model, self.devices, self.timeout_seconds, fit_arguments, strategy=self)
@@ -288,9 +289,10 @@ class PipelineTrainer(Trainer):
         self._schedules: dict = {}
         self._global_rows = 1
 
-    def fit(self, *args, on_nonfinite: str = "raise", **kwargs):
+    def fit(self, *args, on_nonfinite: str = "raise", checkpoint=None, callbacks=None, **kwargs):
         _refuse_skip_steps(on_nonfinite)
-        return super().fit(*args, on_nonfinite=on_nonfinite, **kwargs)
+        _refuse_checkpoints(checkpoint, callbacks)
+        return super().fit(*args, on_nonfinite=on_nonfinite, checkpoint=checkpoint, callbacks=callbacks, **kwargs)
 
     # --- set-up --------------------------------------------------------------------------------
 
@@ -471,6 +473,10 @@ class PipelineTrainer(Trainer):
         dist.broadcast_object_list(logs, src=self.config.rank_of(self.config.stages - 1, 0))  # sync point
         return logs[0]
 
+    def _average_buffers_across_replicas(self) -> None:
+        """Not across the world: a stage's statistics live in its own processes (the others hold a
+        stale copy, replaced from the stage's first replica by ``_gather_weights``)."""
+
     def _start_replicas_equal(self) -> None:
         """Every process starts from rank 0's weights, whatever each one initialised."""
         self._broadcast_weights([0] * self.config.stages)
@@ -527,6 +533,14 @@ def _stage_boundaries(layers, split: Split, module) -> list[_Boundary]:
         for layer, was_training in zip(layers, training):
             layer.train(was_training)
     return boundaries
+
+
+def _refuse_checkpoints(checkpoint, callbacks) -> None:
+    # A stage's checkpoint would hold rank 0's optimizer state only, and the stages' loop never
+    # reaches the per-step saves: a resume would load wrong moments.
+    if checkpoint is not None or any(getattr(c, "checkpoint_config", None) is not None for c in callbacks or []):
+        raise ConfigError("checkpoints (BackupAndRestore, fit(checkpoint=...)) are not supported with "
+                          "PipelineStrategy yet; ModelCheckpoint saves the whole model after each epoch.")
 
 
 def _refuse_skip_steps(on_nonfinite: str) -> None:

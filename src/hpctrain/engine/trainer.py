@@ -209,6 +209,7 @@ class Trainer:
         if hasattr(loop.step, "sync_gradients"):
             loop.step.sync_gradients()  # .grad as of the epoch's last step, for callbacks and users
         self._raise_if_a_step_was_not_finite()
+        self._average_buffers_across_replicas()
         if loop.skip_steps:
             logs["skipped_steps"] = self._guard.skipped_steps()  # a host sync per epoch
         _raise_if_not_finite(logs, epoch)
@@ -553,6 +554,25 @@ class Trainer:
         hooks.call("on_test_end", _unprefixed(logs, prefix))
         return logs
 
+    def _average_buffers_across_replicas(self) -> None:
+        """Each replica's batch norm statistics followed its own batches; at each epoch's end they
+        become their mean over the replicas (as Keras reads such variables under a strategy), so
+        validation, evaluate and get_weights see the same model on every rank. One all-reduce per
+        epoch, only for a module with floating-point buffers."""
+        if self.communicator is None:
+            return
+        buffers = _running_statistics(self.module)
+        if not buffers:
+            return
+        with torch.no_grad():
+            flat = torch.cat([b.reshape(-1) for b in buffers])
+            self.communicator.all_reduce_sum_(flat)  # sync point: every replica waits here
+            flat /= self.plan.world_size
+            offset = 0
+            for b in buffers:
+                b.copy_(flat[offset:offset + b.numel()].view_as(b))
+                offset += b.numel()
+
     def _start_replicas_equal(self) -> None:
         """Every replica starts from rank 0's weights, as DDP does, whatever each one initialised."""
         if self.communicator is None:
@@ -854,6 +874,16 @@ def _build_optimizer(optimizer, module: torch.nn.Module, device: torch.device):
         f"optimizer must be a torch.optim.Optimizer, a name such as 'adam', or a factory fn(params, device); "
         f"got {type(optimizer).__name__}."
     )
+
+
+def _running_statistics(module: torch.nn.Module) -> list[torch.Tensor]:
+    """What forward updates rather than gradients: torch's floating-point buffers (BatchNorm's
+    running_mean/var) and Keras layers' statistics (moving_mean/variance, kept as parameters)."""
+    found = []
+    for part in module.modules():
+        found += [b for b in part.buffers(recurse=False) if b.is_floating_point()]
+        found += [getattr(part, name) for name in sorted(getattr(part, "_statistics", ()))]
+    return found
 
 
 def _unprefixed(logs: dict, prefix: str) -> dict:
