@@ -8,6 +8,7 @@ import statistics
 import time
 
 from common import make_dataset
+from torch_common import hpctrain_mlp
 
 
 def train_variants(workload, variants: dict, apply_variant, rounds: int):
@@ -16,18 +17,12 @@ def train_variants(workload, variants: dict, apply_variant, rounds: int):
     at once; and the model trained."""
     import hpctrain as tf
     from hpctrain.errors import NonFiniteLossError
-    from hpctrain.keras import Sequential
     from hpctrain.keras.callbacks import Callback
-    from hpctrain.keras.layers import Dense
 
     x, _, y = make_dataset(workload)
     steps = -(-len(x) // workload.batch_size)
-    model = Sequential([tf.keras.Input(shape=(workload.input_dim,)),
-                        *[Dense(units, activation="relu") for units in workload.hidden_units],
-                        Dense(workload.num_classes, activation="softmax")])
     # Two threads throughout: a variant must not move the thread count the others run on.
-    model.compile(optimizer=tf.keras.optimizers.Adam(workload.learning_rate), loss="categorical_crossentropy",
-                  metrics=["accuracy"], plan=tf.make_plan(threads=2))
+    model = hpctrain_mlp(workload, plan=tf.make_plan(threads=2))
     apply_variant(*next(iter(variants.values())))
     model.fit(x, y, batch_size=workload.batch_size, epochs=1, verbose=0)
     times = []

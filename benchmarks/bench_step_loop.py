@@ -21,24 +21,19 @@ sys.path.insert(0, str(BENCH_DIR))
 
 from common import WORKLOADS, make_dataset, mlp_rounds_arguments  # noqa: E402
 from reporting import print_and_save  # noqa: E402
+from torch_common import hpctrain_mlp  # noqa: E402
 
 
 def main(argv=None) -> None:
     args = mlp_rounds_arguments(__doc__.splitlines()[0], argv)
     import hpctrain as tf
     from hpctrain.engine import native
-    from hpctrain.keras import Sequential
-    from hpctrain.keras.layers import Dense
 
     if not native.build():
         sys.exit(f"the C++ step loop is not available: {native.status()}")
     workload = WORKLOADS[args.workload]
     x, _, y = make_dataset(workload)
-    model = Sequential([tf.keras.Input(shape=(workload.input_dim,)),
-                        *[Dense(units, activation="relu") for units in workload.hidden_units],
-                        Dense(workload.num_classes, activation="softmax")])
-    model.compile(optimizer=tf.keras.optimizers.Adam(workload.learning_rate), loss="categorical_crossentropy",
-                  metrics=["accuracy"], plan=tf.make_plan(threads=2))
+    model = hpctrain_mlp(workload, plan=tf.make_plan(threads=2))
     model.fit(x, y, batch_size=workload.batch_size, epochs=1, verbose=0)
     seconds = {"C++": [], "Python": []}
     for _ in range(args.rounds):

@@ -31,6 +31,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 from common import WORKLOADS, make_dataset  # noqa: E402
 from reporting import write_json  # noqa: E402
+from torch_common import hpctrain_mlp  # noqa: E402
 
 VARIANTS = ("retuned", "fixed_1", "fixed_2")
 
@@ -44,19 +45,6 @@ def parse_args(argv=None):
                         help="alternate blocks of this many rounds without and with a process holding the last CPU")
     parser.add_argument("--output", default=str(BENCH_DIR / "results" / "thread_retune.json"))
     return parser.parse_args(argv)
-
-
-def build_model(workload, plan):
-    import hpctrain as tf
-    from hpctrain.keras import Sequential
-    from hpctrain.keras.layers import Dense
-
-    hidden = [Dense(units, activation="relu") for units in workload.hidden_units]
-    model = Sequential([tf.keras.Input(shape=(workload.input_dim,)), *hidden,
-                        Dense(workload.num_classes, activation="softmax")])
-    model.compile(optimizer=tf.keras.optimizers.Adam(workload.learning_rate), loss="categorical_crossentropy",
-                  metrics=["accuracy"], plan=plan)
-    return model
 
 
 @contextlib.contextmanager
@@ -95,7 +83,7 @@ def main(argv=None) -> None:
     workload = WORKLOADS[args.workload]
     x, _, y = make_dataset(workload)
     plans = {"retuned": tf.make_plan(), "fixed_1": tf.make_plan(threads=1), "fixed_2": tf.make_plan(threads=2)}
-    models = {name: build_model(workload, plans[name]) for name in VARIANTS}
+    models = {name: hpctrain_mlp(workload, plans[name]) for name in VARIANTS}
     for model in models.values():  # warm-up: the start-of-fit measurements, first-touch of buffers
         model.fit(x, y, batch_size=workload.batch_size, epochs=1, verbose=0)
     rounds = []

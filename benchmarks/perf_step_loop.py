@@ -44,11 +44,12 @@ def train_child(workload_name: str, epochs: int, threads: int) -> None:
     The thread count is fixed, so that the plan does not change it inside the sampled window."""
     import hpctrain as tf
     from common import make_dataset
-    from profile_seed_step import EpochTimes, compiled_keras_mlp
+    from profile_seed_step import EpochTimes
+    from torch_common import hpctrain_mlp
 
     workload = WORKLOADS[workload_name]
     x, _, y = make_dataset(workload)
-    model = compiled_keras_mlp(tf, workload, plan=tf.make_plan(threads=threads))
+    model = hpctrain_mlp(workload, plan=tf.make_plan(threads=threads))
     model.fit(x, y, batch_size=workload.batch_size, epochs=2, verbose=0)
     print(READY, flush=True)
     times = EpochTimes()

@@ -21,6 +21,7 @@ import torch  # noqa: E402
 
 from common import WORKLOADS, make_dataset  # noqa: E402
 from reporting import print_and_save  # noqa: E402
+from torch_common import hpctrain_mlp  # noqa: E402
 
 
 class EpochTimes:
@@ -42,20 +43,6 @@ class EpochTimes:
         return Callback()
 
 
-def compiled_keras_mlp(tf, workload, plan=None):
-    """The workload's MLP through hpctrain's Keras front end, compiled as the benchmarks train it
-    (``plan``: hpctrain's own, e.g. with a fixed thread count)."""
-    from hpctrain.keras import Sequential
-    from hpctrain.keras.layers import Dense
-
-    hidden = [Dense(units, activation="relu") for units in workload.hidden_units]
-    model = Sequential([tf.keras.Input(shape=(workload.input_dim,)), *hidden,
-                        Dense(workload.num_classes, activation="softmax")])
-    model.compile(optimizer=tf.keras.optimizers.Adam(workload.learning_rate), loss="categorical_crossentropy",
-                  metrics=["accuracy"], plan=plan)
-    return model
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", choices=[name for name, w in WORKLOADS.items() if w.model == "mlp"],
@@ -68,7 +55,7 @@ def main() -> None:
 
     workload = WORKLOADS[args.workload]
     x, _, y = make_dataset(workload)
-    model = compiled_keras_mlp(tf, workload)
+    model = hpctrain_mlp(workload)
     times = EpochTimes()
     model.fit(x, y, batch_size=workload.batch_size, epochs=2, verbose=0, callbacks=[times.attach(tf)])
     steps = -(-len(x) // workload.batch_size)

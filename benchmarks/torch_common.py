@@ -43,3 +43,19 @@ def build_model(workload: Workload) -> nn.Sequential:
 
 def torch_details(threads: int) -> dict:
     return {"torch_version": torch.__version__, "torch_threads": threads}
+
+
+def hpctrain_mlp(workload: Workload, plan=None):
+    """The workload's MLP through hpctrain's Keras front end, compiled as the benchmarks train it
+    (Adam, categorical cross-entropy on one-hot labels, accuracy); ``plan``: hpctrain's own, e.g.
+    ``make_plan(threads=2)`` to fix the thread count."""
+    import hpctrain as tf
+    from hpctrain.keras import Sequential
+    from hpctrain.keras.layers import Dense
+
+    hidden = [Dense(units, activation="relu") for units in workload.hidden_units]
+    model = Sequential([tf.keras.Input(shape=(workload.input_dim,)), *hidden,
+                        Dense(workload.num_classes, activation="softmax")])
+    model.compile(optimizer=tf.keras.optimizers.Adam(workload.learning_rate), loss="categorical_crossentropy",
+                  metrics=["accuracy"], plan=plan)
+    return model
