@@ -368,7 +368,8 @@ class LoaderData:
                     "each batch from the data loader must be an (x, y) pair or an (x, y, sample_weight) triple; "
                     f"got {type(batch).__name__}. Return (inputs, targets) from the dataset."
                 )
-            xb, *targets = (with_training_dtype(torch.as_tensor(part)).to(self.device, non_blocking=True)
-                            for part in batch)
-            yb = targets[0] if self.prepare_targets is None else self.prepare_targets(targets[0])
-            yield xb, yb if len(targets) == 1 else WeightedTargets(yb, targets[1])
+            xb, *targets = (with_training_dtype(torch.as_tensor(part)) for part in batch)
+            if self.prepare_targets is not None:  # where the loader made them: its checks read no device
+                targets[0] = self.prepare_targets(targets[0])
+            xb, *targets = (part.to(self.device, non_blocking=True) for part in (xb, *targets))
+            yield xb, targets[0] if len(targets) == 1 else WeightedTargets(targets[0], targets[1])

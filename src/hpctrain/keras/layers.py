@@ -89,18 +89,23 @@ class Layer(torch.nn.Module):
         """On tensors: the forward (building the weights on the first call). On symbolic inputs
         (``Input``): records the call for a functional ``Model``. On NumPy data: inference,
         returning a NumPy array that also has ``.numpy()``, as Keras's eager tensors do."""
+        if isinstance(inputs, torch.Tensor):  # every call inside a training step: checked first
+            return self._call_on_tensors(inputs, training, *args, **kwargs)
         from hpctrain.keras import functional
 
-        if isinstance(inputs, torch.Tensor) or functional.is_tensor_structure(inputs):
-            if not self.built:
-                self._build_on(inputs)
-            if training is None:  # the mode fit, evaluate and predict set
-                return super().__call__(inputs, *args, **kwargs)
-            return self._call_in_mode(bool(training), inputs, *args, **kwargs)
+        if functional.is_tensor_structure(inputs):
+            return self._call_on_tensors(inputs, training, *args, **kwargs)
         if functional.is_symbolic(inputs):
             # training=... given in the graph is kept with the call, and applies whenever it runs.
             return functional.call_symbolic(self, inputs, kwargs if training is None else {**kwargs, "training": training})
         return functional.call_on_arrays(self, inputs, training=bool(training))
+
+    def _call_on_tensors(self, inputs, training, *args, **kwargs):
+        if not self.built:
+            self._build_on(inputs)
+        if training is None:  # the mode fit, evaluate and predict set
+            return super().__call__(inputs, *args, **kwargs)
+        return self._call_in_mode(bool(training), inputs, *args, **kwargs)
 
     def _call_in_mode(self, training: bool, *args, **kwargs):
         """One call in training or inference mode whatever the current mode (Keras's ``training=``
