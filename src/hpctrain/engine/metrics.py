@@ -98,10 +98,8 @@ def dense_target(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     ``(N,)`` labels of a one-unit ``(N, 1)`` output (or the reverse) with its rank, as Keras aligns them."""
     if target.dtype == torch.int64 and output.dim() == target.dim() + 1 and output.shape[-1] > 1:
         return torch.nn.functional.one_hot(target, output.shape[-1]).to(output.dtype)
-    if output.dim() == target.dim() + 1 and output.shape[-1] == 1:
-        return target.unsqueeze(-1)
-    if target.dim() == output.dim() + 1 and target.shape[-1] == 1:
-        return target.squeeze(-1)
+    if target.dim() != output.dim() and target.shape[0] == output.shape[0] and target.numel() == output.numel():
+        return target.reshape(output.shape)
     return target
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from hpctrain.engine import metrics as _engine
@@ -18,19 +17,18 @@ class _StandaloneUse:
     ``compile`` instead, the engine accumulates the same object on the training device."""
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        y_pred = torch.as_tensor(np.asarray(y_pred) if not isinstance(y_pred, torch.Tensor) else y_pred)
-        y_pred = y_pred.detach().to(torch.float32)
+        y_pred = torch.as_tensor(y_pred).detach().to(torch.float32)
         if self.total is None:
             self.bind(y_pred.device)
-        y_true = torch.as_tensor(np.asarray(y_true) if not isinstance(y_true, torch.Tensor) else y_true)
-        y_true = y_true.detach().to(y_pred.device, torch.float32)  # Keras casts the labels to the predictions' dtype
+        # Keras casts the labels to the predictions' dtype.
+        y_true = torch.as_tensor(y_true).detach().to(y_pred.device, torch.float32)
         y_true, y_pred = same_rank(y_true, y_pred)  # (N,) labels against a one-unit (N, 1) output, as Keras aligns them
         values = self.per_sample(_engine.ModelOutput(y_pred), y_true).to(self.total.dtype)
         if sample_weight is None:
             self.total.add_(values.sum())
             self.count.add_(values.numel())
             return
-        weights = torch.as_tensor(np.asarray(sample_weight), dtype=self.total.dtype, device=values.device)
+        weights = torch.as_tensor(sample_weight, dtype=self.total.dtype, device=values.device)
         weights = weights.reshape(values.shape) if weights.numel() == values.numel() else weights.expand_as(values)
         self.total.add_((values * weights).sum())  # Keras: the sample-weighted mean
         self.count.add_(weights.sum())
