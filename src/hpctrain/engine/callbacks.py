@@ -88,14 +88,11 @@ class CallbackList:
                 )
             callback.set_model(model)
             callback.set_params(params)
-        self.wants_train_batch_logs = any(
-            _overrides(cb, hook) for cb in self.callbacks for hook in ("on_train_batch_end", "on_batch_end")
-        )
-        self.wants_train_batch_begin = any(
-            _overrides(cb, hook) for cb in self.callbacks for hook in ("on_train_batch_begin", "on_batch_begin")
-        )
+        self.wants_train_batch_logs = self.wants("on_train_batch_end", "on_batch_end")
+        self.wants_train_batch_begin = self.wants("on_train_batch_begin", "on_batch_begin")
 
     def wants(self, *hooks: str) -> bool:
+        """Whether some callback does something in one of ``hooks`` (per-batch logs cost a sync)."""
         return any(_overrides(cb, hook) for cb in self.callbacks for hook in hooks)
 
     def call(self, hook: str, *args) -> None:
