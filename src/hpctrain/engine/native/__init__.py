@@ -189,7 +189,7 @@ def _compile_command() -> list[str]:
     from torch.utils.cpp_extension import include_paths, library_paths
 
     libraries = library_paths()[0]
-    return [compiler(), "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
+    return [compiler(), "-O2", "-ffp-contract=off", "-fopenmp", "-std=c++17", "-shared", "-fPIC", "-w",
             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
             *(f"-I{folder}" for folder in include_paths()), SOURCE, "-o", "{output}",
             f"-L{libraries}", "-lc10", "-ltorch_cpu", "-ltorch", f"-Wl,-rpath,{libraries}"]
