@@ -114,3 +114,20 @@ def test_subnormal_moments_are_flushed_and_move_no_weight(adam_update):
     assert torch.equal(reference[1][0], subnormal)  # ATen's: stuck
     assert torch.equal(ours[1][0], torch.zeros(48))  # flushed
     assert torch.equal(reference[0][0], ours[0][0]) and torch.equal(reference[2][0], ours[2][0])
+
+
+@own_kernel
+@pytest.mark.parametrize("length", [1, 15, 16, 17, 100_000, (1 << 17) + 5, 1_000_003])  # serial, parallel scans
+def test_the_loop_non_finite_check_finds_one_inf_or_nan_anywhere(adam_update, length):
+    """The loop's check reads the gradients; ATen's (which the Python loop calls) also multiplies
+    them by one. Both must raise the flag for a single inf or NaN, wherever it is, and only then."""
+    scan = torch.ops.hpctrain_native.any_non_finite
+    finite = torch.randn(length)
+    finite[0], finite[-1] = 3.4e38, -0.0  # the largest finite float and a negative zero are finite
+    finite[length // 2] = torch.finfo(torch.float32).tiny / 8  # so is a subnormal
+    assert not scan([torch.ones(3), finite])
+    for position in sorted({0, length // 3, length // 2, length - 1}):
+        for bad in (float("inf"), float("-inf"), float("nan")):
+            values = finite.clone()
+            values[position] = bad
+            assert scan([torch.ones(3), values]), (position, bad)

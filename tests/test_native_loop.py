@@ -134,14 +134,15 @@ def test_dropout_draws_the_same_masks_in_the_loop(monkeypatch, rng):
 
 
 @needs_loop
-def test_a_non_finite_step_in_the_loop_stops_training_as_in_python(monkeypatch, rng):
-    x, y = rng.normal(size=(40, 9)).astype("float32"), rng.integers(0, 4, size=40)
-    x[23] = 3e38 * (-1.0) ** np.arange(9)  # in the second batch of 16: the products overflow, inf - inf
+@pytest.mark.parametrize("features,units", [(9, 12), (400, 400)])  # the wide one's gradients are scanned in parallel
+def test_a_non_finite_step_in_the_loop_stops_training_as_in_python(monkeypatch, rng, features, units):
+    x, y = rng.normal(size=(40, features)).astype("float32"), rng.integers(0, 4, size=40)
+    x[23] = 3e38 * (-1.0) ** np.arange(features)  # in the second batch of 16: the products overflow, inf - inf
     kept, explained = [], []
     for flag in ("1", "0"):
         monkeypatch.setenv("HPCTRAIN_NATIVE", flag)
         tf.keras.utils.set_random_seed(3)
-        model = tf.keras.Sequential(CASES["relu_sparse_ce"][0]())
+        model = tf.keras.Sequential([Dense(units, activation="relu", input_shape=(features,)), Dense(4)])
         model.compile(optimizer="adam", loss=CASES["relu_sparse_ce"][1])
         with pytest.raises(NonFiniteLossError, match="at epoch 1, step 2 of 3 done in that epoch"):
             model.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)

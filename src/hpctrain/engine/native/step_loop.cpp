@@ -13,6 +13,7 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <optional>
@@ -195,6 +196,19 @@ struct Program {
 // test_native_adam.py). Elsewhere (no AVX-512, or ATen dispatching another build, or tensors
 // that are not contiguous float32) ATen's kernel runs.
 
+// Where ATen runs its AVX-512 kernels: the kernels below do their arithmetic.
+bool avx512_build() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("fma") && at::get_cpu_capability() == "AVX512";
+  return yes;
+}
+
+bool contiguous_floats(at::TensorList tensors) {
+  for (const at::Tensor& t : tensors)
+    if (t.scalar_type() != at::kFloat || !t.is_contiguous() || !t.device().is_cpu()) return false;
+  return true;
+}
+
 struct AdamArithmetic {
   float lerp_weight;  // exp_avg = fma(lerp_weight, g - exp_avg, base)
   bool lerp_base_is_average;
@@ -332,12 +346,13 @@ void adam_tensor(const at::Tensor& param, const at::Tensor& grad, const at::Tens
 }
 
 bool own_adam_applies(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs) {
-  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                             __builtin_cpu_supports("fma") && at::get_cpu_capability() == "AVX512";
-  if (!avx512) return false;
+  if (!avx512_build() || !contiguous_floats(params) || !contiguous_floats(grads) || !contiguous_floats(exp_avgs) ||
+      !contiguous_floats(exp_avg_sqs))
+    return false;
   for (size_t i = 0; i < params.size(); ++i)
-    for (const at::Tensor* t : {&params[i], &grads[i], &exp_avgs[i], &exp_avg_sqs[i]})
-      if (t->scalar_type() != at::kFloat || !t->is_contiguous() || t->numel() != params[i].numel()) return false;
+    if (grads[i].numel() != params[i].numel() || exp_avgs[i].numel() != params[i].numel() ||
+        exp_avg_sqs[i].numel() != params[i].numel())
+      return false;
   return true;
 }
 
@@ -361,6 +376,70 @@ void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp
   }
 }
 
+// ---- the non-finite check and the step's counters ----------------------------------------------
+//
+// ATen's _amp_foreach_non_finite_check_and_unscale_ with a scale of one (what the Python loop
+// calls) reads every gradient and writes it back times one, in a fork/join; reading alone,
+// vectorized, raises the same flag. Like ATen's, the flag is sticky: once up, later steps are not
+// scanned. The flag, the bad-step count and the step counters are host scalars, updated through
+// their pointers instead of one ATen call each.
+
+HPCTRAIN_AVX512 bool floats_have_non_finite(const float* x, int64_t n) {
+  const __m512i exponent = _mm512_set1_epi32(0x7f800000);  // all ones: inf or NaN
+  __mmask16 found = 0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    found |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_loadu_si512(x + i), exponent), exponent);
+  const __mmask16 rest = static_cast<__mmask16>((1u << (n - i)) - 1);
+  found |= _mm512_mask_cmpeq_epi32_mask(rest, _mm512_and_si512(_mm512_maskz_loadu_epi32(rest, x + i), exponent),
+                                        exponent);
+  return found != 0;
+}
+
+constexpr int64_t kScanSerialBelow = 1 << 17;  // floats
+
+bool has_non_finite(const at::Tensor& t) {
+  const float* x = t.data_ptr<float>();
+  const int64_t n = t.numel();
+  if (n < kScanSerialBelow) return floats_have_non_finite(x, n);
+  std::atomic<bool> found{false};
+  at::parallel_for(0, n, kScanSerialBelow / 2, [&](int64_t begin, int64_t end) {
+    if (floats_have_non_finite(x + begin, end - begin)) found = true;
+  });
+  return found;
+}
+
+// Whether any value of these contiguous float32 tensors is inf or NaN.
+bool any_non_finite(at::TensorList tensors) {
+  for (const at::Tensor& t : tensors)
+    if (has_non_finite(t)) return true;
+  return false;
+}
+
+struct HostCounters {
+  float* found;
+  float* bad;
+  std::vector<float*> steps;
+
+  // Null ``found`` where any of them is not a float32 scalar on the host: ATen's calls then.
+  HostCounters(const at::Tensor& found_inf, const at::Tensor& bad_steps, at::TensorList counters) : found(nullptr) {
+    if (!contiguous_floats({found_inf, bad_steps}) || found_inf.numel() != 1 || bad_steps.numel() != 1) return;
+    for (const at::Tensor& counter : counters) {
+      if (!contiguous_floats({counter}) || counter.numel() != 1) return;
+      steps.push_back(counter.data_ptr<float>());
+    }
+    found = found_inf.data_ptr<float>();
+    bad = bad_steps.data_ptr<float>();
+  }
+
+  // The check, then bad += found and each counter += 1, as the Python loop's calls do.
+  void check_and_count(at::TensorList checked) {
+    if (*found == 0.f && any_non_finite(checked)) *found = 1.f;
+    *bad += *found;
+    for (float* step : steps) *step += 1.f;
+  }
+};
+
 // Runs ``sizes.size()`` steps on consecutive batches of ``x`` (``y``, ``logits``) of ``sizes[k]``
 // rows each; each step: the program, the non-finite check, the step counter, the fused update.
 // Returns the gradients the last update took (``handed`` slots replaced by the program).
@@ -379,6 +458,7 @@ std::vector<at::Tensor> run_steps(at::TensorList bound, at::IntArrayRef code_ref
   const at::Tensor z_default = table[kZ];
   at::Tensor found = found_inf, bad = bad_steps;
   Program program{table, handed};
+  HostCounters host(found, bad, counters);
   int64_t first = 0;
   for (int64_t rows : sizes) {
     table[kX] = x.narrow(0, first, rows);
@@ -386,11 +466,15 @@ std::vector<at::Tensor> run_steps(at::TensorList bound, at::IntArrayRef code_ref
     table[kZ] = logits ? logits->narrow(0, first, rows) : z_default;
     first += rows;
     program.run(code, rows);
-    at::_amp_foreach_non_finite_check_and_unscale_(check_handed ? at::TensorList(handed) : at::TensorList(checked_list),
-                                                   found, one);
-    bad.add_(found);
-    if (counters.size() == 1) counters[0].add_(one);
-    else at::_foreach_add_(counters, one);
+    const at::TensorList check = check_handed ? at::TensorList(handed) : at::TensorList(checked_list);
+    if (host.found && avx512_build() && contiguous_floats(check)) {
+      host.check_and_count(check);
+    } else {
+      at::_amp_foreach_non_finite_check_and_unscale_(check, found, one);
+      bad.add_(found);
+      if (counters.size() == 1) counters[0].add_(one);
+      else at::_foreach_add_(counters, one);
+    }
     adam_update(params, handed, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, weight_decay, eps, decoupled, found);
   }
   return handed;
@@ -406,9 +490,14 @@ TORCH_LIBRARY(hpctrain_native, m) {
   m.def("adam_update(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
         "Tensor[] steps, float lr, float beta1, float beta2, float weight_decay, float eps, bool decoupled, "
         "Tensor found_inf) -> ()");
+  m.def("any_non_finite(Tensor[] tensors) -> bool");
 }
 
 TORCH_LIBRARY_IMPL(hpctrain_native, CPU, m) {
   m.impl("run_steps", run_steps);
   m.impl("adam_update", adam_update);
+  m.impl("any_non_finite", [](at::TensorList tensors) {
+    TORCH_CHECK(avx512_build() && contiguous_floats(tensors), "any_non_finite: contiguous float32 tensors, AVX-512");
+    return any_non_finite(tensors);
+  });
 }
