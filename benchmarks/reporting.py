@@ -26,8 +26,8 @@ def format_or_na(value: float | None, spec: str) -> str:
 def markdown_table(results: dict[str, dict]) -> str:
     header = (
         "| implementation | median epoch s | min epoch s | µs/step | start→first epoch s "
-        "| first epoch − median epoch s | × hpctrain | × limit |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|"
+        "| first epoch − median epoch s | × hpctrain | × limit | × limit, same round |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     rows = []
     for name, result in finished(results).items():
@@ -36,7 +36,8 @@ def markdown_table(results: dict[str, dict]) -> str:
             f"| {result['us_per_step']:.1f} | {result['start_to_first_epoch_s']:.2f} "
             f"| {format_or_na(result['first_epoch_overhead_s'], '+.3f')} "
             f"| {format_or_na(result['ratio_to_hpctrain'], '.2f')} "
-            f"| {format_or_na(result['ratio_to_limit'], '.2f')} |"
+            f"| {format_or_na(result['ratio_to_limit'], '.2f')} "
+            f"| {format_or_na(result.get('same_round_ratio_to_limit'), '.2f')} |"
         )
     return "\n".join([header, *rows])
 
