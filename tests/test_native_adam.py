@@ -131,3 +131,40 @@ def test_the_loop_non_finite_check_finds_one_inf_or_nan_anywhere(adam_update, le
             values = finite.clone()
             values[position] = bad
             assert scan([torch.ones(3), values]), (position, bad)
+
+
+def test_adamw_decay_factor_rounds_as_torch(adam_update):
+    """ATen computes 1 - lr * weight_decay as one fused multiply-add; for this pair the unfused
+    value rounds to another float (found by search), which changed most weights."""
+    reference, ours = _train_both(adam_update, [32, 9], weight_decay=0.05963444709783383, decoupled=True, steps=3)
+    _assert_bitwise_equal(reference, ours)
+
+
+@pytest.mark.parametrize("flag", [2.0, 0.5, -1.0])
+def test_only_a_flag_of_one_skips_the_update_as_in_torch(adam_update, flag):
+    reference, ours = _state([20], 0), _state([20], 0)
+    grad = [torch.randn(20)]
+    torch._fused_adam_(reference[0], grad, reference[1], reference[2], [], [torch.tensor(1.0)], lr=1e-3, beta1=0.9,
+                       beta2=0.999, weight_decay=0.0, eps=1e-7, amsgrad=False, maximize=False,
+                       found_inf=torch.tensor(flag))
+    adam_update(ours[0], grad, ours[1], ours[2], [torch.tensor(1.0)], 1e-3, 0.9, 0.999, 0.0, 1e-7, False,
+                torch.tensor(flag))
+    assert not torch.equal(reference[0][0], _state([20], 0)[0][0])  # torch updated
+    _assert_bitwise_equal(reference, ours)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-30, 1e-12])
+def test_an_eps_too_small_to_hide_a_flushed_second_moment_runs_torch_kernel(adam_update, eps):
+    """With eps near zero, sqrt(subnormal second moment) is the denominator: flushing it would
+    divide by zero (NaN, inf). Those updates go to ATen's kernel, so they equal torch's."""
+    subnormal = torch.finfo(torch.float32).tiny / 8
+    for grad_value in (0.0, 1e-20):
+        reference = [[torch.ones(40)], [torch.full((40,), subnormal)], [torch.full((40,), subnormal)]]
+        ours = [[t[0].clone()] for t in reference]
+        grad = [torch.full((40,), grad_value)]
+        torch._fused_adam_(reference[0], grad, reference[1], reference[2], [], [torch.tensor(1.0)], lr=1e-3,
+                           beta1=0.9, beta2=0.999, weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
+        adam_update(ours[0], grad, ours[1], ours[2], [torch.tensor(1.0)], 1e-3, 0.9, 0.999, 0.0, eps, False,
+                    torch.zeros(()))
+        assert torch.isfinite(ours[0][0]).all()
+        _assert_bitwise_equal(reference, ours)

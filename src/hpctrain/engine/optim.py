@@ -207,7 +207,7 @@ class _FusedAdamUpdate:
         self.one = torch.ones((), device=self.steps[0].device)
         self.params = [p.detach() for p in self.params]  # updated in place without recording autograd
         self._run_once_over_flat_buffers(states)
-        self.found_inf = None  # a device flag from the non-finite guard: nonzero skips the update
+        self.found_inf = None  # a device flag from the non-finite guard: 1 skips the update
         self.uncount_skipped_each_step = True  # False: the guard corrects the counter itself
 
     def _run_once_over_flat_buffers(self, states) -> None:

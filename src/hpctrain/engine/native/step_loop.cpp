@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <optional>
@@ -229,7 +230,7 @@ struct AdamArithmetic {
     bias_correction2_sqrt = static_cast<float>(std::sqrt(1 - std::pow(beta2_, step)));
     eps = static_cast<float>(eps_);
     weight_decay = static_cast<float>(weight_decay_);
-    decay_factor = static_cast<float>(1 - lr * weight_decay_);
+    decay_factor = static_cast<float>(std::fma(-lr, weight_decay_, 1.0));  // ATen's compiler fused 1 - lr * wd
     decoupled = decoupled_;
   }
 };
@@ -315,8 +316,10 @@ constexpr int64_t kAdamSerialBelow = 1 << 14;  // floats; below this a fork/join
 // and stay there (0.9 x 4 units of the smallest subnormal rounds back to 4 units); in the seed
 // benchmark's training nearly every first moment was one, and the update took ~1.7x as long.
 // Within the update they are flushed to zero, as TensorFlow's CPU kernels do everywhere; a moment
-// that small moves no weight (its step is ~1e-38 x lr / eps). The thread's previous mode is
-// restored.
+// that small moves a weight by at most ~1e-38 x lr / eps, nothing unless the weight is itself
+// near zero. In the denominator sqrt(v) / bias_correction2_sqrt + eps a flushed second moment is
+// invisible only while eps is large enough (flush_is_invisible); below that ATen's kernel runs.
+// The thread's previous mode is restored.
 class FlushSubnormals {
  public:
   FlushSubnormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | kFlushToZero | kSubnormalsAreZero); }
@@ -326,6 +329,13 @@ class FlushSubnormals {
   static constexpr unsigned int kFlushToZero = 0x8000, kSubnormalsAreZero = 0x0040;
   const unsigned int saved_;
 };
+
+// Whether the largest term a flush removes from the denominator, sqrt(smallest normal) /
+// bias_correction2_sqrt, is under half a float step of eps: then the denominator rounds the same.
+bool flush_is_invisible(double eps, double beta2, double step) {
+  const double bias_correction2_sqrt = std::sqrt(1 - std::pow(beta2, step));
+  return eps * 0x1p-25 > std::sqrt(static_cast<double>(FLT_MIN)) / bias_correction2_sqrt;
+}
 
 void adam_tensor(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
                  const at::Tensor& exp_avg_sq, const AdamArithmetic& k) {
@@ -364,7 +374,10 @@ void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp
   TORCH_CHECK(grads.size() == params.size() && exp_avgs.size() == params.size() &&
                   exp_avg_sqs.size() == params.size() && steps.size() == params.size(),
               "adam_update: one gradient, moment pair and step count per parameter");
-  if (!own_adam_applies(params, grads, exp_avgs, exp_avg_sqs)) {
+  bool own = own_adam_applies(params, grads, exp_avgs, exp_avg_sqs) && contiguous_floats({found}) &&
+             found.numel() == 1;
+  for (size_t i = 0; own && i < steps.size(); ++i) own = flush_is_invisible(eps, beta2, steps[i].item<float>());
+  if (!own) {
     if (decoupled)
       at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, {}, steps, lr, beta1, beta2, weight_decay, eps, false,
                         false, std::nullopt, found);
@@ -373,7 +386,7 @@ void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp
                        false, std::nullopt, found);
     return;
   }
-  if (found.item<float>() != 0.f) return;  // a host tensor: no device sync
+  if (*found.data_ptr<float>() == 1.f) return;  // ATen's rule: a flag of 1 skips the update
   for (size_t i = 0; i < params.size(); ++i) {
     const AdamArithmetic k(steps[i].item<float>(), lr, beta1, beta2, weight_decay, eps, decoupled);
     adam_tensor(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], k);
@@ -438,7 +451,7 @@ struct HostCounters {
 
   // The check, then bad += found and each counter += 1, as the Python loop's calls do.
   void check_and_count(at::TensorList checked) {
-    if (*found == 0.f && any_non_finite(checked)) *found = 1.f;
+    if (*found != 1.f && any_non_finite(checked)) *found = 1.f;
     *bad += *found;
     for (float* step : steps) *step += 1.f;
   }
