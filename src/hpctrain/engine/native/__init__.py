@@ -3,7 +3,9 @@
 Per step of a small MLP the static executor makes ~13 ATen calls and one fused update; from
 Python each call costs 1-2 us of interpreter time and argument parsing on top of its kernel,
 a fifth of the seed step. ``step_loop.cpp`` runs the same calls, in the same order with the same
-arguments, for a run of batches per call from Python (bit-identical weights: tested).
+arguments, for a run of batches per call from Python (bit-identical weights: tested); two of them,
+the Adam update and the non-finite check, are kernels of its own with the same results (the update
+flushes subnormals; see the file).
 
 The library is compiled with the system's C++ compiler against the installed PyTorch (~10 s),
 in an idle-priority process of its own started when the first fit that could use it ends (that
