@@ -216,6 +216,9 @@ struct AdamArithmetic {
   bool lerp_base_is_average;
   float beta2, square_weight, neg_step_size, bias_correction2_sqrt, eps, weight_decay, decay_factor;
   bool decoupled;
+  // Whether the largest term a flush removes from the denominator, sqrt(smallest normal) /
+  // bias_correction2_sqrt, is under half a float step of eps: then the denominator rounds the same.
+  bool flush_is_invisible;
 
   AdamArithmetic(double step, double lr, double beta1, double beta2_, double weight_decay_, double eps_,
                  bool decoupled_) {
@@ -227,7 +230,9 @@ struct AdamArithmetic {
     beta2 = static_cast<float>(beta2_);
     square_weight = static_cast<float>(1 - beta2_);
     neg_step_size = static_cast<float>(-(lr / (1 - std::pow(beta1, step))));
-    bias_correction2_sqrt = static_cast<float>(std::sqrt(1 - std::pow(beta2_, step)));
+    const double correction = std::sqrt(1 - std::pow(beta2_, step));
+    bias_correction2_sqrt = static_cast<float>(correction);
+    flush_is_invisible = eps_ * 0x1p-25 > std::sqrt(static_cast<double>(FLT_MIN)) / correction;
     eps = static_cast<float>(eps_);
     weight_decay = static_cast<float>(weight_decay_);
     decay_factor = static_cast<float>(std::fma(-lr, weight_decay_, 1.0));  // ATen's compiler fused 1 - lr * wd
@@ -318,7 +323,8 @@ constexpr int64_t kAdamSerialBelow = 1 << 14;  // floats; below this a fork/join
 // Within the update they are flushed to zero, as TensorFlow's CPU kernels do everywhere; a moment
 // that small moves a weight by at most ~1e-38 x lr / eps, nothing unless the weight is itself
 // near zero. In the denominator sqrt(v) / bias_correction2_sqrt + eps a flushed second moment is
-// invisible only while eps is large enough (flush_is_invisible); below that ATen's kernel runs.
+// invisible only while eps is large enough (AdamArithmetic::flush_is_invisible); below that
+// ATen's kernel runs.
 // The thread's previous mode is restored.
 class FlushSubnormals {
  public:
@@ -329,13 +335,6 @@ class FlushSubnormals {
   static constexpr unsigned int kFlushToZero = 0x8000, kSubnormalsAreZero = 0x0040;
   const unsigned int saved_;
 };
-
-// Whether the largest term a flush removes from the denominator, sqrt(smallest normal) /
-// bias_correction2_sqrt, is under half a float step of eps: then the denominator rounds the same.
-bool flush_is_invisible(double eps, double beta2, double step) {
-  const double bias_correction2_sqrt = std::sqrt(1 - std::pow(beta2, step));
-  return eps * 0x1p-25 > std::sqrt(static_cast<double>(FLT_MIN)) / bias_correction2_sqrt;
-}
 
 void adam_tensor(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
                  const at::Tensor& exp_avg_sq, const AdamArithmetic& k) {
@@ -376,7 +375,11 @@ void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp
               "adam_update: one gradient, moment pair and step count per parameter");
   bool own = own_adam_applies(params, grads, exp_avgs, exp_avg_sqs) && contiguous_floats({found}) &&
              found.numel() == 1;
-  for (size_t i = 0; own && i < steps.size(); ++i) own = flush_is_invisible(eps, beta2, steps[i].item<float>());
+  std::vector<AdamArithmetic> arithmetic;  // per tensor: its step count may differ
+  for (size_t i = 0; own && i < steps.size(); ++i) {
+    arithmetic.emplace_back(steps[i].item<float>(), lr, beta1, beta2, weight_decay, eps, decoupled);
+    own = arithmetic.back().flush_is_invisible;
+  }
   if (!own) {
     if (decoupled)
       at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, {}, steps, lr, beta1, beta2, weight_decay, eps, false,
@@ -387,10 +390,8 @@ void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp
     return;
   }
   if (*found.data_ptr<float>() == 1.f) return;  // ATen's rule: a flag of 1 skips the update
-  for (size_t i = 0; i < params.size(); ++i) {
-    const AdamArithmetic k(steps[i].item<float>(), lr, beta1, beta2, weight_decay, eps, decoupled);
-    adam_tensor(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], k);
-  }
+  for (size_t i = 0; i < params.size(); ++i)
+    adam_tensor(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], arithmetic[i]);
 }
 
 // ---- the non-finite check and the step's counters ----------------------------------------------
