@@ -1,0 +1,3 @@
+"""placeholder"""
+def install(): pass
+def use_engine(enabled=True): pass
