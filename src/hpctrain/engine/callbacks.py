@@ -59,10 +59,24 @@ class Callback:
     def on_batch_end(self, batch, logs=None): ...
 
 
-def _overrides(callback: Callback, hook: str) -> bool:
+# Classes whose hooks do nothing: this module's ``Callback``, and a front end's own base class
+# (Keras's ``keras.callbacks.Callback``), registered by that front end.
+_NO_OP_BASES: list[type] = [Callback]
+
+
+def register_callback_base(base: type) -> None:
+    """Accept callbacks derived from ``base``, whose own hooks are taken to do nothing."""
+    if base not in _NO_OP_BASES:
+        _NO_OP_BASES.append(base)
+
+
+def _overrides(callback, hook: str) -> bool:
     """Whether the callback does something in ``hook`` (a method of its class, or a function set on it)."""
-    method = getattr(callback, hook)
-    return getattr(method, "__func__", method) is not getattr(Callback, hook)
+    method = getattr(callback, hook, None)
+    if method is None:
+        return False
+    function = getattr(method, "__func__", method)
+    return all(function is not getattr(base, hook, None) for base in _NO_OP_BASES)
 
 
 def is_chief(callback: Callback) -> bool:
@@ -81,10 +95,10 @@ class CallbackList:
     def __init__(self, callbacks, *, model, params: dict):
         self.callbacks = list(callbacks)
         for callback in self.callbacks:
-            if not isinstance(callback, Callback):
+            if not isinstance(callback, tuple(_NO_OP_BASES)):
                 raise ConfigError(
                     f"callbacks must be Callback instances; got {type(callback).__name__}. "
-                    "Subclass hpctrain.keras.callbacks.Callback."
+                    "Subclass keras.callbacks.Callback (or hpctrain.engine.callbacks.Callback)."
                 )
             callback.set_model(model)
             callback.set_params(params)
@@ -97,17 +111,21 @@ class CallbackList:
 
     def call(self, hook: str, *args) -> None:
         for callback in self.callbacks:
-            getattr(callback, hook)(*args)
+            method = getattr(callback, hook, None)
+            if method is not None:
+                method(*args)
 
     def train_batch_begin(self, batch: int) -> None:
         for callback in self.callbacks:
             callback.on_train_batch_begin(batch, {})
-            callback.on_batch_begin(batch, {})
+            if isinstance(callback, Callback):  # Keras's own base class calls on_batch_begin itself
+                callback.on_batch_begin(batch, {})
 
     def train_batch_end(self, batch: int, logs: dict) -> None:
         for callback in self.callbacks:
             callback.on_train_batch_end(batch, logs)
-            callback.on_batch_end(batch, logs)
+            if isinstance(callback, Callback):
+                callback.on_batch_end(batch, logs)
 
 
 class History(Callback):

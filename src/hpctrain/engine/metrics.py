@@ -177,7 +177,8 @@ class StatefulMetric(Metric):
 
     def bind(self, device):
         self.metric = copy.deepcopy(self.metric)
-        self.metric.to_device(device)
+        if hasattr(self.metric, "to_device"):
+            self.metric.to_device(device)
         # result() / 1: the engine reads every metric as total / count.
         self.count = torch.ones((), dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
         return self

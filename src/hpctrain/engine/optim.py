@@ -46,6 +46,9 @@ class LazyOptimizer:
         # ``schedule(update_count) -> rate``; the count of updates lives on the host (see scheduled_rate).
         self.schedule = schedule
         self.scheduled_updates = 0
+        # Keras's Adam adds epsilon to sqrt(v), PyTorch's to sqrt(v) / sqrt(1 - beta2^t): the same
+        # update with PyTorch's epsilon set to keras_epsilon / sqrt(1 - beta2^t) before each step.
+        self.keras_epsilon: float | None = None
         self.params = params
         self.device = device
         self.group = {**_class_defaults(optimizer_class), **hyperparameters,
@@ -86,24 +89,29 @@ def update_count(optimizer) -> int | None:
 
 
 def scheduled_rate(optimizer):
-    """A no-argument callable to run before each update that sets the scheduled learning rate, or
-    ``None`` when the rate is fixed.
+    """A no-argument callable to run before each update that sets the scheduled learning rate (and
+    Keras's per-step Adam epsilon, see :class:`LazyOptimizer`), or ``None`` when nothing changes.
 
     The update count is read from the optimizer state once here (one host sync per ``fit``, which
     also picks up restored state) and then counted on the host, so the per-step cost is one
     Python call of the schedule and no device round trip.
     """
     schedule = getattr(optimizer, "schedule", None)
-    if schedule is None:
+    keras_epsilon = getattr(optimizer, "keras_epsilon", None)
+    if schedule is None and keras_epsilon is None:
         return _host_update_counter(optimizer)
     counted = update_count(optimizer)
     if counted is not None:
         optimizer.scheduled_updates = counted
+    beta2 = optimizer.param_groups[0].get("betas", (0.0, 0.0))[1]
 
     def set_rate() -> None:
-        rate = float(schedule(optimizer.scheduled_updates))
+        updates = optimizer.scheduled_updates
         for group in optimizer.param_groups:
-            group["lr"] = rate
+            if schedule is not None:
+                group["lr"] = float(schedule(updates))
+            if keras_epsilon is not None:
+                group["eps"] = keras_epsilon / math.sqrt(1.0 - beta2 ** (updates + 1))
         optimizer.scheduled_updates += 1
 
     return set_rate

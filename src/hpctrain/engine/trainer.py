@@ -111,7 +111,9 @@ class Trainer:
         self.output_activation = output_activation
         self.penalty = penalty
         self.inference_batch_size = inference_batch_size
-        self.stop_training = False
+        self._stop_training = False
+        # A front end's model whose own ``stop_training`` callbacks set (Keras's model); None: this trainer.
+        self.stop_source = None
         self.history = None
         self._graphed = None
         self._compiled = None
@@ -123,6 +125,17 @@ class Trainer:
         # Thread counts to move between while training, where the plan leaves the count to hpctrain.
         self._thread_candidates = tuning.thread_candidates(plan.threads) if plan.tune_threads else None
         self._retuner = self._kept_retuner = None  # the one this fit uses; the one kept across fits
+
+    @property
+    def stop_training(self) -> bool:
+        source = self.stop_source
+        return bool(source.stop_training) if source is not None else self._stop_training
+
+    @stop_training.setter
+    def stop_training(self, value: bool) -> None:
+        self._stop_training = bool(value)
+        if self.stop_source is not None:
+            self.stop_source.stop_training = bool(value)
 
     # --- the three entry points -------------------------------------------------------------
 
@@ -648,6 +661,8 @@ class Trainer:
                 else "only the fused Adam/AdamW update runs many steps per call" if not step.update_is_capturable
                 else "a learning-rate schedule sets the rate before every step"
                 if getattr(self.optimizer, "schedule", None) is not None
+                else "Keras's Adam epsilon is set before every step"
+                if getattr(self.optimizer, "keras_epsilon", None) is not None
                 else "a callback listens to every batch"
                 if hooks.wants_train_batch_logs or hooks.wants_train_batch_begin
                 else "checkpoints are saved between steps" if self._saver is not None

@@ -1,3 +1,116 @@
-"""placeholder"""
-def install(): pass
-def use_engine(enabled=True): pass
+"""The seam: Keras's ``compile``/``fit``/``evaluate``/``predict`` handed to the hpctrain engine.
+
+Installed once on ``keras.Model`` when :mod:`hpctrain.keras` is imported, so every Keras model
+(Sequential, functional, subclassed, loaded from a file) trains on the engine, including models
+made by a program that imports ``keras`` itself after hpctrain. Where the engine cannot run a
+model or an argument exactly as Keras would (a user ``train_step``, several outputs, data
+that is not arrays), the call goes to Keras's own method unchanged, and ``verbose`` says why.
+
+``use_engine(False)`` (or ``HPCTRAIN_KERAS_ENGINE=0`` in the environment of a program) turns
+the seam off: Keras's own methods run everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import keras
+
+from hpctrain.keras import routing
+
+_KERAS_METHODS: dict[str, object] = {}
+_switch = {"on": os.environ.get("HPCTRAIN_KERAS_ENGINE", "1") != "0"}
+HPCTRAIN_FIT_OPTIONS = ("plan", "on_nonfinite", "checkpoint")
+
+
+def use_engine(enabled: bool = True) -> None:
+    """Train Keras models on hpctrain's engine (the default), or on Keras's own loop."""
+    _switch["on"] = bool(enabled)
+
+
+def engine_enabled() -> bool:
+    return _switch["on"]
+
+
+def keras_method(name: str):
+    """Keras's own ``keras.Model`` method, as it was before the seam."""
+    return _KERAS_METHODS[name]
+
+
+def install() -> None:
+    if _KERAS_METHODS:
+        return
+    for name, replacement in (("compile", compile), ("fit", fit), ("evaluate", evaluate), ("predict", predict)):
+        original = getattr(keras.Model, name)
+        _KERAS_METHODS[name] = original
+        wrapped = functools.wraps(original)(replacement)
+        wrapped.__doc__ = (original.__doc__ or "") + "\n\nTrained by hpctrain's engine (hpctrain.keras.seam)."
+        setattr(keras.Model, name, wrapped)
+
+
+def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None, weighted_metrics=None,
+            run_eagerly=False, steps_per_execution=1, jit_compile="auto", auto_scale_loss=True):
+    # Keras on torch refuses steps_per_execution > 1 and maps jit_compile=True to torch.compile;
+    # the engine already runs many steps per call and compiles where it measures faster.
+    self._hpctrain_compile = dict(loss=loss, loss_weights=loss_weights, metrics=metrics,
+                                  weighted_metrics=weighted_metrics, run_eagerly=bool(run_eagerly),
+                                  steps_per_execution=steps_per_execution, jit_compile=jit_compile)
+    self._hpctrain_session = None
+    from hpctrain.distribute import get_strategy
+
+    self._hpctrain_strategy = get_strategy()  # as in Keras, a model compiled in a scope trains with it
+    keras_jit = jit_compile if not engine_enabled() or jit_compile == "auto" else False
+    keras_steps = steps_per_execution if keras.config.backend() != "torch" else 1
+    return _KERAS_METHODS["compile"](self, optimizer=optimizer, loss=loss, loss_weights=loss_weights,
+                                     metrics=metrics, weighted_metrics=weighted_metrics, run_eagerly=run_eagerly,
+                                     steps_per_execution=keras_steps, jit_compile=keras_jit,
+                                     auto_scale_loss=auto_scale_loss)
+
+
+def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
+        validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
+        steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1,
+        **options):
+    arguments = dict(x=x, y=y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks,
+                     validation_split=validation_split, validation_data=validation_data, shuffle=shuffle,
+                     class_weight=class_weight, sample_weight=sample_weight, initial_epoch=initial_epoch,
+                     steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+                     validation_batch_size=validation_batch_size, validation_freq=validation_freq)
+    _check_options(options, "fit")
+    reason = routing.why_keras_fits(self, x, y, validation_data) if engine_enabled() else "the engine is off"
+    if reason is not None:
+        routing.announce(self, "fit", verbose, reason, options)
+        return _KERAS_METHODS["fit"](self, **arguments)
+    from hpctrain.keras.session import session_of
+
+    return session_of(self).fit(arguments, **options)
+
+
+def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
+             callbacks=None, return_dict=False, **kwargs):
+    arguments = dict(x=x, y=y, batch_size=batch_size, verbose=verbose, sample_weight=sample_weight, steps=steps,
+                     callbacks=callbacks, return_dict=return_dict, **kwargs)
+    reason = routing.why_keras_evaluates(self, x, y, steps, kwargs) if engine_enabled() else "the engine is off"
+    if reason is not None:
+        return _KERAS_METHODS["evaluate"](self, **arguments)
+    from hpctrain.keras.session import session_of
+
+    return session_of(self).evaluate(arguments)
+
+
+def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+    arguments = dict(x=x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks)
+    reason = routing.why_keras_predicts(self, x, steps) if engine_enabled() else "the engine is off"
+    if reason is not None:
+        return _KERAS_METHODS["predict"](self, **arguments)
+    from hpctrain.keras.session import session_of
+
+    return session_of(self).predict(arguments)
+
+
+def _check_options(options: dict, method: str) -> None:
+    unknown = sorted(set(options) - set(HPCTRAIN_FIT_OPTIONS))
+    if unknown:
+        raise TypeError(f"{method}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; besides "
+                        f"Keras's own, hpctrain's {method} takes {', '.join(HPCTRAIN_FIT_OPTIONS)}.")

@@ -1,0 +1,49 @@
+"""A Keras model seen by the engine as a plain ``torch.nn.Module``."""
+
+from __future__ import annotations
+
+import keras
+import torch
+
+from hpctrain.keras import translate
+
+
+class KerasModule(torch.nn.Module):
+    """``forward(x)`` is the Keras model called in the module's training mode.
+
+    ``logits=True`` (a Sequential whose last Dense ends in softmax/sigmoid, trained with the
+    matching cross-entropy) returns that layer's output before its activation; the engine then
+    applies the activation for ``predict`` and for metrics that read probabilities.
+    """
+
+    def __init__(self, model, *, logits: bool = False):
+        super().__init__()
+        self.keras_model = model
+        self.logits = logits
+
+    def forward(self, x):
+        if isinstance(x, (list, tuple)) and len(x) == 1:
+            x = x[0]
+        if not self.logits:
+            return self.keras_model(x, training=self.training)
+        *body, last = self.keras_model.layers
+        for layer in body:
+            x = layer(x, training=self.training)
+        z = torch.matmul(x, last.kernel.value)
+        return z + last.bias.value if last.use_bias else z
+
+    def static_layers(self):
+        return translate.static_layers(self.keras_model, fold_last_activation=self.logits)
+
+    def statistics(self) -> list[torch.Tensor]:
+        """What the forward pass updates besides gradients: BatchNormalization's moving statistics."""
+        return [v.value for v in self.keras_model.non_trainable_variables
+                if v.value.is_floating_point() and "moving" in v.path]
+
+    def takes_ids(self) -> bool:
+        """Whether some layer looks integer ids up (its inputs must stay integers)."""
+        return any(isinstance(layer, keras.layers.Embedding) for layer in _all_layers(self.keras_model))
+
+
+def _all_layers(model):
+    return model._flatten_layers(include_self=False) if hasattr(model, "_flatten_layers") else model.layers

@@ -1,0 +1,176 @@
+"""One Keras model's training on the engine: its ``Trainer``, and Keras's state kept exact.
+
+Built on the first ``fit``/``evaluate``/``predict`` after ``compile`` and kept until the next
+``compile``. Weights are Keras's own Parameters, updated in place by the engine; the optimizer's
+count and moments are written back into Keras's variables at each epoch's end (before user
+callbacks, so a ``ModelCheckpoint`` saves them) and after ``fit``; a learning rate changed by a
+callback is read at each epoch's start.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import torch
+
+from hpctrain.engine import Trainer
+from hpctrain.engine.callbacks import register_callback_base
+from hpctrain.engine.trainer import INFERENCE_BATCH
+from hpctrain.hardware import make_plan
+from hpctrain.keras import optimizer_map, translate
+from hpctrain.keras.callback_bridge import RateReader, StateWriter, adapt_callbacks
+from hpctrain.keras.module import KerasModule
+
+register_callback_base(keras.callbacks.Callback)
+
+_ACTIVATIONS = {"softmax": lambda z: torch.softmax(z, dim=-1), "sigmoid": torch.sigmoid}
+
+
+def session_of(model) -> "KerasSession":
+    session = model.__dict__.get("_hpctrain_session")
+    if session is None:
+        session = model._hpctrain_session = KerasSession(model)
+    return session
+
+
+class KerasSession:
+    def __init__(self, model):
+        self.model = model
+        self.trainer: Trainer | None = None
+        self._plan_given = None
+
+    # ---- the engine's parts -------------------------------------------------------------------
+
+    def _trainer_for(self, x, plan=None) -> Trainer:
+        model = self.model
+        _build(model, x)
+        if self.trainer is not None and plan is None:
+            return self.trainer
+        config = model._hpctrain_compile
+        loss = translate.engine_loss(config["loss"])
+        fold = translate.foldable_output_activation(model, loss)
+        if loss is None:
+            loss = translate.KerasLoss(config["loss"])
+        elif fold:
+            loss = loss.with_logits()
+        plan = plan or self._plan_given or make_plan()
+        self._plan_given = plan
+        reason = optimizer_map.why_not_mapped(model.optimizer)
+        if config["run_eagerly"]:
+            plan = plan.with_choice("executor", "autograd", "run_eagerly=True in compile")
+        elif reason is not None:
+            plan = plan.with_choice("executor", "autograd", reason)
+        if config["jit_compile"] is True:
+            plan = plan.with_choice("compile", True, "jit_compile=True in compile")
+        self.trainer = Trainer(KerasModule(model, logits=bool(fold)), loss=loss, optimizer=self._optimizer_factory(),
+                               metrics=translate.engine_metrics(config["metrics"]),
+                               output_activation=_ACTIVATIONS.get(fold), penalty=_penalty(model), plan=plan,
+                               inference_batch_size=INFERENCE_BATCH)
+        self.trainer.stop_source = model
+        return self.trainer
+
+    def _optimizer_factory(self):
+        model = self.model
+
+        def build(_params, device):
+            variables = model.trainable_variables
+            if optimizer_map.why_not_mapped(model.optimizer) is not None:
+                return optimizer_map.KerasApply(model.optimizer, variables)
+            engine = optimizer_map.engine_optimizer(model.optimizer, [v.value for v in variables], device)
+            optimizer_map.load_into_engine(model.optimizer, engine, variables)
+            return engine
+
+        return build
+
+    @property
+    def plan(self):
+        return self.trainer.plan if self.trainer is not None else (self._plan_given or make_plan())
+
+    # ---- the three calls ----------------------------------------------------------------------
+
+    def fit(self, arguments: dict, *, plan=None, on_nonfinite="raise", checkpoint=None):
+        model = self.model
+        x, y = _features(model, arguments.pop("x")), arguments.pop("y")
+        trainer = self._trainer_for(x, plan)
+        validation = arguments.pop("validation_data")
+        if validation is not None:
+            validation = (_features(model, validation[0]), *validation[1:])
+        history = keras.callbacks.History()
+        engine_optimizer = trainer.optimizer if isinstance(trainer.optimizer, optimizer_map.LazyOptimizer) else None
+        callbacks = [StateWriter(model, engine_optimizer), *adapt_callbacks(arguments.pop("callbacks")), history,
+                     RateReader(model, engine_optimizer, arguments["verbose"])]
+        batch_size = arguments.pop("batch_size")
+        model.stop_training = False
+        try:
+            engine_history = trainer.fit(x, y, batch_size=32 if batch_size is None else batch_size,
+                                         validation_data=validation, callbacks=callbacks, callback_model=model,
+                                         checkpoint=checkpoint, on_nonfinite=on_nonfinite, **arguments)
+        finally:
+            if engine_optimizer is not None:
+                optimizer_map.write_back(model.optimizer, engine_optimizer)
+        history.history, history.epoch = engine_history.history, engine_history.epoch  # a resumed run's too
+        model.history = history
+        return history
+
+    def evaluate(self, arguments: dict):
+        model = self.model
+        x = _features(model, arguments["x"])
+        trainer = self._trainer_for(x)
+        return trainer.evaluate(x, arguments["y"], batch_size=arguments["batch_size"],
+                                verbose=arguments["verbose"], return_dict=arguments["return_dict"],
+                                sample_weight=arguments["sample_weight"],
+                                callbacks=adapt_callbacks(arguments["callbacks"]), callback_model=model)
+
+    def predict(self, arguments: dict) -> np.ndarray:
+        model = self.model
+        x = _features(model, arguments["x"])
+        if getattr(model, "_hpctrain_compile", None) is None or not getattr(model, "compiled", False):
+            trainer = _inference_trainer(model, x)
+        else:
+            trainer = self._trainer_for(x)
+        return trainer.predict(x, batch_size=arguments["batch_size"], verbose=arguments["verbose"],
+                               callbacks=adapt_callbacks(arguments["callbacks"]), callback_model=model)
+
+
+def _inference_trainer(model, x) -> Trainer:
+    _build(model, x)
+    return Trainer(KerasModule(model), loss="mse", optimizer=lambda params, device: None,
+                   inference_batch_size=INFERENCE_BATCH)
+
+
+def _penalty(model):
+    """Keras's own regularization (and ``add_loss``) terms for the autograd path; the static
+    executor reads L1/L2 from its layers instead."""
+
+    def penalty():
+        terms = model.losses
+        return sum(terms[1:], terms[0]) if terms else torch.zeros((), device=_device_of(model))
+
+    penalty.described_by_static_layers = True  # where static layers exist, they carry L1/L2
+    return penalty
+
+
+def _device_of(model) -> torch.device:
+    return next((v.value.device for v in model.variables), torch.device("cpu"))
+
+
+def _features(model, x):
+    """Inputs as Keras's float32 layers take them: floats and integers cast to float32 once (ids
+    for an Embedding stay integers)."""
+    if isinstance(x, np.ndarray) and x.dtype != np.float32:
+        if x.dtype.kind in "biu" and KerasModule(model).takes_ids():
+            return x
+        return x.astype(np.float32)
+    if isinstance(x, torch.Tensor) and x.dtype != torch.float32 and (x.is_floating_point() or not KerasModule(
+            model).takes_ids()):
+        return x.to(torch.float32)
+    return x
+
+
+def _build(model, x) -> None:
+    """A model without an input shape builds on its first call, as Keras's fit would build it."""
+    if model.built and all(layer.built for layer in model.layers):
+        return
+    sample = torch.as_tensor(np.asarray(x[:2]) if not isinstance(x, torch.Tensor) else x[:2])
+    with torch.no_grad():
+        model(sample, training=False)

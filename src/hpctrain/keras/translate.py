@@ -1,0 +1,187 @@
+"""A compiled Keras model read as the engine's parts: module, static layers, loss, metrics, optimizer.
+
+Only public attributes of Keras objects are read (a layer's ``units``/``activation``/``rate``, a
+loss's ``fn`` and keyword arguments, an optimizer's hyperparameters); ``get_config()`` is avoided
+on this path because, where TensorFlow is installed, it imports part of it on first use.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras.src.losses.loss import Loss as _KerasLossBase  # noqa: F401
+from keras.src.losses.losses import LossFunctionWrapper  # not exported by keras.losses
+
+from hpctrain.engine import losses as engine_losses
+from hpctrain.engine.static_step import Activation, Dropout, Linear
+
+_ACTIVATION_NAMES = {keras.activations.relu: "relu", keras.activations.tanh: "tanh",
+                     keras.activations.sigmoid: "sigmoid", keras.activations.softmax: "softmax",
+                     keras.activations.linear: None}
+
+# Keras loss functions the engine has kernels for, and the keyword arguments those kernels equal.
+_LOSS_FUNCTIONS = {
+    keras.losses.sparse_categorical_crossentropy: ("sparse", {"ignore_class": None, "axis": -1}),
+    keras.losses.categorical_crossentropy: ("categorical", {"label_smoothing": 0.0, "axis": -1}),
+    keras.losses.binary_crossentropy: ("binary", {"label_smoothing": 0.0, "axis": -1}),
+    keras.losses.mean_squared_error: ("mse", {}),
+    keras.losses.mean_absolute_error: ("mae", {}),
+}
+
+
+def activation_name(function) -> str | None | bool:
+    """The engine's name of a Keras activation function; ``False`` where it has none."""
+    return _ACTIVATION_NAMES.get(function, False)
+
+
+# ---- layers ------------------------------------------------------------------------------------
+
+
+def static_layers(model, *, fold_last_activation: bool):
+    """A Sequential of Dense/Dropout/Activation as the static executor's primitives, else ``None``."""
+    if not isinstance(model, keras.Sequential):
+        return None
+    found = []
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    for position, layer in enumerate(layers):
+        last = position == len(layers) - 1
+        described = _static_layer(layer, keep_activation=not (last and fold_last_activation))
+        if described is None:
+            return None
+        found += described
+    return found
+
+
+def _static_layer(layer, *, keep_activation: bool):
+    if not layer.trainable and layer.weights:
+        return None
+    kind = type(layer)
+    if kind is keras.layers.Dense:
+        return _dense(layer, keep_activation)
+    if kind is keras.layers.Dropout:
+        return [Dropout(float(layer.rate))] if layer.rate else []
+    if kind is keras.layers.Activation:
+        name = activation_name(layer.activation)
+        if name is False or name == "softmax" and keep_activation:
+            return None
+        return [Activation(name)] if name and keep_activation else []
+    if kind is keras.layers.ReLU and layer.max_value is None and not layer.negative_slope and not layer.threshold:
+        return [Activation("relu")]
+    return None
+
+
+def _dense(layer, keep_activation: bool):
+    if (layer.kernel_constraint is not None or layer.bias_constraint is not None
+            or layer.activity_regularizer is not None or getattr(layer, "lora_enabled", False)
+            or len(layer.kernel.shape) != 2 or layer.dtype_policy.name != "float32"):
+        return None
+    penalties = _penalty(layer.kernel_regularizer), _penalty(layer.bias_regularizer)
+    if None in penalties:
+        return None
+    (l1, l2), (bias_l1, bias_l2) = penalties
+    described = [Linear(layer.kernel.value, layer.bias.value if layer.use_bias else None, transposed=False,
+                        l1=l1, l2=l2, bias_l1=bias_l1, bias_l2=bias_l2)]
+    name = activation_name(layer.activation)
+    if name is False or name == "softmax" and keep_activation:
+        return None
+    if name and keep_activation:
+        described.append(Activation(name))
+    return described
+
+
+def _penalty(regularizer):
+    """``(l1, l2)`` of a Keras L1/L2/L1L2 regularizer; ``None`` for any other kind."""
+    if regularizer is None:
+        return 0.0, 0.0
+    if type(regularizer) in (keras.regularizers.L1, keras.regularizers.L2, keras.regularizers.L1L2):
+        return float(getattr(regularizer, "l1", 0.0)), float(getattr(regularizer, "l2", 0.0))
+    return None
+
+
+def foldable_output_activation(model, loss) -> str | None:
+    """``"softmax"``/``"sigmoid"`` when a Sequential's last Dense ends in it and the loss is the
+    matching cross-entropy on probabilities: training then runs on the logits, as Keras does on
+    TensorFlow (cheaper, and never the log of a probability rounded to zero)."""
+    if not isinstance(model, keras.Sequential) or not model.layers:
+        return None
+    last = model.layers[-1]
+    if type(last) is not keras.layers.Dense or loss is None or loss.from_logits:
+        return None
+    name = activation_name(last.activation)
+    if name == "softmax" and isinstance(loss, engine_losses.CrossEntropy):
+        return name
+    if name == "sigmoid" and isinstance(loss, engine_losses.BinaryCrossentropy):
+        return name
+    return None
+
+
+# ---- loss ----------------------------------------------------------------------------------------
+
+
+def engine_loss(spec):
+    """The engine's kernel equal to a compiled Keras loss, or ``None`` (Keras's object computes it)."""
+    if isinstance(spec, str):
+        spec = keras.losses.get(spec)
+    if isinstance(spec, LossFunctionWrapper):
+        if spec.reduction != "sum_over_batch_size" or type(spec).__module__.split(".")[0] != "keras":
+            return None
+        return _kernel_for(spec.fn, dict(spec._fn_kwargs))
+    if callable(spec) and spec in _LOSS_FUNCTIONS:
+        return _kernel_for(spec, {})
+    return None
+
+
+def _kernel_for(function, kwargs: dict):
+    known = _LOSS_FUNCTIONS.get(function)
+    if known is None:
+        return None
+    kind, neutral = known
+    from_logits = bool(kwargs.pop("from_logits", False))
+    if any(kwargs.get(key, value) != value for key, value in neutral.items()):
+        return None
+    if kind == "sparse":
+        return engine_losses.CrossEntropy(sparse=True, from_logits=from_logits)
+    if kind == "categorical":
+        return engine_losses.CrossEntropy(sparse=False, from_logits=from_logits)
+    if kind == "binary":
+        return engine_losses.BinaryCrossentropy(from_logits=from_logits)
+    return engine_losses.MeanSquaredError() if kind == "mse" else engine_losses.MeanAbsoluteError()
+
+
+class KerasLoss(engine_losses.Loss):
+    """A loss the engine has no kernel for, computed by Keras's own loss object."""
+
+    def __init__(self, spec):
+        self.keras_loss = spec if isinstance(spec, keras.losses.Loss) else LossFunctionWrapper(
+            keras.losses.get(spec) if isinstance(spec, str) else spec)
+        self.name = getattr(self.keras_loss, "name", None) or "loss"
+
+    def __call__(self, prediction, target):
+        return self.keras_loss(target, prediction)
+
+    def weighted(self, prediction, target, weights):
+        return self.keras_loss(target, prediction, sample_weight=weights)
+
+
+# ---- metrics -------------------------------------------------------------------------------------
+
+_ENGINE_METRIC_NAMES = {"accuracy", "acc", "mse", "mae", "mean_squared_error", "mean_absolute_error",
+                        "binary_accuracy", "categorical_accuracy", "sparse_categorical_accuracy"}
+
+
+def engine_metrics(specs) -> list:
+    """Compiled metrics as the engine takes them: its own names, or Keras's metric objects."""
+    resolved = []
+    for spec in specs or []:
+        if isinstance(spec, str) and spec.lower() in _ENGINE_METRIC_NAMES:
+            resolved.append(spec)
+        elif isinstance(spec, keras.metrics.Metric):
+            resolved.append(spec)
+        else:
+            metric = keras.metrics.get(spec)
+            resolved.append(metric if isinstance(metric, keras.metrics.Metric)
+                            else keras.metrics.MeanMetricWrapper(metric, name=_metric_name(spec, metric)))
+    return resolved
+
+
+def _metric_name(spec, metric) -> str:
+    return spec if isinstance(spec, str) else getattr(metric, "__name__", type(metric).__name__)
