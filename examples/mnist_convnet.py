@@ -14,6 +14,7 @@ import numpy as np
 
 import hpctrain as tf
 from hpctrain import keras
+from hpctrain.datasets import mnist
 from hpctrain.keras import layers
 
 BUNDLED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "mnist")
@@ -34,7 +35,7 @@ def build_model(num_classes: int = 10) -> keras.Sequential:
 
 def load_images(path: str):
     """MNIST as the Keras example prepares it: floats in [0, 1], a channel axis, one-hot labels."""
-    (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data(path=path)
+    (x_train, y_train), (x_test, y_test) = mnist.load_data(path)
     x_train = np.expand_dims(x_train.astype("float32") / 255, -1)
     x_test = np.expand_dims(x_test.astype("float32") / 255, -1)
     y_train = keras.utils.to_categorical(y_train, 10)

@@ -10,7 +10,8 @@ import os
 import time
 
 import hpctrain as tf
-from hpctrain.keras.layers import Dense
+from hpctrain.datasets import mnist
+from hpctrain.keras.layers import Dense, Input
 from hpctrain.keras.models import Sequential
 from hpctrain.keras.optimizers import Adam
 
@@ -26,12 +27,12 @@ def main():
     args = parser.parse_args()
 
     tf.keras.utils.set_random_seed(args.seed)
-    (x_train, y_train), (x_test, y_test) = tf.keras.datasets.mnist.load_data(path=args.data)
+    (x_train, y_train), (x_test, y_test) = mnist.load_data(args.data)
     x_train = x_train.reshape(len(x_train), -1).astype("float32") / 255.0
     x_test = x_test.reshape(len(x_test), -1).astype("float32") / 255.0
     print(f"MNIST: {len(x_train)} training and {len(x_test)} test images from {os.path.normpath(args.data)}")
 
-    model = Sequential([Dense(128, activation="relu", input_shape=(784,)), Dense(10, activation="softmax")])
+    model = Sequential([Input((784,)), Dense(128, activation="relu"), Dense(10, activation="softmax")])
     model.compile(optimizer=Adam(learning_rate=1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.summary()
 

@@ -17,7 +17,7 @@ import os
 
 import keras
 
-from hpctrain.keras import routing
+from hpctrain.keras import call_output, routing
 
 _KERAS_METHODS: dict[str, object] = {}
 _switch = {"on": os.environ.get("HPCTRAIN_KERAS_ENGINE", "1") != "0"}
@@ -41,6 +41,7 @@ def keras_method(name: str):
 def install() -> None:
     if _KERAS_METHODS:
         return
+    call_output.install()
     for name, replacement in (("compile", compile), ("fit", fit), ("evaluate", evaluate), ("predict", predict)):
         original = getattr(keras.Model, name)
         _KERAS_METHODS[name] = original
