@@ -43,11 +43,14 @@ def install() -> None:
         return
     call_output.install()
     for name, replacement in (("compile", compile), ("fit", fit), ("evaluate", evaluate), ("predict", predict)):
-        original = getattr(keras.Model, name)
+        # Replaced on the class that defines it (Keras's trainer classes), so that Keras's own
+        # checks of whether a model overrides compile still see Keras's method.
+        owner = next(klass for klass in keras.Model.__mro__ if name in vars(klass))
+        original = vars(owner)[name]
         _KERAS_METHODS[name] = original
         wrapped = functools.wraps(original)(replacement)
         wrapped.__doc__ = (original.__doc__ or "") + "\n\nTrained by hpctrain's engine (hpctrain.keras.seam)."
-        setattr(keras.Model, name, wrapped)
+        setattr(owner, name, wrapped)
 
 
 def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None, weighted_metrics=None,

@@ -49,6 +49,9 @@ class KerasSession:
         config = model._hpctrain_compile
         loss = translate.engine_loss(config["loss"])
         fold = translate.foldable_output_activation(model, loss)
+        if translate.static_layers(model, fold_last_activation=bool(fold)) is None:
+            # Autograd runs Keras's forward; Keras's own loss object then keeps its exact rounding.
+            loss, fold = None, None
         if loss is None:
             loss = translate.KerasLoss(config["loss"])
         elif fold:
