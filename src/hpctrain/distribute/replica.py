@@ -45,20 +45,20 @@ def main(folder: str, rank: int) -> None:
     model = job["model"]
     torch.set_rng_state(job["rng_state"])
     device = torch.device(job["devices"][rank])
-    strategy = job["strategy"]  # unpickled with the model: the very strategy its compile recorded
+    strategy, front = job["strategy"], job.get("front")  # the strategy its compile recorded
     if strategy is None:
-        model.use_plan(_replica_plan(rank, device, job["replicas"], job["port"], job["timeout_seconds"]))
+        front.use_plan(model, _replica_plan(rank, device, job["replicas"], job["port"], job["timeout_seconds"]))
     else:
         strategy.join_spawned_group(_group_spec(rank, job["replicas"], job["port"]))
     history = model.fit(**arguments)
     # A pipeline's stages each hold part of the optimizer state: gathered by all, written by rank 0.
-    optimizer_state = (model.optimizer.state_by_position() if strategy is None
+    optimizer_state = (front.optimizer_state(model) if strategy is None
                        else strategy.last_trainer.optimizer_state_by_position())
     if rank == 0:
         result = os.path.join(folder, "result.pickle")
         with open(result + ".tmp", "wb") as f:
             pickle.dump((model.get_weights(), history.history, history.epoch, history.params, torch.get_rng_state(),
-                         optimizer_state, model.optimizer.clock()), f)
+                         optimizer_state, None), f)
         os.replace(result + ".tmp", result)
 
 

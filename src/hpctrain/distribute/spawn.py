@@ -104,11 +104,14 @@ def _check_shared_memory_room(needed: int) -> None:
         )
 
 
-def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments: dict, strategy=None) -> History:
+def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments: dict, strategy=None,
+                    front=None) -> History:
     """Train ``model`` in one fresh process per device; load rank 0's weights and History into it.
 
     ``strategy``: one that lays out each process's part itself (a pipeline's stages); without one,
-    each process is a data-parallel replica.
+    each process is a data-parallel replica. ``front``: the front end's picklable helper that knows
+    its models (``use_plan(model, plan)``, ``optimizer_state(model)``,
+    ``load_optimizer_state(model, state)``); distribute itself knows only modules.
     """
     replicas = len(devices)
     blocks: list[SharedArray] = []
@@ -124,7 +127,7 @@ def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments:
             job = {"model": model, "arguments": arguments, "devices": [str(d) for d in devices],
                    "replicas": replicas, "port": free_local_port(),
                    "timeout_seconds": timeout_seconds, "folder": folder, "rng_state": torch.get_rng_state(),
-                   "strategy": strategy}
+                   "strategy": strategy, "front": front}
             with open(os.path.join(folder, "job.pickle"), "wb") as f:
                 f.write(_pickled_job(job))
             _run_and_watch(folder, replicas)
@@ -134,8 +137,11 @@ def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments:
         for block in blocks:
             block.release()
     model.set_weights(weights)
-    model.optimizer.load_state_by_position(optimizer_state)  # a later fit continues Adam's moments
-    model.optimizer.load_clock(clock)  # ... and the rate callbacks set, and a schedule's update count
+    if front is not None:
+        front.load_optimizer_state(model, optimizer_state)  # a later fit continues Adam's moments
+    else:
+        model.optimizer.load_state_by_position(optimizer_state)  # a later fit continues Adam's moments
+        model.optimizer.load_clock(clock)  # ... and the rate callbacks set, and a schedule's update count
     torch.set_rng_state(rng_state)  # the next fit shuffles on, as it would after training here
     history = History()
     history.set_model(model)

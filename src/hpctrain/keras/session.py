@@ -56,7 +56,7 @@ class KerasSession:
             loss = translate.KerasLoss(config["loss"])
         elif fold:
             loss = loss.with_logits()
-        plan = plan or self._plan_given or make_plan()
+        plan = plan or self._plan_given or self._strategy_plan() or make_plan()
         self._plan_given = plan
         reason = optimizer_map.why_not_mapped(model.optimizer)
         if config["run_eagerly"]:
@@ -85,6 +85,14 @@ class KerasSession:
 
         return build
 
+    def use_plan(self, plan) -> None:
+        """Train with ``plan`` from now on (a spawned replica's, with its rank and communicator)."""
+        self._plan_given, self.trainer = plan, None
+
+    def _strategy_plan(self):
+        strategy = getattr(self.model, "_hpctrain_strategy", None)
+        return None if strategy is None or strategy.spawns_locally else strategy.plan()
+
     @property
     def plan(self):
         return self.trainer.plan if self.trainer is not None else (self._plan_given or make_plan())
@@ -104,6 +112,11 @@ class KerasSession:
                      RateReader(model, engine_optimizer, arguments["verbose"])]
         batch_size = arguments.pop("batch_size")
         model.stop_training = False
+        strategy = getattr(model, "_hpctrain_strategy", None)
+        if strategy is not None and strategy.spawns_locally:
+            return self._fit_in_replicas(strategy, dict(x=x, y=y, batch_size=batch_size, validation_data=validation,
+                                                        callbacks=adapt_callbacks(callbacks[1:-2]), **arguments),
+                                         plan=plan, on_nonfinite=on_nonfinite, checkpoint=checkpoint)
         try:
             engine_history = trainer.fit(x, y, batch_size=32 if batch_size is None else batch_size,
                                          validation_data=validation, callbacks=callbacks, callback_model=model,
@@ -113,6 +126,22 @@ class KerasSession:
                 optimizer_map.write_back(model.optimizer, engine_optimizer)
         history.history, history.epoch = engine_history.history, engine_history.epoch  # a resumed run's too
         model.history = history
+        return history
+
+    def _fit_in_replicas(self, strategy, arguments: dict, **options):
+        """One process per device, each fitting a copy of the model on its share of every batch."""
+        from hpctrain.distribute.spawn import fit_in_replicas
+        from hpctrain.keras.replicas import KerasReplicas
+
+        if any(value is not None and value != "raise" for value in options.values()):
+            raise TypeError("plan, checkpoint and on_nonfinite are set per replica by the strategy; remove them.")
+        engine_history = fit_in_replicas(self.model, strategy.devices, strategy.timeout_seconds, arguments,
+                                         front=KerasReplicas())
+        history = keras.callbacks.History()
+        history.set_model(self.model)
+        history.set_params(engine_history.params)
+        history.history, history.epoch = engine_history.history, engine_history.epoch
+        self.model.history = history
         return history
 
     def evaluate(self, arguments: dict):
