@@ -68,6 +68,14 @@ IMPLEMENTATIONS: tuple[Implementation, ...] = (
         description="hpctrain Keras-compatible API, model.fit",
     ),
     Implementation(
+        "keras_torch",
+        "project",
+        "impl_keras_style.py",
+        ("--frontend", "keras_torch", "--name", "keras_torch"),
+        required_module="keras",
+        description="Keras 3 on PyTorch, its own model.fit (hpctrain's engine off)",
+    ),
+    Implementation(
         LIMIT_IMPLEMENTATION,
         "project",
         "impl_gemm_limit.py",

@@ -5,6 +5,7 @@ imported from (`hpctrain` vs `tensorflow`/`keras`), which is the point of
 hpctrain's Keras-compatible API: user code ports by changing one import word.
 
     python impl_keras_style.py --frontend hpctrain
+    python impl_keras_style.py --frontend keras_torch    # the real Keras on torch, hpctrain's engine off
     python impl_keras_style.py --frontend keras [--steps-per-execution 32]
 """
 
@@ -21,6 +22,7 @@ from common import EpochClock, child_arg_parser, emit_result, make_dataset, sele
 # frontend -> (module imported as `tf`, package that holds `keras.models` etc.)
 FRONTEND_PACKAGES = {
     "hpctrain": ("hpctrain", "hpctrain.keras"),
+    "keras_torch": ("hpctrain", "hpctrain.keras"),
     "keras": ("tensorflow", "keras"),
 }
 
@@ -28,6 +30,10 @@ FRONTEND_PACKAGES = {
 def import_frontend(frontend: str):
     """Equivalent of `import X as tf; from X.keras.models import Sequential; ...`."""
     tf_module, keras_package = FRONTEND_PACKAGES[frontend]
+    if frontend == "keras_torch":  # the same real Keras, trained by its own torch loop
+        import os
+
+        os.environ["HPCTRAIN_KERAS_ENGINE"] = "0"
     tf = importlib.import_module(tf_module)
     Sequential = importlib.import_module(f"{keras_package}.models").Sequential
     Adam = importlib.import_module(f"{keras_package}.optimizers").Adam

@@ -51,10 +51,30 @@ def install() -> None:
         wrapped = functools.wraps(original)(replacement)
         wrapped.__doc__ = (original.__doc__ or "") + "\n\nTrained by hpctrain's engine (hpctrain.keras.seam)."
         setattr(owner, name, wrapped)
+    keras.Model.plan = _PlanAttribute()
+
+
+class _PlanAttribute:
+    """``model.plan``: the hardware plan hpctrain trains the model with (after ``fit``, with the
+    executor and thread count it settled on); ``model.plan.explain()`` says why. A model that
+    sets an attribute named ``plan`` of its own keeps it."""
+
+    def __get__(self, model, owner=None):
+        if model is None:
+            return self
+        if "plan" in model.__dict__:
+            return model.__dict__["plan"]
+        from hpctrain.keras.session import session_of
+
+        return session_of(model).plan
+
+    def __set__(self, model, value):
+        model.__dict__["plan"] = value
 
 
 def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None, weighted_metrics=None,
-            run_eagerly=False, steps_per_execution=1, jit_compile="auto", auto_scale_loss=True):
+            run_eagerly=False, steps_per_execution=1, jit_compile="auto", auto_scale_loss=True, plan=None):
+    """Keras's compile; hpctrain's ``plan`` (``hpctrain.make_plan(...)``) fixes the hardware plan."""
     # Keras on torch refuses steps_per_execution > 1 and maps jit_compile=True to torch.compile;
     # the engine already runs many steps per call and compiles where it measures faster.
     self._hpctrain_compile = dict(loss=loss, loss_weights=loss_weights, metrics=metrics,
@@ -64,6 +84,13 @@ def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=Non
     from hpctrain.distribute import get_strategy
 
     self._hpctrain_strategy = get_strategy()  # as in Keras, a model compiled in a scope trains with it
+    if plan is not None:
+        if self._hpctrain_strategy is not None:
+            raise ValueError("compile(plan=...) inside strategy.scope(): the strategy makes each replica's plan; "
+                             "compile outside the scope to pass a plan of your own.")
+        from hpctrain.keras.session import session_of
+
+        session_of(self).use_plan(plan)
     keras_jit = jit_compile if not engine_enabled() or jit_compile == "auto" else False
     keras_steps = steps_per_execution if keras.config.backend() != "torch" else 1
     return _KERAS_METHODS["compile"](self, optimizer=optimizer, loss=loss, loss_weights=loss_weights,
