@@ -136,7 +136,8 @@ def test_keras_on_jax_loads_and_trains_on_from_an_hpctrain_file(tmp_path):
     facts, arrays = _run_jax_keras("continue", tmp_path)
 
     assert facts["backend"] == "jax" and facts["compiled"]
-    assert facts["optimizer_class"] == "keras.src.optimizers.adam.Adam"
+    # Keras's own Adam there (not the torch-only subclass, whose update fails on JAX's arrays).
+    assert facts["optimizer_class"].endswith(".Adam") and ".torch." not in facts["optimizer_class"]
     assert _compared(facts["compile_config"]) == _compared(model.get_compile_config())
     np.testing.assert_allclose(arrays["predictions"], predictions, atol=1e-5, rtol=0)
     _assert_all_close(_numbered(arrays, "weight"), weights, atol=0)
