@@ -25,3 +25,4 @@ __version__ = _keras.__version__
 from hpctrain.keras.seam import install as _install_seam, use_engine  # noqa: E402
 
 _install_seam()
+from hpctrain.keras.keras_files import install as _install_keras_files; _install_keras_files()  # noqa: E402,E702
