@@ -738,7 +738,9 @@ class Trainer:
 
     def _why_not_static(self, data: _PreparedData) -> str | None:
         if self.requested_executor == "autograd":
-            return "autograd was asked for"
+            # The reason whoever chose it gave (run_eagerly, an optimizer that needs autograd, ...).
+            given = dict(self.plan.reasons).get("executor", "")
+            return given.removeprefix("autograd (").removesuffix(")") or "autograd was asked for"
         if self.plan.precision == "bfloat16":
             return "bfloat16 autocast runs under autograd"
         if self.plan.compile is True:

@@ -22,7 +22,7 @@ for _name, _module in list(_sys.modules.items()):
 globals().update({name: getattr(_keras, name) for name in dir(_keras) if not name.startswith("__")})
 __version__ = _keras.__version__
 
-from hpctrain.keras.seam import install as _install_seam, use_engine  # noqa: E402
+from hpctrain.keras.seam import install as _install_seam, use_engine as use_engine  # noqa: E402
 
 _install_seam()
 from hpctrain.keras.keras_files import install as _install_keras_files; _install_keras_files()  # noqa: E402,E702
