@@ -315,7 +315,7 @@ def test_the_learning_rate_is_rescaled_only_when_asked(rng):
     model = _model(plan=make_plan(lr_scaling="linear"), learning_rate=0.001)
     model.fit(x, y, epochs=1, batch_size="auto", verbose=0)
     chosen = model.plan.batch_size
-    assert model._trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.001 * chosen / 32)
+    assert model._hpctrain_session.trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.001 * chosen / 32)
     assert dict(model.plan.reasons)["learning_rate"].endswith(f"(0.001 × {chosen}/32 by the linear rule for the "
                                                               "chosen batch size)")
 

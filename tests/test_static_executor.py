@@ -213,7 +213,7 @@ def test_keras_layers_take_their_bias_inside_the_gemm():
                         Dense(CLASSES, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(*_data("sparse", np.random.default_rng(0), n=4), verbose=0)  # builds the weights
-    step = StaticStep(model._trainer.module, CrossEntropy(sparse=True, from_logits=True), model._trainer.optimizer,
+    step = StaticStep(model._hpctrain_session.trainer.module, CrossEntropy(sparse=True, from_logits=True), model._hpctrain_session.trainer.optimizer,
                       batch_size=4)
     source = step.source(4)
     assert len(step.folded) == 2
@@ -260,7 +260,7 @@ def test_large_layers_multiplied_by_onednn_match_autograd_to_float32_rounding():
         runs.append((model, history))
     (static, static_history), (autograd, autograd_history) = runs
     if onednn_linear() is not None:
-        trainer = static._trainer
+        trainer = static._hpctrain_session.trainer
         source = StaticStep(trainer.module, trainer.loss, trainer.optimizer, batch_size=128).source(128)
         assert source.count("onednn(") == 2  # the first layer's forward and weight gradient (128*300*128 MACs)
         assert dict(static.plan.reasons)["matmul"].startswith("oneDNN for 2 of the step's 5 products")
@@ -283,7 +283,7 @@ def test_weight_gradients_handed_from_onednn_to_adam_equal_autograds():
     model.compile(optimizer=optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     w0, b0, w1, b1 = (torch.tensor(w, requires_grad=True) for w in model.get_weights())
     model.fit(x, y, batch_size=256, epochs=1, verbose=0)
-    trainer = model._trainer
+    trainer = model._hpctrain_session.trainer
     assert model.plan.executor == "static"
     logits = torch.relu(torch.from_numpy(x) @ w0 + b0) @ w1 + b1
     loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y))
