@@ -25,7 +25,7 @@ class Communicator:
         return tensor
 
     def all_reduce_min_(self, tensor: torch.Tensor) -> torch.Tensor:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN, group=self.group)
         return tensor
 
     def broadcast_(self, tensor: torch.Tensor, source: int = 0) -> torch.Tensor:
