@@ -228,7 +228,7 @@ def test_cpu_advice_names_idle_hyperthreads():
 
 
 def test_gpu_advice_uses_the_plan_device_and_capability():
-    plan = Plan(device=torch.device("cuda", 0), threads=1, data_placement="device")
+    plan = Plan(device=torch.device("cuda", 0), threads=1)
     advice = advise(_machine(_cpu(SKYLAKE_CPUINFO), gpus=[_fake_gpu(0, (7, 0))]), plan)
     assert advice[0].startswith("training runs on cuda:0 (Test GPU, 40.0 GiB)")
     assert "no bf16 tensor cores (compute capability 7.0 < 8.0): training stays in float32" in advice
@@ -236,7 +236,7 @@ def test_gpu_advice_uses_the_plan_device_and_capability():
 
 
 def test_several_gpus_without_nccl_say_gloo():
-    plan = Plan(device=torch.device("cuda", 0), threads=1, data_placement="device")
+    plan = Plan(device=torch.device("cuda", 0), threads=1)
     gpus = [_fake_gpu(0, (9, 0)), _fake_gpu(1, (9, 0))]
     without_nccl = advise(_machine(_cpu(SKYLAKE_CPUINFO), gpus=gpus, nccl=False), plan)
     with_nccl = advise(_machine(_cpu(SKYLAKE_CPUINFO), gpus=gpus, nccl=True), plan)

@@ -34,11 +34,23 @@ def _assert_identical(monkeypatch, *args, **kwargs):
     python = _keras_run(monkeypatch, False, *args, **kwargs)
     assert "step_loop: C++" in loop[2]
     assert "step_loop: Python (off (HPCTRAIN_NATIVE=0))" in python[2]
-    for a, b in zip(loop[0], python[0]):
+    assert len(loop[0]) == len(python[0]), (f"the C++ loop's model has {len(loop[0])} weight arrays, the Python "
+                                            f"step's {len(python[0])}")
+    for a, b in zip(loop[0], python[0], strict=True):
         np.testing.assert_array_equal(a, b)  # bit for bit: the same kernels in the same order
+    assert loop[1].keys() == python[1].keys()
     for key in python[1]:
         np.testing.assert_allclose(loop[1][key], python[1][key], rtol=1e-6)
     return loop
+
+
+def test_assert_identical_reports_weight_lists_of_different_lengths(monkeypatch):
+    # zip alone stopped at the shorter list: a missing weight array compared as equal.
+    runs = iter([([np.zeros(2), np.ones(3)], {"loss": [1.0]}, "step_loop: C++"),
+                 ([np.zeros(2)], {"loss": [1.0]}, "step_loop: Python (off (HPCTRAIN_NATIVE=0))")])
+    monkeypatch.setitem(globals(), "_keras_run", lambda *args, **kwargs: next(runs))
+    with pytest.raises(AssertionError, match="the C\\+\\+ loop's model has 2 weight arrays, the Python step's 1"):
+        _assert_identical(monkeypatch)
 
 
 CASES = {

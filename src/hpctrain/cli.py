@@ -95,9 +95,10 @@ def _print_doctor(args) -> int:
     diagnosis = diagnose()
     native.step_loop()  # loaded where built, so that the status says so
     if args.json:
-        print(json.dumps({**diagnosis_as_dict(diagnosis), "step_loop": native.status()}, indent=2))
+        report = {"hpctrain_version": hpctrain.__version__, **diagnosis_as_dict(diagnosis)}
+        print(json.dumps({**report, "step_loop": native.status()}, indent=2))
     else:
-        print(render_text(diagnosis) + f"\n\nStep loop\n  {native.status()}")
+        print(f"hpctrain {hpctrain.__version__} doctor\n\n{render_text(diagnosis)}\n\nStep loop\n  {native.status()}")
     return 0
 
 

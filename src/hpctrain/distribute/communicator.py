@@ -25,7 +25,7 @@ class Communicator:
         return tensor
 
     def all_reduce_min_(self, tensor: torch.Tensor) -> torch.Tensor:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN, group=self.group)
         return tensor
 
     def broadcast_(self, tensor: torch.Tensor, source: int = 0) -> torch.Tensor:
@@ -46,3 +46,34 @@ class Communicator:
 
     def barrier(self) -> None:
         dist.barrier(group=self.group)
+
+    def data_parallel(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` under ``DistributedDataParallel`` over this group: its backward sums the
+        gradients over the replicas, bucketed and overlapped with the backward itself.
+
+        Summed, not averaged: each replica's loss is already weighted by its share of the global
+        batch. Buffers are not broadcast at each forward: each replica's batch statistics follow
+        its own batches and the engine averages them at each epoch's end. ``static_graph``: the
+        steps use the same parameters every time, so a parameter the forward never uses is found
+        once (not searched for at every step) and keeps ``None`` as its gradient, as in one process.
+        """
+        if not any(p.requires_grad for p in module.parameters()):
+            return module  # nothing to sum (DDP refuses such a module)
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" and self.device.index is not None else None
+        # The option's name since PyTorch 2.13; broadcast_buffers before (now deprecated).
+        no_buffer_sync = ("forward_sync_buffers" if "forward_sync_buffers" in
+                          inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers")
+        replicated = DistributedDataParallel(module, device_ids=device_ids, process_group=self.group,
+                                             static_graph=True, **{no_buffer_sync: False})
+        replicated.register_comm_hook(self.group, _summed)
+        return replicated
+
+
+def _summed(group, bucket):  # no return annotation: DDP checks it, and this module's are strings
+    """DDP's communication hook: a bucket's gradients summed over ``group`` (DDP's own hook averages)."""
+    work = dist.all_reduce(bucket.buffer(), op=dist.ReduceOp.SUM, group=group, async_op=True)
+    return work.get_future().then(lambda future: future.value()[0])

@@ -70,35 +70,37 @@ def _mib(size: int) -> str:
     return f"{size / 2**20:.1f} MiB" if size >= 2**20 // 10 else f"{size / 2**10:.0f} KiB"
 
 
-def stack_layers(model) -> list[torch.nn.Module]:
-    """The layers of a Keras ``Sequential`` or a native ``nn.Sequential``, in order."""
-    from hpctrain.keras.models import Sequential
+def stack_layers(layers) -> list[torch.nn.Module]:
+    """``layers`` as a list: the caller's layer stack, in order, as plain torch modules.
 
-    if isinstance(model, Sequential):
-        return list(model.layers)
-    if isinstance(model, torch.nn.Sequential):
-        return list(model)
-    raise ConfigError(f"a pipeline cuts a Sequential or a torch.nn.Sequential into stages; got "
-                      f"{type(model).__name__}. Express the model as a Sequential stack of layers.")
+    The caller knows its model: a front end passes its model's layers; a ``torch.nn.Sequential``
+    is its own stack. Nothing here knows a front end's model classes.
+    """
+    if isinstance(layers, torch.nn.Module) and not isinstance(layers, torch.nn.Sequential):
+        raise ConfigError(f"a pipeline cuts a Sequential stack of layers into stages; got a {type(layers).__name__}. "
+                          "Express the model as a Sequential (a torch.nn.Sequential, or a front end's Sequential, "
+                          "whose layers it passes on).")
+    stack = list(layers)
+    odd = [type(layer).__name__ for layer in stack if not isinstance(layer, torch.nn.Module)]
+    if odd:
+        raise ConfigError(f"a pipeline stage holds torch modules; the layer stack has {', '.join(odd)}.")
+    return stack
 
 
-def input_shape_of(model) -> tuple[int, ...] | None:
-    """One sample's shape, where the model knows it (a built Sequential, a Linear first layer)."""
-    shape = getattr(model, "_input_shape", None)
-    if shape is not None:
-        return tuple(shape)
-    layers = list(model) if isinstance(model, torch.nn.Sequential) else []
-    first = layers[0] if layers else None
+def input_shape_of(layers) -> tuple[int, ...] | None:
+    """One sample's shape where the stack itself shows it (a ``Linear`` first layer), else ``None``."""
+    first = next(iter(layers), None)
     return (first.in_features,) if isinstance(first, torch.nn.Linear) else None
 
 
-def layer_costs(model, *, measure: bool = True) -> tuple[LayerCost, ...]:
-    layers = stack_layers(model)
-    shape = input_shape_of(model) if measure else None
+def layer_costs(layers, *, measure: bool = True, sample_shape=None) -> tuple[LayerCost, ...]:
+    """Each layer's size and, with ``measure`` and a known sample shape, its measured time."""
+    layers = stack_layers(layers)
+    shape = (tuple(sample_shape) if sample_shape is not None else input_shape_of(layers)) if measure else None
     seconds = _measured_seconds(layers, shape) if shape is not None else [None] * len(layers)
     return tuple(LayerCost(name=getattr(layer, "name", type(layer).__name__), params=_params(layer),
                            weight_bytes=sum(p.numel() * p.element_size() for p in layer.parameters()),
-                           seconds=s) for layer, s in zip(layers, seconds))
+                           seconds=s) for layer, s in zip(layers, seconds, strict=True))
 
 
 def _params(layer: torch.nn.Module) -> int:
@@ -151,8 +153,13 @@ def balanced_cut_points(weights: list[float], stages: int) -> tuple[int, ...]:
     return best[stages][n][1]
 
 
-def split_model(model, stages: int, cut_points=None) -> Split:
-    costs = layer_costs(model, measure=cut_points is None)
+def split_model(layers, stages: int, cut_points=None, *, sample_shape=None) -> Split:
+    """Cuts ``layers`` (the model's layer stack, in order) into ``stages`` contiguous stages.
+
+    ``sample_shape``: one input row's shape, from the caller that knows it; without it (and
+    without a ``Linear`` first layer) the cut is balanced on parameter counts.
+    """
+    costs = layer_costs(layers, measure=cut_points is None, sample_shape=sample_shape)
     if stages > len(costs):
         raise ConfigError(f"stages={stages} but the model has {len(costs)} layers; each stage needs at least one "
                           f"layer. Use stages <= {len(costs)}.")

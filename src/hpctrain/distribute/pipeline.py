@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from hpctrain.distribute.communicator import Communicator
-from hpctrain.distribute.partition import Split, optimizer_slots, split_model, stack_layers
+from hpctrain.distribute.partition import Split, input_shape_of, optimizer_slots, split_model, stack_layers
 from hpctrain.distribute.runtime import DEFAULT_TIMEOUT_SECONDS, GroupSpec
 from hpctrain.distribute.strategy import Strategy, parse_device
 from hpctrain.engine.callbacks import CallbackList
@@ -123,6 +123,7 @@ class PipelineStrategy(Strategy):
         if self.group is not None:
             self.config.check_world(self.group.world_size)
         self.model = None
+        self._stack: tuple[list[torch.nn.Module], tuple[int, ...] | None] | None = None  # given at compile
         self._split: Split | None = None
         self._groups = None
         self.last_trainer: PipelineTrainer | None = None
@@ -135,8 +136,24 @@ class PipelineStrategy(Strategy):
     def spawns_locally(self) -> bool:
         return self.group is None
 
-    def on_compile(self, model) -> None:
+    def on_compile(self, model, layers=None, sample_shape=None) -> None:
+        """``model`` was compiled in this scope. Its front end passes the model's ``layers`` in order (plain
+        torch modules) and one input row's ``sample_shape``, where it knows them; without ``layers`` the
+        model itself must be a ``torch.nn.Sequential``."""
         self.model, self._split = model, None
+        self._stack = None if layers is None else (stack_layers(layers), None if sample_shape is None
+                                                   else tuple(sample_shape))
+
+    def layers_of(self, model) -> list[torch.nn.Module]:
+        """``model``'s layer stack: as its front end gave it at compile, or a ``torch.nn.Sequential``'s own."""
+        if self._stack is not None and model is self.model:
+            return self._stack[0]
+        return stack_layers(model)
+
+    def sample_shape_of(self, model) -> tuple[int, ...] | None:
+        if self._stack is not None and model is self.model and self._stack[1] is not None:
+            return self._stack[1]
+        return input_shape_of(self.layers_of(model))
 
     def split(self, model=None) -> Split:
         """Where the model is cut (measured once, then kept: every process must cut alike)."""
@@ -145,7 +162,10 @@ class PipelineStrategy(Strategy):
             raise ConfigError("no model to split yet: compile a Sequential inside strategy.scope(), or pass it, "
                               "strategy.describe(model).")
         if self._split is None or self.model is not model:
-            self.model, self._split = model, split_model(model, self.config.stages, self.cut_points)
+            if self.model is not model:
+                self.model, self._stack = model, None
+            self._split = split_model(self.layers_of(model), self.config.stages, self.cut_points,
+                                      sample_shape=self.sample_shape_of(model))
         return self._split
 
     def describe(self, model=None) -> str:
@@ -164,7 +184,7 @@ class PipelineStrategy(Strategy):
         self.config.check_batch(fit_arguments["batch_size"])
         _refuse_skip_steps(fit_arguments.get("on_nonfinite", "raise"))
         _refuse_checkpoints(fit_arguments.get("checkpoint"), fit_arguments.get("callbacks"))
-        if any(getattr(layer, "regularization_penalty", lambda: None)() is not None for layer in stack_layers(model)):
+        if any(getattr(layer, "regularization_penalty", lambda: None)() is not None for layer in self.layers_of(model)):
             _refuse_penalty()  # here, before any process starts, rather than in every stage
         return fit_in_replicas(model, self.devices, self.timeout_seconds, fit_arguments, strategy=self)
 
@@ -198,10 +218,11 @@ class PipelineStrategy(Strategy):
         plan = plan.with_choice("precision", "float32", f"{stage} runs float32")
         plan = plan.with_choice("compile", False, f"{stage} runs eagerly")
         # A module other than the model is the model's logits view: the last stage ends on logits.
-        self.last_trainer = PipelineTrainer(module, layers=stack_layers(model), split=split, config=self.config,
+        self.last_trainer = PipelineTrainer(module, layers=self.layers_of(model), split=split, config=self.config,
                                             groups=self._groups, loss=loss, optimizer=optimizer, metrics=metrics,
                                             output_activation=output_activation, plan=plan,
-                                            logits_at_end=module is not model)
+                                            logits_at_end=module is not model,
+                                            sample_shape=self.sample_shape_of(model))
         return self.last_trainer
 
     def _agreed_split(self, model) -> Split:
@@ -272,12 +293,12 @@ class PipelineTrainer(Trainer):
     """One stage's share of ``fit``/``evaluate``/``predict``; the epoch loop is the engine's."""
 
     def __init__(self, module, *, layers, split: Split, config: PipelineConfig, groups: PipelineGroups, loss, optimizer,
-                 metrics, output_activation, plan, logits_at_end: bool = False):
+                 metrics, output_activation, plan, logits_at_end: bool = False, sample_shape=None):
         stage_layers = [layers[i] for i in split.stage_ranges()[groups.stage]]
         self.config, self.groups, self.split = config, groups, split
         self.is_first, self.is_last = groups.stage == 0, groups.stage == config.stages - 1
         self.stage_module = StageModule(stage_layers, logits_at_end=self.is_last and logits_at_end)
-        self.boundaries = _stage_boundaries(layers, split, module)
+        self.boundaries = _stage_boundaries(layers, split, module, sample_shape)
         self.stage_tensors = [[t for i in layers_of for t in (*layers[i].parameters(), *layers[i].buffers())]
                               for layers_of in split.stage_ranges()]
         # The whole model stays where it was built; only this stage moves to the device.
@@ -509,12 +530,10 @@ def _built_later(params, device):
     return None  # the stage's optimizer is built once the stage module exists
 
 
-def _stage_boundaries(layers, split: Split, module) -> list[_Boundary]:
+def _stage_boundaries(layers, split: Split, module, sample_shape=None) -> list[_Boundary]:
     """Per-sample shape and dtype entering each stage, and leaving the last (one probe row)."""
     first = next(iter(module.parameters()), None)
-    shape = getattr(getattr(module, "model", module), "_input_shape", None)
-    if shape is None and isinstance(layers[0], torch.nn.Linear):
-        shape = (layers[0].in_features,)
+    shape = tuple(sample_shape) if sample_shape is not None else input_shape_of(layers)
     if shape is None:
         raise ConfigError("the pipeline needs the model's input shape: give the first layer input_shape=... "
                           "(or build the model) before fit.")

@@ -307,6 +307,11 @@ def store_choices(trainer, key: str | None) -> None:
 
 
 def _hpctrain_version() -> str:
-    import hpctrain
+    """The installed distribution's version, read from its metadata: the top-level package, which
+    resolves the front ends by name, stays above the engine."""
+    from importlib import metadata
 
-    return hpctrain.__version__
+    try:
+        return metadata.version("hpctrain")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"

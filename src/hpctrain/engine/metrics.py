@@ -379,27 +379,6 @@ class DeferredMetricSet(MetricSet):
 DEFERRED_BUFFER_ELEMENTS = 1 << 24  # 64 MiB of float32 logits
 
 
-class OutputLoss(Metric):
-    """The running mean of one output's own (unweighted) loss, reported as ``<output>_loss``."""
-
-    def __init__(self, loss, index: int, name: str):
-        super().__init__(name)
-        self.loss_fn = loss
-        self.index = index
-
-    def update(self, output: ModelOutput, target) -> None:
-        rows = target.shape[0]
-        self.total.add_(self.loss_fn(output.logits.parts[self.index], target.parts[self.index]), alpha=rows)
-        self.count.add_(rows)
-
-    def update_weighted(self, output: ModelOutput, target, weights) -> None:
-        # Keras weighs each output's reported loss like the total it is part of.
-        rows = target.shape[0]
-        self.total.add_(self.loss_fn.weighted(output.logits.parts[self.index], target.parts[self.index], weights),
-                        alpha=rows)
-        self.count.add_(rows)
-
-
 class OutputMetric(Metric):
     """A metric of one output of a multi-output model, reported as ``<output>_<metric>``.
 

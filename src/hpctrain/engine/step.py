@@ -14,7 +14,8 @@ class AutogradStep:
     """The general executor: any ``nn.Module``, gradients by autograd, one optimizer call.
 
     With replicas, each one's loss is weighted by its share of the global batch and the
-    gradients are summed, which makes the update that of the mean loss over the global batch.
+    gradients are summed (by ``DistributedDataParallel``, during backward), which makes the
+    update that of the mean loss over the global batch.
     """
 
     name = "autograd"
@@ -30,6 +31,11 @@ class AutogradStep:
         self.penalty = penalty
         self.output_activation = output_activation
         self.communicator = communicator
+        # Replicas over torch.distributed: DistributedDataParallel sums the gradients during backward
+        # (a torch.compile'd forward keeps the one all-reduce after backward, sum_gradients).
+        self.summed_in_backward = forward is None and hasattr(communicator, "data_parallel")
+        if self.summed_in_backward:
+            self.forward = communicator.data_parallel(module)
         self.guard = None
         self.update = optimizer.step
 
@@ -51,7 +57,7 @@ class AutogradStep:
         # Weights n_r / b sum to one over the replicas, so the penalty, added by each, counts once.
         scaled = loss if self.communicator is None else loss * (rows / batch_rows)
         scaled.backward()
-        if self.communicator is not None:
+        if self.communicator is not None and not self.summed_in_backward:
             sum_gradients([p for p in self.module.parameters() if p.requires_grad], self.communicator)
         if self.guard is not None:  # replicas check the same summed gradients, so they agree
             grads = [p.grad for p in self.module.parameters() if p.grad is not None]
@@ -64,7 +70,10 @@ class AutogradStep:
 
 
 def sum_gradients(params: list[torch.Tensor], communicator) -> None:
-    """Sums ``params``' gradients over the communicator's replicas, in one all-reduce."""
+    """Sums ``params``' gradients over the communicator's replicas, in one all-reduce after backward.
+
+    Used where DistributedDataParallel is not: a torch.compile'd forward, a pipeline stage's replicas.
+    """
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     # One flag per parameter rides along: a parameter no replica computed a gradient for
     # keeps None, so the optimizer skips it as it would in one process.

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-import hpctrain
 from hpctrain.hardware.inventory import (
     CPU_FEATURE_LABELS,
     CpuInfo,
@@ -131,7 +130,6 @@ def diagnosis_as_dict(diagnosis: Diagnosis) -> dict:
     """The same facts as the text screen, with machine-readable keys and plain JSON values."""
     machine = dataclasses.asdict(diagnosis.machine)
     return {
-        "hpctrain_version": hpctrain.__version__,
         **machine,
         "plan": plan_as_dict(diagnosis.plan),
         "advice": list(diagnosis.advice),
@@ -144,9 +142,9 @@ def plan_as_dict(plan: Plan) -> dict:
 
 
 def render_text(diagnosis: Diagnosis) -> str:
+    """The facts as titled sections of text (the command puts its heading above them)."""
     machine = diagnosis.machine
     sections = [
-        (f"hpctrain {hpctrain.__version__} doctor", []),
         ("Machine / CPU", _cpu_lines(machine.cpu)),
         ("Memory", _memory_lines(machine.memory)),
         ("GPUs", _gpu_lines(machine.gpus)),

@@ -19,7 +19,6 @@ class Plan:
 
     device: torch.device
     threads: int
-    data_placement: str  # "device": the whole data set lives on ``device`` as one tensor
     executor: str = "auto"  # "static", "autograd", or "auto": static where the model allows it
     tune_threads: bool = False  # threads came from a rule; fit may measure a better count
     batch_size: int | None = None  # set when fit(batch_size="auto") has chosen one
@@ -45,8 +44,6 @@ class Plan:
             raise ConfigError(f"compile must be True, False or 'auto'; got {self.compile!r}.")
         if self.lr_scaling not in LR_SCALING_RULES:
             raise ConfigError(f"lr_scaling must be None, 'linear' or 'sqrt'; got {self.lr_scaling!r}.")
-        if self.data_placement not in ("device", "host"):
-            raise ConfigError(f"data_placement must be 'device' or 'host', got {self.data_placement!r}.")
 
     def with_choice(self, key: str, value, reason: str) -> "Plan":
         """A copy with one more decision made, and the reason recorded for ``explain``."""
@@ -90,7 +87,6 @@ def make_plan(*, device: str | torch.device = "auto", threads: int | str = "auto
         tune_threads=threads == "auto" and resolved_device.type == "cpu" and resolved_threads > 1,
         device=resolved_device,
         threads=resolved_threads,
-        data_placement="device",
         executor=executor,
         cuda_graph=cuda_graph,
         precision=resolved_precision,
