@@ -176,3 +176,19 @@ def test_another_keras_backend_is_refused_with_what_to_do():
 def test_engine_alone_does_not_import_keras():
     done = _python("import sys, hpctrain, hpctrain.engine, hpctrain.hardware; print('keras' in sys.modules)")
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_steps_per_execution_and_jit_compile_are_accepted_on_torch(classification):
+    x, y = classification
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", steps_per_execution=32)
+    history = model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    assert len(history.history["loss"]) == 2 and history.history["loss"][1] < history.history["loss"][0]
+    assert model._hpctrain_compile["steps_per_execution"] == 32
+
+
+def test_keras_imported_first_with_another_backend_is_named():
+    done = _python("import os; os.environ['KERAS_BACKEND'] = 'numpy'\n"
+                   "import keras\nos.environ.pop('KERAS_BACKEND')\nimport hpctrain.keras")
+    assert done.returncode != 0
+    assert "Keras was imported before hpctrain with the 'numpy' backend" in done.stderr
