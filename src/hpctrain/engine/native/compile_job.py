@@ -1,45 +1,53 @@
-"""Compiles the C++ step loop: run as a script, in a process of its own, by ``native._start_build``.
+"""Builds the C++ step loop with ``torch.utils.cpp_extension.load``: run as a script, in a process of
+its own, by ``native.build_in_background``, or called by ``native.build``.
 
-A process, not a thread: a short training program exits before the ~10 s build would end, and a
-thread would die with it, leaving no library. Imports nothing of hpctrain or PyTorch (the
-parent passes the whole compiler command), so it starts at once.
+A process, not a thread: a short training program exits before the build would end, and a thread
+would die with it, leaving no library. Imports nothing of hpctrain (the parent passes ``load``'s
+arguments), so it runs where the parent's ``sys.path`` is not the default.
 
-    python compile_job.py '{"command": [...], "output": ..., "lock": ..., "failure": ...}'
+    python compile_job.py '{"load": {...}, "failure": PATH}'
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import tempfile
+import time
+
+# cpp_extension's lock is a file, left behind where a build was killed; a later build would wait
+# for it forever. A build takes well under this.
+STALE_LOCK_SECONDS = 600
 
 
-def compile_library(command: list[str], output: str, lock: str, failure: str) -> bool:
-    """Runs ``command`` (``{output}`` in it standing for the library's path) into a temporary file
-    then renamed to ``output``; on failure writes the compiler's message to ``failure``. Removes
-    ``lock`` at the end either way."""
-    with tempfile.NamedTemporaryFile(suffix=".so", dir=os.path.dirname(output), delete=False) as placeholder:
-        temporary = placeholder.name
+def load_or_record_failure(arguments: dict, failure: str) -> bool:
+    """``cpp_extension.load(**arguments)`` (builds where needed, then loads the library into this
+    process); where it fails, writes the builder's message to ``failure``."""
+    from torch.utils.cpp_extension import load
+
+    lock = os.path.join(arguments["build_directory"], "lock")
     try:
-        result = subprocess.run([temporary if part == "{output}" else part for part in command],
-                                capture_output=True, text=True)
-        if result.returncode == 0:
-            os.replace(temporary, output)  # readers see no library or the whole library
-            return True
+        if time.time() - os.path.getmtime(lock) > STALE_LOCK_SECONDS:
+            os.unlink(lock)
+    except OSError:
+        pass
+    try:
+        load(**arguments)
+        return True
+    except Exception as error:  # the builder raises RuntimeError, OSError, CalledProcessError...
+        os.makedirs(os.path.dirname(failure), exist_ok=True)
         with open(failure, "w") as f:
-            f.write(result.stderr[-4000:] or f"the compiler exited with status {result.returncode}")
-    except OSError as error:
-        with open(failure, "w") as f:
-            f.write(str(error))
-    finally:
-        for leftover in (temporary, lock):
-            try:
-                os.unlink(leftover)
-            except OSError:
-                pass
-    return False
+            f.write(error_summary(error))
+        return False
+
+
+def error_summary(error: Exception) -> str:
+    """The builder's message, its telling line (the compiler's first error) last."""
+    text = str(error).strip() or type(error).__name__
+    lines = text.splitlines()
+    telling = next((line for line in lines if "error" in line.lower() and "Error building extension" not in line),
+                   lines[-1])
+    return "\n".join(lines[-60:] + [telling.strip()])
 
 
 def yield_to_training() -> None:
@@ -55,4 +63,5 @@ def yield_to_training() -> None:
 
 if __name__ == "__main__":
     yield_to_training()
-    sys.exit(0 if compile_library(**json.loads(sys.argv[1])) else 1)
+    spec = json.loads(sys.argv[1])
+    sys.exit(0 if load_or_record_failure(spec["load"], spec["failure"]) else 1)

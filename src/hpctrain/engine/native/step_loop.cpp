@@ -1,7 +1,7 @@
 // The static step's kernel calls, run for many batches in one call from Python.
 //
-// engine/native/__init__.py builds this file once per machine (g++, cached) and engine/
-// static_step.py writes the program it runs: the same ATen calls, in the same order and with the
+// engine/native/__init__.py builds this file once per machine (torch.utils.cpp_extension, cached)
+// and engine/static_step.py writes the program it runs: the same ATen calls, in the same order and with the
 // same arguments, as the step's generated Python, so both give bit-identical weights. What this
 // removes is the interpreter and argument parsing around each call (~1-2 us per call, ~13 calls
 // and the optimizer per step of a small MLP). Two calls are this file's own kernels: the Adam
@@ -12,6 +12,7 @@
 #include <ATen/Version.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <immintrin.h>
+#include <torch/custom_class.h>
 #include <torch/library.h>
 
 #include <atomic>
@@ -24,29 +25,9 @@
 
 namespace {
 
-// Opcodes; each instruction is [opcode, operands...], operand counts fixed per opcode.
-// A tensor operand is 2 * (index in the table) + (1 if transposed).
-enum Op : int64_t {
-  kMm = 0,             // out, a, b:           mm(a, b, out=out)
-  kAddmmBias = 1,      // out, bias, a, b:     addmm(bias, a, b, out=out)
-  kAddmmScaled = 2,    // out, a, b:           addmm(out, a, b, beta=0, alpha=scale, out=out)
-  kOnednnCopy = 3,     // out, a, w, bias|-1:  out.copy_(onednn(a, w, bias))
-  kOnednnScaled = 4,   // out, a, w:           mul(onednn(a, w), scale, out=out)
-  kOnednnHand = 5,     // slot, a, w:          handed[slot] = onednn(a, w)
-  kHand = 6,           // slot, t:             handed[slot] = t
-  kActivation = 7,     // kind, a:             in place
-  kActivationBackward = 8,  // kind, grad, out
-  kLossGradient = 9,   // kind, z, y, out, minus_ones: out = c * dloss/dz; scale = 1/c
-  kScaleGradient = 10, // g:                   g *= scale; scale = 1
-  kAddmvScaled = 11,   // out, a, v:           addmv(out, a, v, beta=0, alpha=scale, out=out)
-  kDropout = 12,       // out, mask, a, torch_mask, rate:  out, mask = dropout(a) (new tensors)
-  kDropoutBackward = 13,  // out, grad, mask, torch_mask, scale:  out = dropout backward of grad
-};
-constexpr int64_t kOperands[] = {3, 4, 3, 4, 3, 3, 2, 2, 3, 5, 1, 3, 5, 5};
-enum Activation : int64_t { kRelu = 0, kTanh = 1, kSigmoid = 2 };
-enum Loss : int64_t { kCrossEntropy = 0, kBinaryCrossEntropy = 1, kSquaredError = 2, kAbsoluteError = 3 };
-// Table slots rebound per batch: the batch, its targets, the logits' destination.
-constexpr int64_t kX = 0, kY = 1, kZ = 2;
+// The instruction set (Op, kOperands), the activation and loss kinds and the per-batch table
+// slots (kX, kY, kZ): written from engine/native/code.py's tables, where they are defined.
+#include "step_loop_opcodes.h"
 
 at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   static auto op = c10::Dispatcher::singleton()
@@ -458,25 +439,38 @@ struct HostCounters {
   }
 };
 
+// run_steps's parameters besides the program and the batches: the fused Adam update's tensors and
+// hyperparameters, and the non-finite check's. Made once per update by engine/native/__init__.py,
+// the hyperparameters set again where a callback changed them.
+struct StepState : torch::CustomClassHolder {
+  std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, steps;  // as torch._fused_adam_ takes them
+  std::vector<at::Tensor> counters;  // the step counters each step adds one to
+  at::Tensor found_inf, one, bad_steps;  // the guard's sticky flag, a one, the count of bad steps
+  bool check_handed = false;  // check the gradients handed to the update, else ``checked``
+  std::vector<at::Tensor> checked;
+  double lr = 0, beta1 = 0, beta2 = 0, weight_decay = 0, eps = 0;
+  bool decoupled = false;  // AdamW's decay
+
+  void set_hyperparameters(double lr_, double beta1_, double beta2_, double weight_decay_, double eps_,
+                           bool decoupled_) {
+    lr = lr_, beta1 = beta1_, beta2 = beta2_, weight_decay = weight_decay_, eps = eps_, decoupled = decoupled_;
+  }
+};
+
 // Runs ``sizes.size()`` steps on consecutive batches of ``x`` (``y``, ``logits``) of ``sizes[k]``
 // rows each; each step: the program, the non-finite check, the step counter, the fused update.
 // Returns the gradients the last update took (``handed`` slots replaced by the program).
 std::vector<at::Tensor> run_steps(at::TensorList bound, at::IntArrayRef code_ref, const at::Tensor& x,
                                   const std::optional<at::Tensor>& y, const std::optional<at::Tensor>& logits,
-                                  at::IntArrayRef sizes, at::TensorList params, at::TensorList grads,
-                                  at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList steps,
-                                  at::TensorList counters, const at::Tensor& found_inf, const at::Tensor& one,
-                                  const at::Tensor& bad_steps, bool check_handed, at::TensorList checked,
-                                  double lr, double beta1, double beta2, double weight_decay, double eps,
-                                  bool decoupled) {
+                                  at::IntArrayRef sizes, const c10::intrusive_ptr<StepState>& state) {
+  const StepState& s = *state;
   std::vector<at::Tensor> table(bound.begin(), bound.end());
-  std::vector<at::Tensor> handed(grads.begin(), grads.end());
+  std::vector<at::Tensor> handed(s.grads.begin(), s.grads.end());
   const std::vector<int64_t> code(code_ref.begin(), code_ref.end());
-  const std::vector<at::Tensor> checked_list(checked.begin(), checked.end());
   const at::Tensor z_default = table[kZ];
-  at::Tensor found = found_inf, bad = bad_steps;
+  at::Tensor found = s.found_inf, bad = s.bad_steps;
   Program program{table, handed};
-  HostCounters host(found, bad, counters);
+  HostCounters host(found, bad, s.counters);
   int64_t first = 0;
   for (int64_t rows : sizes) {
     table[kX] = x.narrow(0, first, rows);
@@ -484,16 +478,17 @@ std::vector<at::Tensor> run_steps(at::TensorList bound, at::IntArrayRef code_ref
     table[kZ] = logits ? logits->narrow(0, first, rows) : z_default;
     first += rows;
     program.run(code, rows);
-    const at::TensorList check = check_handed ? at::TensorList(handed) : at::TensorList(checked_list);
+    const at::TensorList check = s.check_handed ? at::TensorList(handed) : at::TensorList(s.checked);
     if (host.found && avx512_build() && contiguous_floats(check)) {
       host.check_and_count(check);
     } else {
-      at::_amp_foreach_non_finite_check_and_unscale_(check, found, one);
+      at::_amp_foreach_non_finite_check_and_unscale_(check, found, s.one);
       bad.add_(found);
-      if (counters.size() == 1) counters[0].add_(one);
-      else at::_foreach_add_(counters, one);
+      if (s.counters.size() == 1) s.counters[0].add_(s.one);
+      else at::_foreach_add_(s.counters, s.one);
     }
-    adam_update(params, handed, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, weight_decay, eps, decoupled, found);
+    adam_update(s.params, handed, s.exp_avgs, s.exp_avg_sqs, s.steps, s.lr, s.beta1, s.beta2, s.weight_decay, s.eps,
+                s.decoupled, found);
   }
   return handed;
 }
@@ -501,10 +496,22 @@ std::vector<at::Tensor> run_steps(at::TensorList bound, at::IntArrayRef code_ref
 }  // namespace
 
 TORCH_LIBRARY(hpctrain_native, m) {
-  m.def("run_steps(Tensor[] bound, int[] code, Tensor x, Tensor? y, Tensor? logits, int[] sizes, Tensor[] params, "
-        "Tensor[] grads, Tensor[] exp_avgs, Tensor[] exp_avg_sqs, Tensor[] steps, Tensor[] counters, "
-        "Tensor found_inf, Tensor one, Tensor bad_steps, bool check_handed, Tensor[] checked, float lr, "
-        "float beta1, float beta2, float weight_decay, float eps, bool decoupled) -> Tensor[]");
+  m.class_<StepState>("StepState")
+      .def(torch::init<>())
+      .def_readwrite("params", &StepState::params)
+      .def_readwrite("grads", &StepState::grads)
+      .def_readwrite("exp_avgs", &StepState::exp_avgs)
+      .def_readwrite("exp_avg_sqs", &StepState::exp_avg_sqs)
+      .def_readwrite("steps", &StepState::steps)
+      .def_readwrite("counters", &StepState::counters)
+      .def_readwrite("found_inf", &StepState::found_inf)
+      .def_readwrite("one", &StepState::one)
+      .def_readwrite("bad_steps", &StepState::bad_steps)
+      .def_readwrite("check_handed", &StepState::check_handed)
+      .def_readwrite("checked", &StepState::checked)
+      .def("set_hyperparameters", &StepState::set_hyperparameters);
+  m.def("run_steps(Tensor[] bound, int[] code, Tensor x, Tensor? y, Tensor? logits, int[] sizes, "
+        "__torch__.torch.classes.hpctrain_native.StepState state) -> Tensor[]");
   m.def("adam_update(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
         "Tensor[] steps, float lr, float beta1, float beta2, float weight_decay, float eps, bool decoupled, "
         "Tensor found_inf) -> ()");
