@@ -217,3 +217,16 @@ def test_the_opcode_table_is_defined_once_in_python():
         assert f.read() == code.cpp_header()
     assert code.OPCODES["MM"] == code.MM == 0 and len(code.OPERANDS) == len(code.INSTRUCTIONS)
     assert f"kDropoutBackward = {code.DROPOUT_BACKWARD}" in code.cpp_header()
+
+
+def test_a_lock_left_by_a_killed_build_is_not_waited_for(tmp_path):
+    """cpp_extension's lock file outlives a killed build, and its load() would wait for it forever:
+    a lock whose builder process is gone counts as no build."""
+    (tmp_path / "lock").touch()
+    (tmp_path / "builder").write_text(str(os.getpid()))
+    assert native.compile_job.build_running(str(tmp_path))
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "builder").write_text(finished.stdout.strip())
+    assert not native.compile_job.build_running(str(tmp_path))
+    native.compile_job._wait_for_another_build(str(tmp_path / "lock"), str(tmp_path / "builder"))
+    assert not (tmp_path / "lock").exists()

@@ -104,7 +104,8 @@ def build_in_background() -> None:
     """Starts the build in a process of its own unless the library is there, being built, failed
     before, or cannot be built here. Called when a fit that could have used it ends: started
     while training, even an idle-priority compiler slowed a two-thread fit severalfold."""
-    if not enabled() or _state["error"] or unavailable_reason() or _failure() or os.path.exists(_lock_path()):
+    if (not enabled() or _state["error"] or unavailable_reason() or _failure()
+            or compile_job.build_running(build_dir())):
         return
     try:
         _write_header()
@@ -159,10 +160,12 @@ def status() -> str:
     failure = _failure()
     if failure:
         return f"C++ step loop {failure}; the Python loop runs"
-    if os.path.exists(_lock_path()):
+    if compile_job.build_running(build_dir()):
         return "C++ step loop being built in the background; the Python loop runs meanwhile"
     if os.path.exists(library_path()):
-        return "C++ step loop built, loaded at the first fit that uses it"
+        return ("C++ step loop built, loaded at the first fit that uses it" if _built() else
+                "C++ step loop out of date (a new source or PyTorch): rebuilt in the background when a fit that can "
+                "use it ends")
     return "C++ step loop not built yet: built in the background when a fit that can use it ends"
 
 
@@ -225,7 +228,7 @@ def _built() -> bool:
     finds nothing to do: a new source or table, or a new PyTorch's headers, would rebuild it, and
     that is left to the background build, not done inside a fit)."""
     try:
-        if not os.path.exists(library_path()) or os.path.exists(_lock_path()):
+        if not os.path.exists(library_path()) or compile_job.build_running(build_dir()):
             return False
         _write_header()
         result = subprocess.run([shutil.which("ninja"), "-n", "-C", build_dir()], capture_output=True, text=True,
@@ -258,10 +261,6 @@ def _load_arguments() -> dict:
     return dict(name=NAME, sources=[SOURCE], extra_cflags=EXTRA_CFLAGS, extra_ldflags=EXTRA_LDFLAGS,
                 extra_include_paths=[build_dir()], build_directory=build_dir(), is_python_module=False,
                 verbose=False)
-
-
-def _lock_path() -> str:
-    return os.path.join(build_dir(), "lock")  # cpp_extension's, held while it builds
 
 
 def _failure_path() -> str:

@@ -16,7 +16,8 @@ import sys
 import time
 
 # cpp_extension's lock is a file, left behind where a build was killed; a later build would wait
-# for it forever. A build takes well under this.
+# for it forever. Each build here writes its process id next to it: a lock whose builder is gone is
+# removed. A lock with no builder named is given this long.
 STALE_LOCK_SECONDS = 600
 
 
@@ -25,20 +26,56 @@ def load_or_record_failure(arguments: dict, failure: str) -> bool:
     process); where it fails, writes the builder's message to ``failure``."""
     from torch.utils.cpp_extension import load
 
-    lock = os.path.join(arguments["build_directory"], "lock")
-    try:
-        if time.time() - os.path.getmtime(lock) > STALE_LOCK_SECONDS:
-            os.unlink(lock)
-    except OSError:
-        pass
+    directory = arguments["build_directory"]
+    _wait_for_another_build(os.path.join(directory, "lock"), os.path.join(directory, "builder"))
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "builder"), "w") as f:
+        f.write(str(os.getpid()))
     try:
         load(**arguments)
         return True
     except Exception as error:  # the builder raises RuntimeError, OSError, CalledProcessError...
-        os.makedirs(os.path.dirname(failure), exist_ok=True)
         with open(failure, "w") as f:
             f.write(error_summary(error))
         return False
+    finally:
+        try:
+            os.unlink(os.path.join(directory, "builder"))
+        except OSError:
+            pass
+
+
+def build_running(directory: str) -> bool:
+    """Whether a process is building in ``directory`` now (holds cpp_extension's lock, alive)."""
+    lock = os.path.join(directory, "lock")
+    return os.path.exists(lock) and _builder_alive(lock, os.path.join(directory, "builder"))
+
+
+def _wait_for_another_build(lock: str, builder: str) -> None:
+    """Waits while another process builds (``load`` would too), but not for a lock whose builder is
+    gone, which ``load`` would wait for forever: that one is removed."""
+    while os.path.exists(lock):
+        if not _builder_alive(lock, builder):
+            try:
+                os.unlink(lock)
+            except OSError:
+                pass
+            return
+        time.sleep(0.2)
+
+
+def _builder_alive(lock: str, builder: str) -> bool:
+    try:
+        with open(builder) as f:
+            os.kill(int(f.read()), 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError):  # no builder named (or not ours to signal): judged by the lock's age
+        try:
+            return time.time() - os.path.getmtime(lock) < STALE_LOCK_SECONDS
+        except OSError:
+            return True
 
 
 def error_summary(error: Exception) -> str:
