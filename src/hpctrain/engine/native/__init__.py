@@ -170,37 +170,56 @@ def status() -> str:
 
 
 class StepLoop:
-    """``run_steps`` with its parameters in one ``StepState`` (a struct of ``step_loop.cpp``): the
-    Adam update's tensors and the non-finite check's, bound once per update and guard."""
+    """``run_steps`` with its parameters besides the program and batches bound once per update and
+    guard: the ``StepState`` of ``step_loop.cpp``, passed as one list of tensors, the length of each
+    group in it and the numbers."""
+
+    GROUPS = ("params", "grads", "exp_avgs", "exp_avg_sqs", "steps", "counters")  # of the update, then checked
 
     def __init__(self, op):
         self._op = op
-        self._states = weakref.WeakKeyDictionary()  # update -> (guard, checked, StepState, hyperparameters)
+        self._states = weakref.WeakKeyDictionary()  # update -> (guard, check_handed, checked, StepState)
 
-    def state(self, update, guard, *, check_handed: bool, checked: list[torch.Tensor]):
+    def state(self, update, guard, *, check_handed: bool, checked: list[torch.Tensor]) -> StepState:
         """The ``StepState`` for the fused Adam ``update`` (engine/optim.py) and non-finite ``guard``
         (engine/guard.py); its hyperparameters read again from the optimizer on every call."""
         bound = self._states.get(update)
-        if bound is None or bound[0] is not guard or bound[1] != (check_handed, [id(t) for t in checked]):
-            state = torch.classes.hpctrain_native.StepState()
-            for name in ("params", "grads", "exp_avgs", "exp_avg_sqs", "steps", "counters"):
-                setattr(state, name, list(getattr(update, name)))
-            state.found_inf, state.one, state.bad_steps = guard.found_inf, guard.one, guard.bad_steps
-            state.check_handed, state.checked = check_handed, list(checked)
-            bound = [guard, (check_handed, [id(t) for t in checked]), state, None]
-            self._states[update] = bound
+        if bound is None or bound[0] is not guard or bound[1] != check_handed or bound[2] != [id(t) for t in checked]:
+            groups = [list(getattr(update, name)) for name in self.GROUPS] + [list(checked)]
+            tensors = [t for group in groups for t in group] + [guard.found_inf, guard.one, guard.bad_steps]
+            state = StepState(tensors, [len(group) for group in groups], check_handed)
+            bound = self._states[update] = (guard, check_handed, [id(t) for t in checked], state)
         group = update.optimizer.param_groups[0]
-        hyperparameters = (float(group["lr"]), *group["betas"], group["weight_decay"], group["eps"], update.decoupled)
-        if hyperparameters != bound[3]:  # a callback changed the learning rate, say
-            bound[2].set_hyperparameters(*hyperparameters)
-            bound[3] = hyperparameters
-        return bound[2]
+        bound[3].set_hyperparameters(float(group["lr"]), *group["betas"], group["weight_decay"], group["eps"],
+                                     update.decoupled)
+        return bound[3]
 
-    def __call__(self, program, x, y, logits, sizes, state) -> list[torch.Tensor]:
+    def __call__(self, program, x, y, logits, sizes, state: StepState) -> list[torch.Tensor]:
         """Steps on ``sizes[k]`` rows at a time of ``x`` (``y``, ``logits``) by ``program``
         (a :class:`~hpctrain.engine.native.code.NativeCode`); returns the gradients last handed
         to the update."""
-        return self._op(program.table, program.code, x, y, logits, sizes, state)
+        return self._op(program.table, program.code, x, y, logits, sizes, state.tensors, state.lengths,
+                        state.numbers)
+
+
+class StepState:
+    """``run_steps``'s ``StepState`` as it travels: ``tensors`` (the groups of
+    :attr:`StepLoop.GROUPS`, the checked gradients, then the guard's flag, one and bad-step count),
+    ``lengths`` (of each group) and ``numbers`` (lr, beta1, beta2, weight_decay, eps, decoupled,
+    check_handed)."""
+
+    __slots__ = ("tensors", "lengths", "numbers", "_check_handed", "_hyperparameters")
+
+    def __init__(self, tensors: list[torch.Tensor], lengths: list[int], check_handed: bool):
+        self.tensors, self.lengths, self._check_handed = tensors, lengths, check_handed
+        self._hyperparameters = self.numbers = None
+
+    def set_hyperparameters(self, lr: float, beta1: float, beta2: float, weight_decay: float, eps: float,
+                            decoupled: bool) -> None:
+        hyperparameters = (lr, beta1, beta2, weight_decay, eps, decoupled)
+        if hyperparameters != self._hyperparameters:  # a callback changed the learning rate, say
+            self._hyperparameters = hyperparameters
+            self.numbers = [lr, beta1, beta2, weight_decay, eps, float(decoupled), float(self._check_handed)]
 
 
 def _warn_once() -> None:

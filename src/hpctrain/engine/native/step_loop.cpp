@@ -12,7 +12,6 @@
 #include <ATen/Version.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <immintrin.h>
-#include <torch/custom_class.h>
 #include <torch/library.h>
 
 #include <atomic>
@@ -52,7 +51,8 @@ double real(int64_t bits) {
   return value;
 }
 
-struct Program {
+// Runs a program's instructions for one batch.
+struct Interpreter {
   std::vector<at::Tensor>& table;
   std::vector<at::Tensor>& handed;
   double scale = 1.0;
@@ -440,20 +440,34 @@ struct HostCounters {
 };
 
 // run_steps's parameters besides the program and the batches: the fused Adam update's tensors and
-// hyperparameters, and the non-finite check's. Made once per update by engine/native/__init__.py,
-// the hyperparameters set again where a callback changed them.
-struct StepState : torch::CustomClassHolder {
-  std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, steps;  // as torch._fused_adam_ takes them
-  std::vector<at::Tensor> counters;  // the step counters each step adds one to
-  at::Tensor found_inf, one, bad_steps;  // the guard's sticky flag, a one, the count of bad steps
-  bool check_handed = false;  // check the gradients handed to the update, else ``checked``
-  std::vector<at::Tensor> checked;
-  double lr = 0, beta1 = 0, beta2 = 0, weight_decay = 0, eps = 0;
-  bool decoupled = false;  // AdamW's decay
+// hyperparameters, and the non-finite check's. From Python they come as one list of tensors, the
+// length of each group in it and the numbers (engine/native/__init__.py, StepLoop.state, bound once
+// per update): a TorchScript class object passed from Python cost ~2x the call of 23 arguments.
+struct StepState {
+  // The groups of ``tensors``, in this order, ``lengths`` tensors each.
+  at::TensorList params, grads, exp_avgs, exp_avg_sqs, steps;  // as torch._fused_adam_ takes them
+  at::TensorList counters;  // the step counters each step adds one to
+  at::TensorList checked;  // the gradients checked for inf and NaN, where not those handed to the update
+  // Then one each: the guard's sticky flag, a one, the count of bad steps.
+  at::Tensor found_inf, one, bad_steps;
+  // ``numbers``, in this order.
+  double lr, beta1, beta2, weight_decay, eps;
+  bool decoupled;  // AdamW's decay
+  bool check_handed;  // check the gradients handed to the update, not ``checked``
 
-  void set_hyperparameters(double lr_, double beta1_, double beta2_, double weight_decay_, double eps_,
-                           bool decoupled_) {
-    lr = lr_, beta1 = beta1_, beta2 = beta2_, weight_decay = weight_decay_, eps = eps_, decoupled = decoupled_;
+  StepState(at::TensorList tensors, at::IntArrayRef lengths, at::ArrayRef<double> numbers) {
+    TORCH_CHECK(lengths.size() == 7 && numbers.size() == 7, "run_steps: 7 groups of tensors and 7 numbers");
+    at::TensorList* groups[] = {&params, &grads, &exp_avgs, &exp_avg_sqs, &steps, &counters, &checked};
+    size_t first = 0;
+    for (size_t i = 0; i < 7; ++i) {
+      TORCH_CHECK(lengths[i] >= 0 && first + lengths[i] <= tensors.size(), "run_steps: group lengths");
+      *groups[i] = tensors.slice(first, lengths[i]);
+      first += lengths[i];
+    }
+    TORCH_CHECK(tensors.size() == first + 3, "run_steps: found_inf, one and bad_steps after the groups");
+    found_inf = tensors[first], one = tensors[first + 1], bad_steps = tensors[first + 2];
+    lr = numbers[0], beta1 = numbers[1], beta2 = numbers[2], weight_decay = numbers[3], eps = numbers[4];
+    decoupled = numbers[5] != 0, check_handed = numbers[6] != 0;
   }
 };
 
@@ -462,14 +476,15 @@ struct StepState : torch::CustomClassHolder {
 // Returns the gradients the last update took (``handed`` slots replaced by the program).
 std::vector<at::Tensor> run_steps(at::TensorList bound, at::IntArrayRef code_ref, const at::Tensor& x,
                                   const std::optional<at::Tensor>& y, const std::optional<at::Tensor>& logits,
-                                  at::IntArrayRef sizes, const c10::intrusive_ptr<StepState>& state) {
-  const StepState& s = *state;
-  std::vector<at::Tensor> table(bound.begin(), bound.end());
+                                  at::IntArrayRef sizes, at::TensorList state_tensors, at::IntArrayRef lengths,
+                                  at::ArrayRef<double> numbers) {
+  const StepState s(state_tensors, lengths, numbers);
+  std::vector<at::Tensor> table(bound.begin(), bound.end());  // its per-batch and per-step slots rebound below
   std::vector<at::Tensor> handed(s.grads.begin(), s.grads.end());
   const std::vector<int64_t> code(code_ref.begin(), code_ref.end());
   const at::Tensor z_default = table[kZ];
   at::Tensor found = s.found_inf, bad = s.bad_steps;
-  Program program{table, handed};
+  Interpreter interpreter{table, handed};
   HostCounters host(found, bad, s.counters);
   int64_t first = 0;
   for (int64_t rows : sizes) {
@@ -477,7 +492,7 @@ std::vector<at::Tensor> run_steps(at::TensorList bound, at::IntArrayRef code_ref
     if (y) table[kY] = y->narrow(0, first, rows);
     table[kZ] = logits ? logits->narrow(0, first, rows) : z_default;
     first += rows;
-    program.run(code, rows);
+    interpreter.run(code, rows);
     const at::TensorList check = s.check_handed ? at::TensorList(handed) : at::TensorList(s.checked);
     if (host.found && avx512_build() && contiguous_floats(check)) {
       host.check_and_count(check);
@@ -496,22 +511,8 @@ std::vector<at::Tensor> run_steps(at::TensorList bound, at::IntArrayRef code_ref
 }  // namespace
 
 TORCH_LIBRARY(hpctrain_native, m) {
-  m.class_<StepState>("StepState")
-      .def(torch::init<>())
-      .def_readwrite("params", &StepState::params)
-      .def_readwrite("grads", &StepState::grads)
-      .def_readwrite("exp_avgs", &StepState::exp_avgs)
-      .def_readwrite("exp_avg_sqs", &StepState::exp_avg_sqs)
-      .def_readwrite("steps", &StepState::steps)
-      .def_readwrite("counters", &StepState::counters)
-      .def_readwrite("found_inf", &StepState::found_inf)
-      .def_readwrite("one", &StepState::one)
-      .def_readwrite("bad_steps", &StepState::bad_steps)
-      .def_readwrite("check_handed", &StepState::check_handed)
-      .def_readwrite("checked", &StepState::checked)
-      .def("set_hyperparameters", &StepState::set_hyperparameters);
-  m.def("run_steps(Tensor[] bound, int[] code, Tensor x, Tensor? y, Tensor? logits, int[] sizes, "
-        "__torch__.torch.classes.hpctrain_native.StepState state) -> Tensor[]");
+  m.def("run_steps(Tensor[] table, int[] code, Tensor x, Tensor? y, Tensor? logits, int[] sizes, Tensor[] state, "
+        "int[] lengths, float[] numbers) -> Tensor[]");
   m.def("adam_update(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
         "Tensor[] steps, float lr, float beta1, float beta2, float weight_decay, float eps, bool decoupled, "
         "Tensor found_inf) -> ()");
