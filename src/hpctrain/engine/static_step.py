@@ -483,11 +483,9 @@ class StaticStep:
 
         One call per run of equal sizes; the same kernels as :meth:`__call__`, and the logits go to
         the metrics as one slot per call."""
-        update, guard = self.update, self._guard
-        group = update.optimizer.param_groups[0]
-        beta1, beta2 = group["betas"]
-        options = (float(group["lr"]), beta1, beta2, group["weight_decay"], group["eps"], update.decoupled)
-        checked = [] if self.handed else [self.flat_grad]
+        update = self.update
+        state = loop.state(update, self._guard, check_handed=bool(self.handed),
+                           checked=[] if self.handed else [self.flat_grad])
         first = 0
         for rows, count in _runs_of_equal(sizes):
             last = first + rows * count
@@ -495,10 +493,7 @@ class StaticStep:
             first = last
             shape = torch.Size((rows, x.shape[1]))  # a batch's shape, without slicing a view for it
             native = self._native.get(shape) or self._native_for(shape)
-            handed = loop(native.table, native.code, xs, ys, metrics.slot(rows * count, ys), [rows] * count,
-                          update.params, update.grads, update.exp_avgs, update.exp_avg_sqs, update.steps,
-                          update.counters, guard.found_inf, guard.one, guard.bad_steps, bool(self.handed), checked,
-                          *options)
+            handed = loop(native, xs, ys, metrics.slot(rows * count, ys), [rows] * count, state)
             if self.handed:
                 update.grads[:] = handed  # the same list object the Python step and the guard hold
 

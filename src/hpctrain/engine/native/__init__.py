@@ -7,34 +7,45 @@ arguments, for a run of batches per call from Python (bit-identical weights: tes
 the Adam update and the non-finite check, are kernels of its own with the same results (the update
 flushes subnormals; see the file).
 
-The library is compiled with the system's C++ compiler against the installed PyTorch (~10 s),
-in an idle-priority process of its own started when the first fit that could use it ends (that
-fit trains on the Python loop); later fits and runs take it from the cache. No compiler, a failed build or
-``HPCTRAIN_NATIVE=0``: the Python loop, always available, and ``hpctrain doctor`` says why.
+It is built by ``torch.utils.cpp_extension.load`` (the compiler flags and ABI of the installed
+PyTorch, its lock and its rebuild-when-changed) into ``native/`` in hpctrain's cache directory, in
+an idle-priority process of its own started when the first fit that could use it ends (that fit
+trains on the Python loop); later fits and runs load it from there. Where it cannot be built (a CPU
+other than x86-64, no C++ compiler or ninja, a failed build) hpctrain says so once, in a
+:class:`StepLoopUnavailable` warning, and trains on the Python executors; ``HPCTRAIN_NATIVE=0``
+turns it off silently. ``hpctrain doctor`` says which.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
+import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
-import json
 import threading
 import time
+import warnings
+import weakref
 
 import torch
 
-from hpctrain.engine.native import compile_job
+from hpctrain.engine.native import code as _code, compile_job
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "step_loop.cpp")
-_LIBRARY_NAME = "step_loop.so"
-_STALE_LOCK_SECONDS = 600  # a build left unfinished by a killed process is retried after this
+HEADER = "step_loop_opcodes.h"  # code.py's tables as C++, written into the build directory
+NAME = "hpctrain_step_loop"
+# Its AVX-512 kernels are built for any x86-64 CPU and run where ATen runs its AVX-512 build.
+EXTRA_CFLAGS = ["-O2", "-ffp-contract=off", "-fopenmp", "-w"]  # fusing is explicit there: see the file
+EXTRA_LDFLAGS = ["-fopenmp"]
 
 _lock = threading.Lock()
-_state = {"op": None, "error": None}
+_state = {"op": None, "error": None, "warned": False}
+
+
+class StepLoopUnavailable(UserWarning):
+    """The C++ step loop cannot be built or loaded here; training runs on the Python executors."""
 
 
 def enabled() -> bool:
@@ -48,72 +59,91 @@ def native_dir() -> str:
     return os.environ.get("HPCTRAIN_NATIVE_DIR") or os.path.join(cache_dir(), "native")
 
 
-def compiler() -> str | None:
-    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+def build_dir() -> str:
+    """Where ``cpp_extension`` builds for this Python and PyTorch (and keeps its lock)."""
+    return os.path.join(native_dir(), f"{sys.implementation.cache_tag}-torch{torch.__version__}")
 
 
 def library_path() -> str:
-    """Where the build for this source, PyTorch, Python and compiler lives."""
-    return os.path.join(native_dir(), _build_key(compiler()), _LIBRARY_NAME)
+    return os.path.join(build_dir(), NAME + ".so")
 
 
-@functools.cache
-def _build_key(compiler_path: str | None) -> str:
-    with open(SOURCE, "rb") as f:
-        source = f.read()
-    return hashlib.sha256(source + f"{torch.__version__}|{sys.version}|{compiler_path}".encode()).hexdigest()[:16]
+def compiler() -> str | None:
+    """The C++ compiler ``cpp_extension`` would run (``$CXX``, else ``c++``), where it is found."""
+    return shutil.which(os.environ.get("CXX") or "c++")
+
+
+def unavailable_reason() -> str | None:
+    """Why this machine cannot build the loop at all, or ``None``."""
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64"):
+        return f"it is written for x86-64 CPUs and this one is {machine or 'unknown'}"
+    if compiler() is None:
+        return f"no C++ compiler ({os.environ.get('CXX') or 'c++'} not found; install g++ or set CXX)"
+    if shutil.which("ninja") is None:
+        return "PyTorch's extension builder needs ninja, which is not found (pip install ninja)"
+    return None
 
 
 def step_loop():
-    """``torch.ops.hpctrain_native.run_steps`` where built (loaded on first use), else ``None``."""
-    if not enabled() or _state["error"]:
+    """``torch.ops.hpctrain_native.run_steps`` as a :class:`StepLoop` where built (loaded on first
+    use), else ``None``, with a :class:`StepLoopUnavailable` warning, once per process, where it
+    cannot be had here."""
+    if not enabled():
         return None
-    op = _state["op"]
-    if op is not None:
-        return op
-    try:
-        path = library_path()
-        return _load(path) if os.path.exists(path) else None
-    except OSError as error:
-        _state["error"] = f"cannot read {native_dir()}: {error}"
-        return None
+    if _state["op"] is None and not _state["error"]:
+        _state["error"] = unavailable_reason() or _failure()
+        if not _state["error"] and _built():
+            _load()
+    if _state["error"]:
+        _warn_once()
+    return _state["op"]
 
 
 def build_in_background() -> None:
     """Starts the build in a process of its own unless the library is there, being built, failed
     before, or cannot be built here. Called when a fit that could have used it ends: started
     while training, even an idle-priority compiler slowed a two-thread fit severalfold."""
-    if not enabled() or _state["error"] or compiler() is None:
+    if (not enabled() or _state["error"] or unavailable_reason() or _failure()
+            or compile_job.build_running(build_dir())):
         return
     try:
-        path = library_path()
-        if not os.path.exists(path):
-            _start_build(path)
+        _write_header()
     except OSError as error:  # an unwritable cache directory, say: training goes on in Python
         _state["error"] = f"cannot build in {native_dir()}: {error}"
+        return
+    spec = json.dumps({"load": _load_arguments(), "failure": _failure_path()})
+    subprocess.Popen([sys.executable, compile_job.__file__, spec], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def build(timeout: float = 300.0) -> bool:
-    """Builds (or waits for the running build) and loads the library; False with :func:`status`
-    saying why where it cannot be had."""
-    if not enabled() or compiler() is None:
+def build() -> bool:
+    """Builds (or waits for the build running) and loads the library; False with :func:`status`
+    saying why where it cannot be had. An earlier failure is retried."""
+    if not enabled():
         return False
-    path = library_path()
-    if not os.path.exists(path):
-        try:
-            os.unlink(_failure_path(path))  # asked for explicitly: an earlier failure is retried
-        except OSError:
-            pass
-        try:
-            if _claim(path):
-                compile_job.compile_library(_compile_command(), path, _lock_path(path), _failure_path(path))
-        except OSError as error:
-            _state["error"] = f"cannot build in {native_dir()}: {error}"
-            return False
-        deadline = time.monotonic() + timeout
-        while not os.path.exists(path) and os.path.exists(_lock_path(path)) and time.monotonic() < deadline:
-            time.sleep(0.2)  # another process is building it
-    return os.path.exists(path) and _load(path) is not None
+    if _state["op"] is not None:
+        return True
+    reason = unavailable_reason()
+    if reason:
+        _state["error"] = reason
+        return False
+    try:
+        os.unlink(_failure_path())
+    except OSError:
+        pass
+    _state["error"] = None
+    try:
+        _write_header()
+    except OSError as error:
+        _state["error"] = f"cannot build in {native_dir()}: {error}"
+        return False
+    with _lock:
+        if compile_job.load_or_record_failure(_load_arguments(), _failure_path()):
+            _state["op"] = StepLoop(torch.ops.hpctrain_native.run_steps)
+        else:
+            _state["error"] = _failure() or "build failed"
+    return _state["op"] is not None
 
 
 def status() -> str:
@@ -122,76 +152,146 @@ def status() -> str:
         return "off (HPCTRAIN_NATIVE=0)" if sys.platform.startswith("linux") else "off (Linux only)"
     if _state["op"] is not None:
         return "C++ step loop loaded"
-    if _state["error"]:
-        return f"C++ step loop unavailable: {_state['error']}"
-    if compiler() is None:
-        return "C++ step loop unavailable: no C++ compiler (install g++, or set CXX); the Python loop runs"
-    path = library_path()
-    if os.path.exists(path):
-        return "C++ step loop built, loaded at the first fit that uses it"
-    failed = _failure_path(path)
-    if os.path.exists(failed):
-        with open(failed) as f:
-            last_line = (f.read().strip().splitlines() or ["no message"])[-1]
-        return f"C++ step loop build failed (see {failed}): {last_line}; the Python loop runs"
-    if os.path.exists(_lock_path(path)):
+    reason = _state["error"] or unavailable_reason()
+    if reason and reason.startswith("build failed"):
+        return f"C++ step loop {reason}; the Python loop runs"
+    if reason:
+        return f"C++ step loop unavailable: {reason}; the Python loop runs"
+    failure = _failure()
+    if failure:
+        return f"C++ step loop {failure}; the Python loop runs"
+    if compile_job.build_running(build_dir()):
         return "C++ step loop being built in the background; the Python loop runs meanwhile"
+    if os.path.exists(library_path()):
+        return ("C++ step loop built, loaded at the first fit that uses it" if _built() else
+                "C++ step loop out of date (a new source or PyTorch): rebuilt in the background when a fit that can "
+                "use it ends")
     return "C++ step loop not built yet: built in the background when a fit that can use it ends"
 
 
-def _load(path: str):
+class StepLoop:
+    """``run_steps`` with its parameters besides the program and batches bound once per update and
+    guard: the ``StepState`` of ``step_loop.cpp``, passed as one list of tensors, the length of each
+    group in it and the numbers."""
+
+    GROUPS = ("params", "grads", "exp_avgs", "exp_avg_sqs", "steps", "counters")  # of the update, then checked
+
+    def __init__(self, op):
+        self._op = op
+        self._states = weakref.WeakKeyDictionary()  # update -> (guard, check_handed, checked, StepState)
+
+    def state(self, update, guard, *, check_handed: bool, checked: list[torch.Tensor]) -> StepState:
+        """The ``StepState`` for the fused Adam ``update`` (engine/optim.py) and non-finite ``guard``
+        (engine/guard.py); its hyperparameters read again from the optimizer on every call."""
+        bound = self._states.get(update)
+        if bound is None or bound[0] is not guard or bound[1] != check_handed or bound[2] != [id(t) for t in checked]:
+            groups = [list(getattr(update, name)) for name in self.GROUPS] + [list(checked)]
+            tensors = [t for group in groups for t in group] + [guard.found_inf, guard.one, guard.bad_steps]
+            state = StepState(tensors, [len(group) for group in groups], check_handed)
+            bound = self._states[update] = (guard, check_handed, [id(t) for t in checked], state)
+        group = update.optimizer.param_groups[0]
+        bound[3].set_hyperparameters(float(group["lr"]), *group["betas"], group["weight_decay"], group["eps"],
+                                     update.decoupled)
+        return bound[3]
+
+    def __call__(self, program, x, y, logits, sizes, state: StepState) -> list[torch.Tensor]:
+        """Steps on ``sizes[k]`` rows at a time of ``x`` (``y``, ``logits``) by ``program``
+        (a :class:`~hpctrain.engine.native.code.NativeCode`); returns the gradients last handed
+        to the update."""
+        return self._op(program.table, program.code, x, y, logits, sizes, state.tensors, state.lengths,
+                        state.numbers)
+
+
+class StepState:
+    """``run_steps``'s ``StepState`` as it travels: ``tensors`` (the groups of
+    :attr:`StepLoop.GROUPS`, the checked gradients, then the guard's flag, one and bad-step count),
+    ``lengths`` (of each group) and ``numbers`` (lr, beta1, beta2, weight_decay, eps, decoupled,
+    check_handed)."""
+
+    __slots__ = ("tensors", "lengths", "numbers", "_check_handed", "_hyperparameters")
+
+    def __init__(self, tensors: list[torch.Tensor], lengths: list[int], check_handed: bool):
+        self.tensors, self.lengths, self._check_handed = tensors, lengths, check_handed
+        self._hyperparameters = self.numbers = None
+
+    def set_hyperparameters(self, lr: float, beta1: float, beta2: float, weight_decay: float, eps: float,
+                            decoupled: bool) -> None:
+        hyperparameters = (lr, beta1, beta2, weight_decay, eps, decoupled)
+        if hyperparameters != self._hyperparameters:  # a callback changed the learning rate, say
+            self._hyperparameters = hyperparameters
+            self.numbers = [lr, beta1, beta2, weight_decay, eps, float(decoupled), float(self._check_handed)]
+
+
+def _warn_once() -> None:
+    if not _state["warned"]:
+        _state["warned"] = True
+        warnings.warn(f"hpctrain: the C++ step loop cannot be used here: {_state['error']}. Training runs on the "
+                      "Python executors (slower).", StepLoopUnavailable, stacklevel=3)
+
+
+def _load():
     with _lock:
         if _state["op"] is None:
-            try:
-                torch.ops.load_library(path)
-                _state["op"] = torch.ops.hpctrain_native.run_steps
-            except (OSError, RuntimeError) as error:  # not retried in this process
-                _state["error"] = f"could not load {path}: {error}"
+            try:  # as cpp_extension.load loads it, without importing cpp_extension (~0.5 s) where built
+                torch.ops.load_library(library_path())
+                _state["op"] = StepLoop(torch.ops.hpctrain_native.run_steps)
+            except (OSError, RuntimeError, AttributeError) as error:  # not retried in this process
+                last_line = (str(error).strip().splitlines() or ["no message"])[-1]
+                _state["error"] = f"could not load {library_path()}: {last_line}"
                 return None
         return _state["op"]
 
 
-def _lock_path(path: str) -> str:
-    return path + ".building"
-
-
-def _failure_path(path: str) -> str:
-    return path + ".failed"
-
-
-def _start_build(path: str) -> None:
-    """Starts the build in a process of its own, which outlives this one if it has to."""
-    with _lock:
-        if os.path.exists(_failure_path(path)) or not _claim(path):
-            return
-        spec = json.dumps({"command": _compile_command(), "output": path, "lock": _lock_path(path),
-                           "failure": _failure_path(path)})
-        subprocess.Popen([sys.executable, compile_job.__file__, spec], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def _claim(path: str) -> bool:
-    """Takes the build lock, a file, so that concurrent processes build once."""
-    lock = _lock_path(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+def _built() -> bool:
+    """Whether the library is there, no build is running and it is up to date (``ninja -n``
+    finds nothing to do: a new source or table, or a new PyTorch's headers, would rebuild it, and
+    that is left to the background build, not done inside a fit)."""
     try:
-        if time.time() - os.path.getmtime(lock) > _STALE_LOCK_SECONDS:
-            os.unlink(lock)
+        if not os.path.exists(library_path()) or compile_job.build_running(build_dir()):
+            return False
+        _write_header()
+        result = subprocess.run([shutil.which("ninja"), "-n", "-C", build_dir()], capture_output=True, text=True,
+                                timeout=60)
+    except (OSError, subprocess.SubprocessError) as error:
+        _state["error"] = f"cannot read {native_dir()}: {error}"
+        return False
+    return result.returncode == 0 and "no work to do" in result.stdout
+
+
+def _write_header() -> None:
+    """``code.py``'s tables as the header ``step_loop.cpp`` includes, rewritten only where they
+    changed (a newer file makes ninja rebuild)."""
+    path = os.path.join(build_dir(), HEADER)
+    text = _code.cpp_header()
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return
     except OSError:
         pass
+    os.makedirs(build_dir(), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def _load_arguments() -> dict:
+    """``torch.utils.cpp_extension.load``'s arguments."""
+    return dict(name=NAME, sources=[SOURCE], extra_cflags=EXTRA_CFLAGS, extra_ldflags=EXTRA_LDFLAGS,
+                extra_include_paths=[build_dir()], build_directory=build_dir(), is_python_module=False,
+                verbose=False)
+
+
+def _failure_path() -> str:
+    return os.path.join(build_dir(), "failed")
+
+
+def _failure() -> str | None:
+    """"build failed (see FILE): last line" where the last build failed, else ``None``."""
+    path = _failure_path()
     try:
-        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        return True
-    except FileExistsError:
-        return False
-
-
-def _compile_command() -> list[str]:
-    """The compiler's command line; ``{output}`` stands for the library's path."""
-    from torch.utils.cpp_extension import include_paths, library_paths
-
-    libraries = library_paths()[0]
-    return [compiler(), "-O2", "-ffp-contract=off", "-fopenmp", "-std=c++17", "-shared", "-fPIC", "-w",
-            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-            *(f"-I{folder}" for folder in include_paths()), SOURCE, "-o", "{output}",
-            f"-L{libraries}", "-lc10", "-ltorch_cpu", "-ltorch", f"-Wl,-rpath,{libraries}"]
+        with open(path) as f:
+            last_line = (f.read().strip().splitlines() or ["no message"])[-1]
+    except OSError:
+        return None
+    return f"build failed (see {path}): {last_line}"

@@ -1,8 +1,9 @@
 """The program the C++ step loop runs: instructions over a table of tensors bound once.
 
-Mirrors the opcodes of ``step_loop.cpp``. :class:`~hpctrain.engine.static_step._ProgramWriter`
-emits one instruction next to each line of the step's generated Python, so both run the same
-kernels in the same order.
+The instruction set is defined here (:data:`INSTRUCTIONS`); ``step_loop.cpp`` is compiled with it
+written out as a header (:func:`cpp_header`), so the two cannot disagree.
+:class:`~hpctrain.engine.static_step._ProgramWriter` emits one instruction next to each line of
+the step's generated Python, so both run the same kernels in the same order.
 """
 
 from __future__ import annotations
@@ -12,13 +13,57 @@ import struct
 
 import torch
 
-(MM, ADDMM_BIAS, ADDMM_SCALED, ONEDNN_COPY, ONEDNN_SCALED, ONEDNN_HAND, HAND, ACTIVATION, ACTIVATION_BACKWARD,
- LOSS_GRADIENT, SCALE_GRADIENT, ADDMV_SCALED, DROPOUT, DROPOUT_BACKWARD) = range(14)
-OPERANDS = (3, 4, 3, 4, 3, 3, 2, 2, 3, 5, 1, 3, 5, 5)
+# The instruction set, defined here once: name -> (operands, what the instruction does). Opcodes
+# number the instructions in this order; each instruction is [opcode, operands...]. A tensor
+# operand is 2 * (its slot in the table) + (1 where taken transposed). step_loop.cpp is compiled
+# with this table written out as a C++ header (:func:`cpp_header`).
+INSTRUCTIONS = {
+    "MM": ("out a b", "mm(a, b, out=out)"),
+    "ADDMM_BIAS": ("out bias a b", "addmm(bias, a, b, out=out)"),
+    "ADDMM_SCALED": ("out a b", "addmm(out, a, b, beta=0, alpha=scale, out=out)"),
+    "ONEDNN_COPY": ("out a w bias", "out.copy_(onednn(a, w, bias)); bias -1 for none"),
+    "ONEDNN_SCALED": ("out a w", "mul(onednn(a, w), scale, out=out)"),
+    "ONEDNN_HAND": ("slot a w", "handed[slot] = onednn(a, w)"),
+    "HAND": ("slot t", "handed[slot] = t"),
+    "ACTIVATION": ("kind a", "the activation, in place"),
+    "ACTIVATION_BACKWARD": ("kind grad out", "grad = the activation's backward, in place"),
+    "LOSS_GRADIENT": ("kind z y out minus_ones", "out = c * dloss/dz; scale = 1/c"),
+    "SCALE_GRADIENT": ("g", "g *= scale; scale = 1"),
+    "ADDMV_SCALED": ("out a v", "addmv(out, a, v, beta=0, alpha=scale, out=out)"),
+    "DROPOUT": ("out mask a torch_mask rate", "out, mask = dropout(a), new tensors"),
+    "DROPOUT_BACKWARD": ("out grad mask torch_mask scale", "out = dropout backward of grad"),
+}
+OPCODES = {name: opcode for opcode, name in enumerate(INSTRUCTIONS)}
+OPERANDS = tuple(len(operands.split()) for operands, _ in INSTRUCTIONS.values())
 ACTIVATION_KINDS = {"relu": 0, "tanh": 1, "sigmoid": 2}
-CROSS_ENTROPY, BINARY_CROSS_ENTROPY, SQUARED_ERROR, ABSOLUTE_ERROR = range(4)
+LOSS_KINDS = {"CROSS_ENTROPY": 0, "BINARY_CROSS_ENTROPY": 1, "SQUARED_ERROR": 2, "ABSOLUTE_ERROR": 3}
 # The first table slots are rebound for every batch: the batch, its targets, where the logits go.
 PER_BATCH = ("x", "y", "z")
+
+# The names static_step emits: MM, ADDMM_BIAS, ..., CROSS_ENTROPY, ...
+globals().update(OPCODES)
+globals().update(LOSS_KINDS)
+
+
+def cpp_header() -> str:
+    """The tables above as C++ (``step_loop_opcodes.h``, written next to the build)."""
+
+    def constant(name: str) -> str:  # ADDMM_BIAS -> kAddmmBias, as step_loop.cpp names them
+        return "k" + "".join(word.capitalize() for word in name.split("_"))
+
+    def enum(name: str, values: dict[str, int]) -> str:
+        members = ", ".join(f"{constant(key)} = {value}" for key, value in values.items())
+        return f"enum {name} : int64_t {{ {members} }};"
+
+    lines = ["// Written by hpctrain/engine/native/code.py from its tables; edit those, not this file.",
+             "#pragma once", "#include <cstdint>", ""]
+    lines += [f"// {opcode:2d} {name}: {operands} -- {effect}"
+              for opcode, (name, (operands, effect)) in enumerate(INSTRUCTIONS.items())]
+    slots = ", ".join(f"k{name.upper()} = {slot}" for slot, name in enumerate(PER_BATCH))
+    lines += [enum("Op", OPCODES), f"constexpr int64_t kOperands[] = {{{', '.join(map(str, OPERANDS))}}};",
+              enum("Activation", {name.upper(): kind for name, kind in ACTIVATION_KINDS.items()}),
+              enum("Loss", LOSS_KINDS), f"constexpr int64_t {slots};", ""]
+    return "\n".join(lines)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,45 +1,90 @@
-"""Compiles the C++ step loop: run as a script, in a process of its own, by ``native._start_build``.
+"""Builds the C++ step loop with ``torch.utils.cpp_extension.load``: run as a script, in a process of
+its own, by ``native.build_in_background``, or called by ``native.build``.
 
-A process, not a thread: a short training program exits before the ~10 s build would end, and a
-thread would die with it, leaving no library. Imports nothing of hpctrain or PyTorch (the
-parent passes the whole compiler command), so it starts at once.
+A process, not a thread: a short training program exits before the build would end, and a thread
+would die with it, leaving no library. Imports nothing of hpctrain (the parent passes ``load``'s
+arguments), so it runs where the parent's ``sys.path`` is not the default.
 
-    python compile_job.py '{"command": [...], "output": ..., "lock": ..., "failure": ...}'
+    python compile_job.py '{"load": {...}, "failure": PATH}'
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import tempfile
+import time
+
+# cpp_extension's lock is a file, left behind where a build was killed; a later build would wait
+# for it forever. Each build here writes its process id next to it: a lock whose builder is gone is
+# removed. A lock with no builder named is given this long.
+STALE_LOCK_SECONDS = 600
 
 
-def compile_library(command: list[str], output: str, lock: str, failure: str) -> bool:
-    """Runs ``command`` (``{output}`` in it standing for the library's path) into a temporary file
-    then renamed to ``output``; on failure writes the compiler's message to ``failure``. Removes
-    ``lock`` at the end either way."""
-    with tempfile.NamedTemporaryFile(suffix=".so", dir=os.path.dirname(output), delete=False) as placeholder:
-        temporary = placeholder.name
+def load_or_record_failure(arguments: dict, failure: str) -> bool:
+    """``cpp_extension.load(**arguments)`` (builds where needed, then loads the library into this
+    process); where it fails, writes the builder's message to ``failure``."""
+    from torch.utils.cpp_extension import load
+
+    directory = arguments["build_directory"]
+    _wait_for_another_build(os.path.join(directory, "lock"), os.path.join(directory, "builder"))
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "builder"), "w") as f:
+        f.write(str(os.getpid()))
     try:
-        result = subprocess.run([temporary if part == "{output}" else part for part in command],
-                                capture_output=True, text=True)
-        if result.returncode == 0:
-            os.replace(temporary, output)  # readers see no library or the whole library
-            return True
+        load(**arguments)
+        return True
+    except Exception as error:  # the builder raises RuntimeError, OSError, CalledProcessError...
         with open(failure, "w") as f:
-            f.write(result.stderr[-4000:] or f"the compiler exited with status {result.returncode}")
-    except OSError as error:
-        with open(failure, "w") as f:
-            f.write(str(error))
+            f.write(error_summary(error))
+        return False
     finally:
-        for leftover in (temporary, lock):
+        try:
+            os.unlink(os.path.join(directory, "builder"))
+        except OSError:
+            pass
+
+
+def build_running(directory: str) -> bool:
+    """Whether a process is building in ``directory`` now (holds cpp_extension's lock, alive)."""
+    lock = os.path.join(directory, "lock")
+    return os.path.exists(lock) and _builder_alive(lock, os.path.join(directory, "builder"))
+
+
+def _wait_for_another_build(lock: str, builder: str) -> None:
+    """Waits while another process builds (``load`` would too), but not for a lock whose builder is
+    gone, which ``load`` would wait for forever: that one is removed."""
+    while os.path.exists(lock):
+        if not _builder_alive(lock, builder):
             try:
-                os.unlink(leftover)
+                os.unlink(lock)
             except OSError:
                 pass
-    return False
+            return
+        time.sleep(0.2)
+
+
+def _builder_alive(lock: str, builder: str) -> bool:
+    try:
+        with open(builder) as f:
+            os.kill(int(f.read()), 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError):  # no builder named (or not ours to signal): judged by the lock's age
+        try:
+            return time.time() - os.path.getmtime(lock) < STALE_LOCK_SECONDS
+        except OSError:
+            return True
+
+
+def error_summary(error: Exception) -> str:
+    """The builder's message, its telling line (the compiler's first error) last."""
+    text = str(error).strip() or type(error).__name__
+    lines = text.splitlines()
+    telling = next((line for line in lines if "error" in line.lower() and "Error building extension" not in line),
+                   lines[-1])
+    return "\n".join(lines[-60:] + [telling.strip()])
 
 
 def yield_to_training() -> None:
@@ -55,4 +100,5 @@ def yield_to_training() -> None:
 
 if __name__ == "__main__":
     yield_to_training()
-    sys.exit(0 if compile_library(**json.loads(sys.argv[1])) else 1)
+    spec = json.loads(sys.argv[1])
+    sys.exit(0 if load_or_record_failure(spec["load"], spec["failure"]) else 1)

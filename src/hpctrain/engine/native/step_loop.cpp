@@ -1,7 +1,7 @@
 // The static step's kernel calls, run for many batches in one call from Python.
 //
-// engine/native/__init__.py builds this file once per machine (g++, cached) and engine/
-// static_step.py writes the program it runs: the same ATen calls, in the same order and with the
+// engine/native/__init__.py builds this file once per machine (torch.utils.cpp_extension, cached)
+// and engine/static_step.py writes the program it runs: the same ATen calls, in the same order and with the
 // same arguments, as the step's generated Python, so both give bit-identical weights. What this
 // removes is the interpreter and argument parsing around each call (~1-2 us per call, ~13 calls
 // and the optimizer per step of a small MLP). Two calls are this file's own kernels: the Adam
@@ -24,29 +24,9 @@
 
 namespace {
 
-// Opcodes; each instruction is [opcode, operands...], operand counts fixed per opcode.
-// A tensor operand is 2 * (index in the table) + (1 if transposed).
-enum Op : int64_t {
-  kMm = 0,             // out, a, b:           mm(a, b, out=out)
-  kAddmmBias = 1,      // out, bias, a, b:     addmm(bias, a, b, out=out)
-  kAddmmScaled = 2,    // out, a, b:           addmm(out, a, b, beta=0, alpha=scale, out=out)
-  kOnednnCopy = 3,     // out, a, w, bias|-1:  out.copy_(onednn(a, w, bias))
-  kOnednnScaled = 4,   // out, a, w:           mul(onednn(a, w), scale, out=out)
-  kOnednnHand = 5,     // slot, a, w:          handed[slot] = onednn(a, w)
-  kHand = 6,           // slot, t:             handed[slot] = t
-  kActivation = 7,     // kind, a:             in place
-  kActivationBackward = 8,  // kind, grad, out
-  kLossGradient = 9,   // kind, z, y, out, minus_ones: out = c * dloss/dz; scale = 1/c
-  kScaleGradient = 10, // g:                   g *= scale; scale = 1
-  kAddmvScaled = 11,   // out, a, v:           addmv(out, a, v, beta=0, alpha=scale, out=out)
-  kDropout = 12,       // out, mask, a, torch_mask, rate:  out, mask = dropout(a) (new tensors)
-  kDropoutBackward = 13,  // out, grad, mask, torch_mask, scale:  out = dropout backward of grad
-};
-constexpr int64_t kOperands[] = {3, 4, 3, 4, 3, 3, 2, 2, 3, 5, 1, 3, 5, 5};
-enum Activation : int64_t { kRelu = 0, kTanh = 1, kSigmoid = 2 };
-enum Loss : int64_t { kCrossEntropy = 0, kBinaryCrossEntropy = 1, kSquaredError = 2, kAbsoluteError = 3 };
-// Table slots rebound per batch: the batch, its targets, the logits' destination.
-constexpr int64_t kX = 0, kY = 1, kZ = 2;
+// The instruction set (Op, kOperands), the activation and loss kinds and the per-batch table
+// slots (kX, kY, kZ): written from engine/native/code.py's tables, where they are defined.
+#include "step_loop_opcodes.h"
 
 at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   static auto op = c10::Dispatcher::singleton()
@@ -71,7 +51,8 @@ double real(int64_t bits) {
   return value;
 }
 
-struct Program {
+// Runs a program's instructions for one batch.
+struct Interpreter {
   std::vector<at::Tensor>& table;
   std::vector<at::Tensor>& handed;
   double scale = 1.0;
@@ -458,42 +439,71 @@ struct HostCounters {
   }
 };
 
+// run_steps's parameters besides the program and the batches: the fused Adam update's tensors and
+// hyperparameters, and the non-finite check's. From Python they come as one list of tensors, the
+// length of each group in it and the numbers (engine/native/__init__.py, StepLoop.state, bound once
+// per update): a TorchScript class object passed from Python cost ~2x the call of 23 arguments.
+struct StepState {
+  // The groups of ``tensors``, in this order, ``lengths`` tensors each.
+  at::TensorList params, grads, exp_avgs, exp_avg_sqs, steps;  // as torch._fused_adam_ takes them
+  at::TensorList counters;  // the step counters each step adds one to
+  at::TensorList checked;  // the gradients checked for inf and NaN, where not those handed to the update
+  // Then one each: the guard's sticky flag, a one, the count of bad steps.
+  at::Tensor found_inf, one, bad_steps;
+  // ``numbers``, in this order.
+  double lr, beta1, beta2, weight_decay, eps;
+  bool decoupled;  // AdamW's decay
+  bool check_handed;  // check the gradients handed to the update, not ``checked``
+
+  StepState(at::TensorList tensors, at::IntArrayRef lengths, at::ArrayRef<double> numbers) {
+    TORCH_CHECK(lengths.size() == 7 && numbers.size() == 7, "run_steps: 7 groups of tensors and 7 numbers");
+    at::TensorList* groups[] = {&params, &grads, &exp_avgs, &exp_avg_sqs, &steps, &counters, &checked};
+    size_t first = 0;
+    for (size_t i = 0; i < 7; ++i) {
+      TORCH_CHECK(lengths[i] >= 0 && first + lengths[i] <= tensors.size(), "run_steps: group lengths");
+      *groups[i] = tensors.slice(first, lengths[i]);
+      first += lengths[i];
+    }
+    TORCH_CHECK(tensors.size() == first + 3, "run_steps: found_inf, one and bad_steps after the groups");
+    found_inf = tensors[first], one = tensors[first + 1], bad_steps = tensors[first + 2];
+    lr = numbers[0], beta1 = numbers[1], beta2 = numbers[2], weight_decay = numbers[3], eps = numbers[4];
+    decoupled = numbers[5] != 0, check_handed = numbers[6] != 0;
+  }
+};
+
 // Runs ``sizes.size()`` steps on consecutive batches of ``x`` (``y``, ``logits``) of ``sizes[k]``
 // rows each; each step: the program, the non-finite check, the step counter, the fused update.
 // Returns the gradients the last update took (``handed`` slots replaced by the program).
 std::vector<at::Tensor> run_steps(at::TensorList bound, at::IntArrayRef code_ref, const at::Tensor& x,
                                   const std::optional<at::Tensor>& y, const std::optional<at::Tensor>& logits,
-                                  at::IntArrayRef sizes, at::TensorList params, at::TensorList grads,
-                                  at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList steps,
-                                  at::TensorList counters, const at::Tensor& found_inf, const at::Tensor& one,
-                                  const at::Tensor& bad_steps, bool check_handed, at::TensorList checked,
-                                  double lr, double beta1, double beta2, double weight_decay, double eps,
-                                  bool decoupled) {
-  std::vector<at::Tensor> table(bound.begin(), bound.end());
-  std::vector<at::Tensor> handed(grads.begin(), grads.end());
+                                  at::IntArrayRef sizes, at::TensorList state_tensors, at::IntArrayRef lengths,
+                                  at::ArrayRef<double> numbers) {
+  const StepState s(state_tensors, lengths, numbers);
+  std::vector<at::Tensor> table(bound.begin(), bound.end());  // its per-batch and per-step slots rebound below
+  std::vector<at::Tensor> handed(s.grads.begin(), s.grads.end());
   const std::vector<int64_t> code(code_ref.begin(), code_ref.end());
-  const std::vector<at::Tensor> checked_list(checked.begin(), checked.end());
   const at::Tensor z_default = table[kZ];
-  at::Tensor found = found_inf, bad = bad_steps;
-  Program program{table, handed};
-  HostCounters host(found, bad, counters);
+  at::Tensor found = s.found_inf, bad = s.bad_steps;
+  Interpreter interpreter{table, handed};
+  HostCounters host(found, bad, s.counters);
   int64_t first = 0;
   for (int64_t rows : sizes) {
     table[kX] = x.narrow(0, first, rows);
     if (y) table[kY] = y->narrow(0, first, rows);
     table[kZ] = logits ? logits->narrow(0, first, rows) : z_default;
     first += rows;
-    program.run(code, rows);
-    const at::TensorList check = check_handed ? at::TensorList(handed) : at::TensorList(checked_list);
+    interpreter.run(code, rows);
+    const at::TensorList check = s.check_handed ? at::TensorList(handed) : at::TensorList(s.checked);
     if (host.found && avx512_build() && contiguous_floats(check)) {
       host.check_and_count(check);
     } else {
-      at::_amp_foreach_non_finite_check_and_unscale_(check, found, one);
+      at::_amp_foreach_non_finite_check_and_unscale_(check, found, s.one);
       bad.add_(found);
-      if (counters.size() == 1) counters[0].add_(one);
-      else at::_foreach_add_(counters, one);
+      if (s.counters.size() == 1) s.counters[0].add_(s.one);
+      else at::_foreach_add_(s.counters, s.one);
     }
-    adam_update(params, handed, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, weight_decay, eps, decoupled, found);
+    adam_update(s.params, handed, s.exp_avgs, s.exp_avg_sqs, s.steps, s.lr, s.beta1, s.beta2, s.weight_decay, s.eps,
+                s.decoupled, found);
   }
   return handed;
 }
@@ -501,10 +511,8 @@ std::vector<at::Tensor> run_steps(at::TensorList bound, at::IntArrayRef code_ref
 }  // namespace
 
 TORCH_LIBRARY(hpctrain_native, m) {
-  m.def("run_steps(Tensor[] bound, int[] code, Tensor x, Tensor? y, Tensor? logits, int[] sizes, Tensor[] params, "
-        "Tensor[] grads, Tensor[] exp_avgs, Tensor[] exp_avg_sqs, Tensor[] steps, Tensor[] counters, "
-        "Tensor found_inf, Tensor one, Tensor bad_steps, bool check_handed, Tensor[] checked, float lr, "
-        "float beta1, float beta2, float weight_decay, float eps, bool decoupled) -> Tensor[]");
+  m.def("run_steps(Tensor[] table, int[] code, Tensor x, Tensor? y, Tensor? logits, int[] sizes, Tensor[] state, "
+        "int[] lengths, float[] numbers) -> Tensor[]");
   m.def("adam_update(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
         "Tensor[] steps, float lr, float beta1, float beta2, float weight_decay, float eps, bool decoupled, "
         "Tensor found_inf) -> ()");

@@ -5,17 +5,13 @@ import itertools
 import pytest
 import torch
 
-from hpctrain.engine import native
-
-pytestmark = pytest.mark.skipif(native.compiler() is None or not native.enabled(),
-                                reason="no C++ compiler: the C++ step loop cannot be built here")
+pytestmark = pytest.mark.native_loop  # skipped, with the reason, where it cannot be built
 own_kernel = pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512",
                                 reason="the C++ kernel runs where ATen runs its AVX-512 build; elsewhere ATen's runs")
 
 
-@pytest.fixture(scope="module")
-def adam_update():
-    assert native.build(), native.status()
+@pytest.fixture
+def adam_update(native_loop):
     return torch.ops.hpctrain_native.adam_update
 
 
