@@ -60,8 +60,24 @@ def silu(features, beta=1.0, name=None):
 swish = silu
 
 
+_EQUIVALENTS = {
+    "conv1d": "keras.ops.conv", "conv2d": "keras.ops.conv", "conv3d": "keras.ops.conv",
+    "dropout": "keras.random.dropout, or keras.layers.Dropout",
+    "softmax_cross_entropy_with_logits": "keras.losses.categorical_crossentropy(y, logits, from_logits=True)",
+    "sparse_softmax_cross_entropy_with_logits":
+        "keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)",
+    "sigmoid_cross_entropy_with_logits": "keras.losses.binary_crossentropy(y, logits, from_logits=True)",
+    "embedding_lookup": "keras.ops.take(params, ids, axis=0)",
+}
+
+
 def __getattr__(name: str):
     if name.startswith("__"):
         raise AttributeError(name)
-    equivalent = f"keras.ops.{name}" if hasattr(ops, name) else "keras.ops (https://keras.io/api/ops/nn/)"
+    if name in _EQUIVALENTS:
+        equivalent = _EQUIVALENTS[name]
+    elif hasattr(ops, name):
+        equivalent = f"keras.ops.{name}"
+    else:
+        equivalent = "keras.ops (https://keras.io/api/ops/nn/)"
     raise AttributeError(f"hpctrain has no tf.nn.{name}; use {equivalent}.")
