@@ -60,9 +60,10 @@ def leaves(element) -> list:
     return [element]
 
 
-def _leaf_to_torch(array: np.ndarray):
+def _leaf_to_torch(array):
+    array = np.asarray(array)
     if array.dtype.kind in "biuf" and array.dtype != np.uint16 and array.dtype != np.uint32:
-        return torch.from_numpy(np.ascontiguousarray(array))
+        return torch.from_numpy(array if array.flags.c_contiguous else array.copy(order="C"))
     return array  # strings and other dtypes torch has no tensor for stay NumPy
 
 
@@ -82,7 +83,7 @@ def num_slices(element) -> int:
 
 
 def slice_at(element, index: int):
-    return map_leaves(lambda leaf: leaf[index], element)
+    return map_leaves(lambda leaf: leaf[index, ...], element)  # a 0-d array, not a NumPy scalar
 
 
 def stack(elements: list):
