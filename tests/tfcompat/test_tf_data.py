@@ -200,3 +200,20 @@ def test_keras_fit_on_a_shuffled_repeated_dataset_reaches_every_sample():
     history = model.fit(train, epochs=20, steps_per_epoch=5, validation_data=val, verbose=0)
     assert len(history.history["loss"]) == 20
     assert history.history["val_accuracy"][-1] == 1.0
+
+
+def test_from_generator_and_zip():
+    def pairs(limit):
+        for i in range(limit):
+            yield [i, i * 0.5]
+
+    generated = Dataset.from_generator(pairs, output_types=(tf.int64, tf.float32), args=(3,))
+    elements = list(generated.as_numpy_iterator())
+    assert [(int(a), float(b)) for a, b in elements] == [(0, 0.0), (1, 0.5), (2, 1.0)]
+    assert (elements[0][0].dtype, elements[0][1].dtype) == (np.int64, np.float32)
+    assert int(generated.cardinality()) == -2
+    assert len(list(generated)) == 3  # the generator is called again on every pass
+    zipped = Dataset.zip((Dataset.from_tensor_slices(np.arange(4)), Dataset.range(10, 13)))
+    assert [(int(a), int(b)) for a, b in zipped] == [(0, 10), (1, 11), (2, 12)]
+    assert len(zipped) == 3
+    assert int(Dataset.zip(Dataset.range(2).repeat(), Dataset.range(2).repeat()).cardinality()) == -1

@@ -81,6 +81,33 @@ class Dataset(keras.utils.PyDataset):
         values = np.arange(*args, dtype=str(dtype))
         return Dataset(lambda shuffled: iter(list(values)), len(values))
 
+    @staticmethod
+    def from_generator(generator, output_types=None, output_shapes=None, args=None, output_signature=None,
+                       name=None) -> "Dataset":
+        """The elements ``generator(*args)`` yields, on every pass (its length is unknown).
+        ``output_types`` (a dtype or a structure of them) casts the elements; shapes and
+        signatures are not checked."""
+        def make(shuffled):
+            for element in generator(*(args or ())):
+                element = el.to_numpy(element, lists_are_tuples=True)
+                yield element if output_types is None else el.cast_like(element, output_types)
+
+        return Dataset(make, UNKNOWN)
+
+    @staticmethod
+    def zip(*datasets, name=None) -> "Dataset":
+        """As ``tf.data.Dataset.zip((a, b))``: tuples of the datasets' elements, as long as the
+        shortest."""
+        if len(datasets) == 1 and isinstance(datasets[0], (tuple, list)):
+            datasets = tuple(datasets[0])
+        lengths = [d._length for d in datasets]
+        finite = [n for n in lengths if n >= 0]
+        length = min(finite) if finite else (UNKNOWN if UNKNOWN in lengths else INFINITE)
+        if finite and UNKNOWN in lengths:
+            length = UNKNOWN
+        return Dataset(lambda shuffled: zip(*(d._make_iterator(shuffled) for d in datasets)), length,
+                       batched=all(d._batched for d in datasets))
+
     # -- transformations ---------------------------------------------------------------------
 
     def _derive(self, make_iterator, length=None, batched=None) -> "Dataset":

@@ -44,6 +44,16 @@ def to_numpy(value, lists_are_tuples: bool = False):
     return leaf_to_numpy(value)
 
 
+def cast_like(element, dtypes):
+    """Each leaf of ``element`` cast to the dtype at the same place in ``dtypes`` (or to ``dtypes``
+    itself where it is a single dtype)."""
+    if isinstance(element, tuple) and isinstance(dtypes, (tuple, list)):
+        return tuple(cast_like(e, d) for e, d in zip(element, dtypes))
+    if isinstance(element, dict) and isinstance(dtypes, dict):
+        return {k: cast_like(v, dtypes[k]) for k, v in element.items()}
+    return map_leaves(lambda leaf: leaf.astype(np.float32 if str(dtypes) == "bfloat16" else str(dtypes)), element)
+
+
 def map_leaves(function, element):
     if isinstance(element, tuple):
         return tuple(map_leaves(function, v) for v in element)
