@@ -92,6 +92,8 @@ def test_unconnected_sources_dict_structure_and_output_gradients():
     assert float(grads["a"]) == 4.0 and grads["b"] is None
     assert float(tape.gradient(y, [a, b], unconnected_gradients="zero")[1]) == 0.0
     assert float(tape.gradient(y, a, output_gradients=torch.tensor(3.0))) == 12.0
+    assert tape.gradient(torch.tensor(1.0), [a]) == [None]  # a target computed from no source
+    assert float(tape.gradient([torch.tensor(1.0), y], a)) == 4.0
 
 
 def test_tape_records_under_no_grad_and_stop_recording():

@@ -79,14 +79,16 @@ class GradientTape:
             raise RuntimeError("A non-persistent GradientTape can only be used to compute one set of "
                                "gradients (or jacobians)")
         self._used = True
-        targets = [t for t in tree.flatten(target)]
+        targets = [torch.as_tensor(t) for t in tree.flatten(target)]
         inputs = [_as_torch(s) for s in tree.flatten(sources)]
         if output_gradients is None:
             grad_outputs = [torch.ones_like(t) for t in targets]
         else:
             grad_outputs = [torch.as_tensor(g, dtype=t.dtype, device=t.device)
                             for g, t in zip(tree.flatten(output_gradients), targets)]
-        differentiable = [i for i, x in enumerate(inputs) if x.requires_grad]
+        recorded = [i for i, t in enumerate(targets) if t.requires_grad]  # others depend on no source
+        targets, grad_outputs = [targets[i] for i in recorded], [grad_outputs[i] for i in recorded]
+        differentiable = [i for i, x in enumerate(inputs) if x.requires_grad] if targets else []
         found = torch.autograd.grad(targets, [inputs[i] for i in differentiable], grad_outputs=grad_outputs,
                                     retain_graph=self.persistent, allow_unused=True) if differentiable else ()
         grads = [None] * len(inputs)
