@@ -54,7 +54,7 @@ def test_custom_training_loop_matches_torch_autograd():
             assert float(loss_value) == pytest.approx(reference_loss, abs=1e-6)
             assert len(grads) == 4 and all(isinstance(g, torch.Tensor) for g in grads)
             for g, r in zip(grads, reference_grads):
-                np.testing.assert_allclose(g.detach().numpy(), r.numpy(), atol=1e-6)
+                np.testing.assert_allclose(g.detach().cpu().numpy(), r.numpy(), atol=1e-6)
     for w, r in zip(model.get_weights(), reference):
         np.testing.assert_allclose(w, r.detach().numpy(), atol=1e-6)
     assert float(np.abs(model.get_weights()[0] - _model().get_weights()[0]).max()) > 1e-3  # it did train

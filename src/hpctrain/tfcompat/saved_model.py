@@ -40,8 +40,8 @@ def save(obj, export_dir, signatures=None, options=None) -> None:
 class LoadedModel:
     """What ``tf.saved_model.load`` returns: call it on inputs for inference.
 
-    ``loaded(x)`` runs the model with ``training=False`` without recording gradients, so the
-    outputs convert to NumPy (``np.asarray(out)`` or ``out.numpy()``). ``signatures
+    ``loaded(x)`` runs the model with ``training=False`` without recording gradients and returns
+    the outputs on the CPU, so they convert to NumPy (``np.asarray(out)`` or ``out.numpy()``). ``signatures
     ["serving_default"]`` returns ``{"output_0": outputs}`` as TensorFlow's signature does;
     ``keras_model`` is the Keras model itself."""
 
@@ -52,7 +52,8 @@ class LoadedModel:
 
     def __call__(self, inputs, training=False):
         with torch.no_grad():
-            return self.keras_model(inputs, training=training)
+            outputs = self.keras_model(inputs, training=training)
+        return keras.tree.map_structure(lambda t: t.cpu() if isinstance(t, torch.Tensor) else t, outputs)
 
     def _serve(self, *args, **kwargs):
         inputs = args[0] if args else (next(iter(kwargs.values())) if len(kwargs) == 1 else kwargs)
