@@ -160,3 +160,20 @@ def test_random_distributions():
         tf.random.uniform([2], dtype=tf.int64)
     assert str(error.value) == "Must specify maxval for integer dtype int64"
     assert numpy_of(tf.random.normal([2], dtype=tf.float64)).dtype == np.float64
+
+
+def test_config_device_queries_come_from_torch():
+    gpus = tf.config.list_physical_devices("GPU")
+    assert len(gpus) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    assert tf.config.list_physical_devices("CPU") == [("/physical_device:CPU:0", "CPU")]
+    assert tf.config.list_physical_devices()[0].device_type == "CPU"
+    assert tf.config.list_logical_devices("CPU")[0].name == "/device:CPU:0"
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    assert tf.config.experimental.get_memory_growth(None) is True
+    tf.config.run_functions_eagerly(False)
+    assert tf.config.functions_run_eagerly() is True
+    with pytest.raises(AttributeError) as error:
+        tf.config.set_logical_device_configuration
+    assert str(error.value) == ("hpctrain has no tf.config.set_logical_device_configuration; use keras.config, or torch "
+                                "(torch.set_num_threads, torch.cuda) for device settings.")

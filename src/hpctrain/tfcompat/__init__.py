@@ -19,6 +19,7 @@ _SURFACE = {
     "version": ("hpctrain.tfcompat.version", None),
     "dtypes": ("hpctrain.tfcompat.dtypes", None),
     "saved_model": ("hpctrain.tfcompat.saved_model", None),
+    "config": ("hpctrain.tfcompat.config", None),
     "DType": ("hpctrain.tfcompat.dtypes", "DType"),
     "as_dtype": ("hpctrain.tfcompat.dtypes", "as_dtype"),
     "GradientTape": ("hpctrain.tfcompat.tape", "GradientTape"),

@@ -28,7 +28,6 @@ _EQUIVALENTS = {
     "RaggedTensor": "padded tensors with a mask (ragged tensors need TensorFlow itself)",
     "SparseTensor": "torch.sparse_coo_tensor",
     "compat": "the TF2 names (tf.compat.v1 graphs and sessions need TensorFlow itself)",
-    "config": "keras.config, or torch (torch.cuda.device_count() for tf.config.list_physical_devices)",
     "summary": "keras.callbacks.TensorBoard, or torch.utils.tensorboard.SummaryWriter",
     "train": "keras.callbacks.ModelCheckpoint (checkpoints) and keras.optimizers",
     "optimizers": "tf.keras.optimizers",
