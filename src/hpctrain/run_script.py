@@ -5,8 +5,9 @@ names of :mod:`hpctrain.tfcompat`), ``import tensorflow.keras`` / ``from tensorf
 give ``hpctrain.keras``, and ``import keras`` gives the real Keras on its torch backend with
 hpctrain's seam (``hpctrain.keras`` is imported first, which selects the backend and installs it).
 
-The aliases are ``sys.modules`` entries: ``tensorflow``, ``tensorflow.keras``, and
-``tensorflow.keras.<m>`` for each of Keras's public modules. A meta-path finder answers every
+The aliases are ``sys.modules`` entries: ``tensorflow``, ``tensorflow.keras``,
+``tensorflow.keras.<m>`` for each of Keras's public modules, and the namespaces of the surface
+(``tensorflow.nn``, ``tensorflow.data``, ``tensorflow.random``, ``tensorflow.config`` ...). A meta-path finder answers every
 other ``tensorflow.*`` name (``tensorflow.python...``, ``tensorflow.io.gfile``, ``tensorflow.summary``)
 with ModuleNotFoundError, as when TensorFlow is not installed, so that hpctrain's own package
 files are never imported a second time under TensorFlow's name.
