@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("script", nargs="?", help="the Python script to run in every process")
     launch.add_argument("script_args", nargs=argparse.REMAINDER, metavar="...", help="arguments for the script")
     launch.set_defaults(run=_launch)
+    run = commands.add_parser("run", help="run an unchanged TensorFlow/Keras script on hpctrain",
+                              description="Run SCRIPT with 'import tensorflow' giving hpctrain and 'import keras' "
+                                          "the real Keras on its torch backend, trained by hpctrain.")
+    run.add_argument("script", nargs="?", help="the Python script to run")
+    run.add_argument("script_args", nargs=argparse.REMAINDER, metavar="...", help="arguments for the script")
+    run.set_defaults(run=_run_script)
     return parser
 
 
@@ -72,6 +78,22 @@ def _launch(args) -> int:
         nproc_per_node=args.nproc_per_node, nnodes=args.nnodes, node_rank=args.node_rank,
         master_addr=args.master_addr, master_port=args.master_port, max_restarts=args.max_restarts,
         script=args.script, script_args=args.script_args))
+
+
+def _run_script(args) -> int:
+    import os
+
+    if args.script is None:
+        print("hpctrain run: give the script to run: hpctrain run SCRIPT [ARGS ...]", file=sys.stderr)
+        return 2
+    if not os.path.isfile(args.script):
+        print(f"hpctrain run: {args.script}: no such script (give the path of the Python file to run)",
+              file=sys.stderr)
+        return 2
+    from hpctrain.run_script import run_script
+
+    run_script(args.script, args.script_args)
+    return 0
 
 
 def _print_plan(args) -> int:
