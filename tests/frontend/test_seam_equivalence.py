@@ -113,3 +113,18 @@ def test_validation_data_logs_val_keys_as_keras(classification):
                                                                  validation_data=(x[:40], y[:40]))
     assert sorted(history.history) == sorted(reference_history.history)
     np.testing.assert_allclose(history.history["val_loss"], reference_history.history["val_loss"], rtol=1e-5)
+
+
+def test_the_cpp_step_loop_runs_keras_adam_exactly():
+    from hpctrain.engine import native
+
+    if native.step_loop() is None:
+        pytest.skip(f"the C++ step loop is not available here: {native.status()}")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(960, 12)).astype("float32")
+    y = (x @ rng.normal(size=(12, 3))).argmax(1)
+    (ours, history), (reference, reference_history) = twin_fits(_mlp("adam"), x, y, epochs=2, batch_size=32)
+    assert dict(ours.plan.reasons)["step_loop"].startswith("C++")
+    assert max_difference(ours.get_weights(), reference.get_weights()) < 1e-5
+    assert max_difference(optimizer_values(ours), optimizer_values(reference)) < 1e-5
+    np.testing.assert_allclose(history.history["loss"], reference_history.history["loss"], rtol=1e-5)

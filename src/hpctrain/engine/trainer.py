@@ -655,14 +655,15 @@ class Trainer:
         self.plan = self.plan.with_choice("cuda_graph", True, f"{steps_per_launch} static steps per launch")
         return GraphedSteps(step, data.train, batch_size, steps_per_launch, self.module, self.optimizer)
 
-    def _why_each_step_needs_python(self, step, hooks: CallbackList) -> str | None:
-        """Why the steps cannot run many per call (a CUDA graph launch, the C++ loop), or ``None``."""
+    def _why_each_step_needs_python(self, step, hooks: CallbackList, native_loop: bool = False) -> str | None:
+        """Why the steps cannot run many per call (a CUDA graph launch, the C++ loop), or ``None``.
+        ``native_loop``: for the C++ loop, which sets Keras's Adam epsilon itself each step."""
         return ("not with replicas yet" if self.communicator is not None
                 else "only the fused Adam/AdamW update runs many steps per call" if not step.update_is_capturable
                 else "a learning-rate schedule sets the rate before every step"
                 if getattr(self.optimizer, "schedule", None) is not None
                 else "Keras's Adam epsilon is set before every step"
-                if getattr(self.optimizer, "keras_epsilon", None) is not None
+                if getattr(self.optimizer, "keras_epsilon", None) is not None and not native_loop
                 else "a callback listens to every batch"
                 if hooks.wants_train_batch_logs or hooks.wants_train_batch_begin
                 else "checkpoints are saved between steps" if self._saver is not None
@@ -675,7 +676,7 @@ class Trainer:
         self._native_steps = self._build_step_loop_after_fit = False
         if not isinstance(step, StaticStep) or self.plan.device.type != "cpu":
             return
-        reason = self._why_each_step_needs_python(step, hooks) or step.why_not_native()
+        reason = self._why_each_step_needs_python(step, hooks, native_loop=True) or step.why_not_native()
         if reason is None and native.step_loop() is None:
             reason = native.status()
             self._build_step_loop_after_fit = True

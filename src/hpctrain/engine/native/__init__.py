@@ -190,8 +190,11 @@ class StepLoop:
             state = StepState(tensors, [len(group) for group in groups], check_handed)
             bound = self._states[update] = (guard, check_handed, [id(t) for t in checked], state)
         group = update.optimizer.param_groups[0]
-        bound[3].set_hyperparameters(float(group["lr"]), *group["betas"], group["weight_decay"], group["eps"],
-                                     update.decoupled)
+        # Keras's Adam: the loop rescales its base epsilon each step (the Python loop sets group["eps"]).
+        keras_epsilon = getattr(update.optimizer, "keras_epsilon", None)
+        eps = group["eps"] if keras_epsilon is None else keras_epsilon
+        bound[3].set_hyperparameters(float(group["lr"]), *group["betas"], group["weight_decay"], eps,
+                                     update.decoupled, keras_epsilon is not None)
         return bound[3]
 
     def __call__(self, program, x, y, logits, sizes, state: StepState) -> list[torch.Tensor]:
@@ -206,7 +209,7 @@ class StepState:
     """``run_steps``'s ``StepState`` as it travels: ``tensors`` (the groups of
     :attr:`StepLoop.GROUPS`, the checked gradients, then the guard's flag, one and bad-step count),
     ``lengths`` (of each group) and ``numbers`` (lr, beta1, beta2, weight_decay, eps, decoupled,
-    check_handed)."""
+    check_handed, keras_epsilon)."""
 
     __slots__ = ("tensors", "lengths", "numbers", "_check_handed", "_hyperparameters")
 
@@ -215,11 +218,12 @@ class StepState:
         self._hyperparameters = self.numbers = None
 
     def set_hyperparameters(self, lr: float, beta1: float, beta2: float, weight_decay: float, eps: float,
-                            decoupled: bool) -> None:
-        hyperparameters = (lr, beta1, beta2, weight_decay, eps, decoupled)
+                            decoupled: bool, keras_epsilon: bool = False) -> None:
+        hyperparameters = (lr, beta1, beta2, weight_decay, eps, decoupled, keras_epsilon)
         if hyperparameters != self._hyperparameters:  # a callback changed the learning rate, say
             self._hyperparameters = hyperparameters
-            self.numbers = [lr, beta1, beta2, weight_decay, eps, float(decoupled), float(self._check_handed)]
+            self.numbers = [lr, beta1, beta2, weight_decay, eps, float(decoupled), float(self._check_handed),
+                            float(keras_epsilon)]
 
 
 def _warn_once() -> None:

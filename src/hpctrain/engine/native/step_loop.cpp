@@ -201,8 +201,10 @@ struct AdamArithmetic {
   // bias_correction2_sqrt, is under half a float step of eps: then the denominator rounds the same.
   bool flush_is_invisible;
 
+  // ``keras_epsilon``: Keras adds eps to sqrt(v) where ATen adds it to sqrt(v) / sqrt(1 - beta2^t);
+  // ATen's formula with eps / sqrt(1 - beta2^t) is Keras's update.
   AdamArithmetic(double step, double lr, double beta1, double beta2_, double weight_decay_, double eps_,
-                 bool decoupled_) {
+                 bool decoupled_, bool keras_epsilon = false) {
     // As ATen: coefficients in double, each cast to float where it is used.
     const float weight = static_cast<float>(1 - beta1);
     const bool small = std::abs(weight) < 0.5f;  // lerp from the average, else from the gradient
@@ -212,6 +214,7 @@ struct AdamArithmetic {
     square_weight = static_cast<float>(1 - beta2_);
     neg_step_size = static_cast<float>(-(lr / (1 - std::pow(beta1, step))));
     const double correction = std::sqrt(1 - std::pow(beta2_, step));
+    if (keras_epsilon) eps_ /= correction;
     bias_correction2_sqrt = static_cast<float>(correction);
     flush_is_invisible = eps_ * 0x1p-25 > std::sqrt(static_cast<double>(FLT_MIN)) / correction;
     eps = static_cast<float>(eps_);
@@ -350,7 +353,7 @@ bool own_adam_applies(at::TensorList params, at::TensorList grads, at::TensorLis
 // torch._fused_adam_ / _fused_adamw_ (amsgrad and maximize off) with ``found`` nonzero skipping it.
 void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                  at::TensorList steps, double lr, double beta1, double beta2, double weight_decay, double eps,
-                 bool decoupled, const at::Tensor& found) {
+                 bool decoupled, const at::Tensor& found, bool keras_epsilon) {
   TORCH_CHECK(grads.size() == params.size() && exp_avgs.size() == params.size() &&
                   exp_avg_sqs.size() == params.size() && steps.size() == params.size(),
               "adam_update: one gradient, moment pair and step count per parameter");
@@ -358,9 +361,11 @@ void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp
              found.numel() == 1;
   std::vector<AdamArithmetic> arithmetic;  // per tensor: its step count may differ
   for (size_t i = 0; own && i < steps.size(); ++i) {
-    arithmetic.emplace_back(steps[i].item<float>(), lr, beta1, beta2, weight_decay, eps, decoupled);
+    arithmetic.emplace_back(steps[i].item<float>(), lr, beta1, beta2, weight_decay, eps, decoupled, keras_epsilon);
     own = arithmetic.back().flush_is_invisible;
   }
+  if (!own && keras_epsilon && !steps.empty())  // ATen's kernel takes one eps: the first tensor's step's
+    eps /= std::sqrt(1 - std::pow(beta2, static_cast<double>(steps[0].item<float>())));
   if (!own) {
     if (decoupled)
       at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, {}, steps, lr, beta1, beta2, weight_decay, eps, false,
@@ -454,9 +459,10 @@ struct StepState {
   double lr, beta1, beta2, weight_decay, eps;
   bool decoupled;  // AdamW's decay
   bool check_handed;  // check the gradients handed to the update, not ``checked``
+  bool keras_epsilon;  // eps where Keras's Adam adds it (AdamArithmetic)
 
   StepState(at::TensorList tensors, at::IntArrayRef lengths, at::ArrayRef<double> numbers) {
-    TORCH_CHECK(lengths.size() == 7 && numbers.size() == 7, "run_steps: 7 groups of tensors and 7 numbers");
+    TORCH_CHECK(lengths.size() == 7 && numbers.size() == 8, "run_steps: 7 groups of tensors and 8 numbers");
     at::TensorList* groups[] = {&params, &grads, &exp_avgs, &exp_avg_sqs, &steps, &counters, &checked};
     size_t first = 0;
     for (size_t i = 0; i < 7; ++i) {
@@ -467,7 +473,7 @@ struct StepState {
     TORCH_CHECK(tensors.size() == first + 3, "run_steps: found_inf, one and bad_steps after the groups");
     found_inf = tensors[first], one = tensors[first + 1], bad_steps = tensors[first + 2];
     lr = numbers[0], beta1 = numbers[1], beta2 = numbers[2], weight_decay = numbers[3], eps = numbers[4];
-    decoupled = numbers[5] != 0, check_handed = numbers[6] != 0;
+    decoupled = numbers[5] != 0, check_handed = numbers[6] != 0, keras_epsilon = numbers[7] != 0;
   }
 };
 
@@ -503,7 +509,7 @@ std::vector<at::Tensor> run_steps(at::TensorList bound, at::IntArrayRef code_ref
       else at::_foreach_add_(s.counters, s.one);
     }
     adam_update(s.params, handed, s.exp_avgs, s.exp_avg_sqs, s.steps, s.lr, s.beta1, s.beta2, s.weight_decay, s.eps,
-                s.decoupled, found);
+                s.decoupled, found, s.keras_epsilon);
   }
   return handed;
 }
@@ -515,7 +521,7 @@ TORCH_LIBRARY(hpctrain_native, m) {
         "int[] lengths, float[] numbers) -> Tensor[]");
   m.def("adam_update(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
         "Tensor[] steps, float lr, float beta1, float beta2, float weight_decay, float eps, bool decoupled, "
-        "Tensor found_inf) -> ()");
+        "Tensor found_inf, bool keras_epsilon=False) -> ()");
   m.def("any_non_finite(Tensor[] tensors) -> bool");
 }
 
