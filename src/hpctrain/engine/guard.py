@@ -25,6 +25,7 @@ import torch
 from hpctrain.engine.data import split_weights
 from hpctrain.engine.metrics import OutputMetric, StatefulMetric
 from hpctrain.engine.optim import as_torch_optimizer, is_direct_fused_update
+from hpctrain.engine.statistics import KeptStatistics
 from hpctrain.engine.step import autocast
 from hpctrain.errors import ConfigError, valid_names_hint
 
@@ -39,8 +40,10 @@ def check_on_nonfinite(value) -> str:
 
 
 class NonFiniteGuard:
-    def __init__(self, device: torch.device, *, skip_steps: bool = False):
+    def __init__(self, device: torch.device, *, skip_steps: bool = False, statistics=()):
         self.skip_steps = skip_steps
+        # What the forward updates (batch norm's statistics): put back after a bad step, as the weights are.
+        self.statistics = KeptStatistics(list(statistics))
         self.found_inf = torch.zeros((), device=device)
         # Stop mode: steps since the first bad one, inclusive. Skip mode: the steps skipped.
         self.bad_steps = torch.zeros((), device=device)
@@ -52,6 +55,7 @@ class NonFiniteGuard:
         self.found_inf.zero_()
         self.bad_steps.zero_()
         self._counters_settled = False
+        self.statistics.take()  # restored from a checkpoint or changed between fits: these are good
 
     def check(self, tensors) -> None:
         """Raise the flag if any value is NaN/Inf (multiplies by one in place: values unchanged)."""
@@ -63,10 +67,13 @@ class NonFiniteGuard:
         tensors = tensors if isinstance(tensors, list) else list(tensors)
         found_inf, one, bad_steps = self.found_inf, self.one, self.bad_steps
         check_and_unscale = torch._amp_foreach_non_finite_check_and_unscale_
+        statistics = self.statistics if self.statistics else None
 
         def check_sticky() -> None:
             check_and_unscale(tensors, found_inf, one)
             bad_steps.add_(found_inf)
+            if statistics is not None:
+                statistics.settle(found_inf)
 
         def check_alone() -> None:
             found_inf.zero_()  # each step judged alone: the bad one is skipped, the next ones run
@@ -149,7 +156,8 @@ def first_nonfinite_output(module: torch.nn.Module, loss, x: torch.Tensor, y: to
     In the order the step computes them: the layers' outputs (forward), the loss, then the
     gradients, named nearest the output first as backward computes them. Gradients come from
     ``torch.autograd.grad``, so ``.grad`` and the optimizer are untouched; the RNG and the
-    module's buffers are restored afterwards.
+    module's buffers and its parameters that take no gradient (a front end's moving statistics) are
+    restored afterwards.
     """
     y, weights = split_weights(y)
     names = {layer: name for name, layer in module.named_modules()}
@@ -162,7 +170,8 @@ def first_nonfinite_output(module: torch.nn.Module, loss, x: torch.Tensor, y: to
 
     leaves = [layer for layer in module.modules() if next(layer.children(), None) is None]
     hooks = [layer.register_forward_hook(note_output) for layer in leaves]
-    buffers = [(buffer, buffer.clone()) for buffer in module.buffers()]
+    frozen = [param for param in module.parameters() if not param.requires_grad]
+    buffers = [(buffer, buffer.detach().clone()) for buffer in [*module.buffers(), *frozen]]
     try:
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), autocast(
                 x.device, precision):

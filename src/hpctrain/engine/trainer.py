@@ -30,6 +30,7 @@ from hpctrain.engine.progress import Progress, format_logs
 from hpctrain.engine.run_state import FitRun, RunCheckpointer
 from hpctrain.engine import native
 from hpctrain.engine.static_step import StaticStep, why_not_static
+from hpctrain.engine.statistics import check_statistics, running_statistics
 from hpctrain.engine.step import AutogradStep, autocast
 from hpctrain.errors import ConfigError, InputError, NonFiniteLossError
 from hpctrain.hardware import host_memory
@@ -93,10 +94,13 @@ class Trainer:
     ``penalty``: ``fn() -> scalar`` added to the training loss (weight regularization).
     ``inference_batch_size``: rows per batch in evaluation, validation and prediction when no
     batch size is given (models with large activations, such as convnets, want fewer).
+    ``statistics``: tensors the forward updates besides the module's buffers (moving averages kept
+    as Parameters without gradient); like the buffers, they keep their last good values through a
+    non-finite step.
     """
 
     def __init__(self, module: torch.nn.Module, *, loss, optimizer, metrics=(), output_activation=None,
-                 penalty=None, plan=None, inference_batch_size: int = INFERENCE_BATCH):
+                 penalty=None, plan=None, inference_batch_size: int = INFERENCE_BATCH, statistics=None):
         if plan is None:
             from hpctrain.hardware import make_plan
 
@@ -111,6 +115,7 @@ class Trainer:
         self.output_activation = output_activation
         self.penalty = penalty
         self.inference_batch_size = inference_batch_size
+        self.statistics = check_statistics(statistics)
         self.stop_training = False
         self.history = None
         self._graphed = None
@@ -152,7 +157,8 @@ class Trainer:
         params = {"verbose": verbose, "epochs": epochs, "steps": None}
         hooks = CallbackList([*(callbacks or []), history], model=callback_model or self, params=params)
         self._saver = saver = self._checkpointer(checkpoint, hooks.callbacks, steps_per_epoch)
-        self._guard = NonFiniteGuard(self.plan.device, skip_steps=skip_steps)
+        self._guard = NonFiniteGuard(self.plan.device, skip_steps=skip_steps,
+                                     statistics=running_statistics(self.module, self.statistics))
         batch_size, step, train_metrics = self._settle_plan(data, batch_size, epochs, hooks)
         if skip_steps:
             step = SkippingStep(step, self._guard)
@@ -561,7 +567,7 @@ class Trainer:
         epoch, only for a module with floating-point buffers."""
         if self.communicator is None:
             return
-        buffers = _running_statistics(self.module)
+        buffers = running_statistics(self.module, self.statistics, floating_only=True)
         if not buffers:
             return
         with torch.no_grad():
@@ -874,16 +880,6 @@ def _build_optimizer(optimizer, module: torch.nn.Module, device: torch.device):
         f"optimizer must be a torch.optim.Optimizer, a name such as 'adam', or a factory fn(params, device); "
         f"got {type(optimizer).__name__}."
     )
-
-
-def _running_statistics(module: torch.nn.Module) -> list[torch.Tensor]:
-    """What forward updates rather than gradients: torch's floating-point buffers (BatchNorm's
-    running_mean/var) and Keras layers' statistics (moving_mean/variance, kept as parameters)."""
-    found = []
-    for part in module.modules():
-        found += [b for b in part.buffers(recurse=False) if b.is_floating_point()]
-        found += [getattr(part, name) for name in sorted(getattr(part, "_statistics", ()))]
-    return found
 
 
 def _unprefixed(logs: dict, prefix: str) -> dict:
