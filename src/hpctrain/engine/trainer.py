@@ -249,6 +249,7 @@ class Trainer:
                  callbacks=None, callback_model=None):
         """``callbacks`` get Keras's ``on_test_*`` hooks (``on_test_batch_*`` cost a host sync per batch,
         and only when a callback defines them)."""
+        batch_size = validation.check_inference_batch_size(batch_size, default=self.inference_batch_size)
         self._apply_plan()
         if _is_loader(x):
             data = self._evaluation_loader(x, y, sample_weight)
@@ -279,6 +280,7 @@ class Trainer:
         if _is_loader(x):
             raise ConfigError("predict takes the inputs as one array or tensor, not a DataLoader; concatenate the "
                               "loader's inputs (torch.cat([xb for xb, *_ in loader])) or predict batch by batch.")
+        batch_size = validation.check_inference_batch_size(batch_size, default=self.inference_batch_size)
         self._apply_plan()
         inputs = self._inputs_tensor(x, name="x")
         steps = _steps_per_epoch(ResidentData(inputs, None), batch_size or 32)
