@@ -81,10 +81,12 @@ def decode(blob: bytes, *, name: str):
     """The payload ``encode`` wrote; :class:`CheckpointError` for anything else or any damage."""
     header = _header(blob, name)
     metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{name} is damaged: its metadata is a {type(metadata).__name__}, not a JSON object.")
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{name} is not an hpctrain checkpoint (format {metadata.get('format')!r}).")
     digest = metadata.get("sha256", "")
-    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise CheckpointError(f"{name} has no valid checksum field; the file is damaged.")
     zeroed = bytearray(blob)
     start = _digest_offset(zeroed, digest)
@@ -93,10 +95,9 @@ def decode(blob: bytes, *, name: str):
         raise CheckpointError(f"{name} fails its SHA-256 check: the file was changed or damaged after writing.")
     try:
         tensors = load_tensors(blob)
-        structure = json.loads(metadata["state"])
-    except Exception as exc:  # the checksum passed, so this is a writer bug, still never code execution
-        raise CheckpointError(f"{name} could not be read ({exc}).") from exc
-    return _join(structure, tensors)
+        return _join(json.loads(metadata["state"]), tensors)
+    except Exception as exc:  # the checksum passed: a writer's bug or a crafted file, still never code execution
+        raise CheckpointError(f"{name} could not be read ({type(exc).__name__}: {exc}).") from exc
 
 
 def _header(blob: bytes, name: str) -> dict:
@@ -200,14 +201,19 @@ def save_checkpoint(directory: str, payload, *, keep: int = 2) -> str:
     return path
 
 
-def load_latest(directory: str):
+def load_latest(directory: str, check=None):
     """``(path, payload)`` of the newest checkpoint that reads back intact, or ``None``.
 
-    A damaged newer file is reported with a warning naming it, and the next older one is tried.
+    ``check(payload, path)``: raises :class:`CheckpointError` where the fields are not what a
+    checkpoint holds (a crafted file); such a file counts as damaged. A damaged newer file is
+    reported with a warning naming it, and the next older one is tried.
     """
     for path in checkpoint_files(directory):
         try:
-            return path, load_checkpoint(path)
+            payload = load_checkpoint(path)
+            if check is not None:
+                check(payload, path)
+            return path, payload
         except CheckpointError as exc:
             warn(f"skipping the damaged checkpoint {path}: {exc} Falling back to an older one.")
     return None

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from hpctrain.engine import checkpoint as files
+from hpctrain.engine.checkpoint_contents import check_run_payload
 from hpctrain.engine.optim import LazyOptimizer
 from hpctrain.errors import CheckpointError
 
@@ -92,7 +93,7 @@ class RunCheckpointer:
 
     def restore(self, *, metrics, hooks, shuffler) -> FitRun | None:
         """The position to continue from, with every piece of state put back; ``None`` to start fresh."""
-        found = files.load_latest(self.config.directory)
+        found = files.load_latest(self.config.directory, check=check_run_payload)
         if found is None:
             return None
         path, payload = found

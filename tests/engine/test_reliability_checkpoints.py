@@ -1,0 +1,117 @@
+"""Checkpoint folders: damaged or crafted files are never trusted, pruning keeps good files,
+one run owns a folder at a time, and a resume says what changed since the checkpoint."""
+
+import hashlib
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save as save_tensors
+
+import hpctrain
+from hpctrain.engine import checkpoint as ckpt
+from hpctrain.engine.callbacks import Callback
+from hpctrain.engine.checkpoint import CheckpointConfig
+from hpctrain.errors import CheckpointError, HpctrainWarning
+
+CPU = hpctrain.make_plan(device="cpu")
+
+
+def _trainer(width=8, optimizer="sgd"):
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.ReLU(), torch.nn.Linear(width, 3))
+    return hpctrain.Trainer(module, loss=torch.nn.CrossEntropyLoss(), optimizer=optimizer, plan=CPU)
+
+
+def _data(rows=32):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(rows, 4)).astype("float32"), rng.integers(0, 3, size=rows)
+
+
+class EpochsRun(Callback):
+    def __init__(self):
+        super().__init__()
+        self.begun = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begun.append(epoch)
+
+
+def _fit(directory, epochs, *, trainer=None, data=None, **config) -> list[int]:
+    """The epochs this call ran."""
+    x, y = data or _data()
+    config = CheckpointConfig(directory=str(directory), keep=config.pop("keep", 3), **config)
+    ran = EpochsRun()
+    (trainer or _trainer()).fit(x, y, epochs=epochs, batch_size=8, shuffle=False, verbose=0, checkpoint=config,
+                                callbacks=[ran])
+    return ran.begun
+
+
+def _raw_file(header: bytes) -> bytes:
+    return struct.pack("<Q", len(header)) + header
+
+
+def _signed(state: str, tensors=None) -> bytes:
+    """A checkpoint whose checksum is right but whose content is whatever ``state`` says."""
+    metadata = {"format": ckpt.FORMAT, "version": "1", "sha256": "0" * 64, "state": state}
+    blob = bytearray(save_tensors(tensors or {"t": torch.zeros(1)}, metadata=metadata))
+    start = ckpt._digest_offset(blob, "0" * 64)
+    blob[start:start + 64] = hashlib.sha256(blob).hexdigest().encode()
+    return bytes(blob)
+
+
+def _write_newest(directory, blob: bytes) -> str:
+    newest = ckpt.checkpoint_files(str(directory))
+    serial = ckpt.serial_of(newest[0]) + 1 if newest else 1
+    path = os.path.join(str(directory), f"{ckpt.PREFIX}{serial:08d}{ckpt.SUFFIX}")
+    with open(path, "wb") as f:
+        f.write(blob)
+    return path
+
+
+MALFORMED = {
+    "metadata-not-an-object": _raw_file(b'{"__metadata__": 5}'),
+    "checksum-not-a-string": _raw_file(json.dumps({"__metadata__": {"format": ckpt.FORMAT,
+                                                                    "sha256": ["0"]}}).encode()),
+    "missing-tensor": _signed(json.dumps({"w": {"__tensor__": "/absent"}})),
+    "state-not-json": _signed("{not json"),
+}
+
+
+@pytest.mark.parametrize("blob", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_header_is_damage_and_the_previous_checkpoint_is_loaded(tmp_path, blob):
+    good = ckpt.save_checkpoint(str(tmp_path), {"w": torch.ones(2)})
+    bad = _write_newest(tmp_path, blob)
+    with pytest.raises(CheckpointError):
+        ckpt.load_checkpoint(bad)
+    with pytest.warns(HpctrainWarning, match=f"skipping the damaged checkpoint {bad}"):
+        path, payload = ckpt.load_latest(str(tmp_path))
+    assert path == good and torch.equal(payload["w"], torch.ones(2))
+
+
+def _crafted_from_newest(directory, change) -> str:
+    path, payload = ckpt.load_latest(str(directory))
+    change(payload)
+    return _write_newest(directory, ckpt.encode(payload))
+
+
+CRAFTED = {
+    "negative-epoch": lambda payload: payload["position"].update(epoch=-5),
+    "epoch-not-a-number": lambda payload: payload["position"].update(epoch="2"),
+    "negative-step": lambda payload: payload["position"].update(step=-1),
+    "no-position": lambda payload: payload.pop("position"),
+    "model-not-tensors": lambda payload: payload.update(model={"0.weight": 1.0}),
+    "no-replica-part": lambda payload: payload.update(replicas=[]),
+}
+
+
+@pytest.mark.parametrize("change", CRAFTED.values(), ids=CRAFTED.keys())
+def test_a_checkpoint_with_invalid_fields_is_skipped_and_the_run_resumes_from_the_previous(tmp_path, change):
+    _fit(tmp_path, 2)
+    crafted = _crafted_from_newest(tmp_path, change)
+    with pytest.warns(HpctrainWarning, match=f"skipping the damaged checkpoint {crafted}"):
+        ran = _fit(tmp_path, 3)
+    assert ran == [2]  # resumed after epoch 2 of 3: one epoch left
