@@ -115,3 +115,17 @@ def test_a_checkpoint_with_invalid_fields_is_skipped_and_the_run_resumes_from_th
     with pytest.warns(HpctrainWarning, match=f"skipping the damaged checkpoint {crafted}"):
         ran = _fit(tmp_path, 3)
     assert ran == [2]  # resumed after epoch 2 of 3: one epoch left
+
+
+def test_pruning_counts_only_good_checkpoints_toward_keep(tmp_path):
+    first = ckpt.save_checkpoint(str(tmp_path), {"w": torch.ones(2)}, keep=2)
+    second = ckpt.save_checkpoint(str(tmp_path), {"w": torch.full((2,), 2.0)}, keep=2)
+    damaged = _write_newest(tmp_path, b"\x00" * 16)
+    newest = ckpt.save_checkpoint(str(tmp_path), {"w": torch.full((2,), 4.0)}, keep=2)
+    assert ckpt.checkpoint_files(str(tmp_path)) == [newest, damaged, second]
+    assert not os.path.exists(first)
+    with open(newest, "r+b") as f:
+        f.truncate(20)
+    with pytest.warns(HpctrainWarning, match="skipping the damaged checkpoint"):
+        path, payload = ckpt.load_latest(str(tmp_path))
+    assert path == second and torch.equal(payload["w"], torch.full((2,), 2.0))

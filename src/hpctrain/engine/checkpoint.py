@@ -196,9 +196,45 @@ def save_checkpoint(directory: str, payload, *, keep: int = 2) -> str:
         raise CheckpointError(f"could not write the checkpoint {path}: {reason} ({exc.strerror or exc}); "
                               f"{previous}. Free space or give another checkpoint directory, then run again "
                               "to resume.") from exc
-    for old in checkpoint_files(directory)[keep:]:
-        os.remove(old)
+    _remember_good(path)
+    _prune(directory, keep)
     return path
+
+
+def _prune(directory: str, keep: int) -> None:
+    """Removes every file older than the ``keep``-th newest good one: damaged files never count
+    toward ``keep`` (a damaged newer file stays until enough good ones are newer than it)."""
+    good = 0
+    for index, path in enumerate(files := checkpoint_files(directory)):
+        good += _is_good(path)
+        if good == keep:
+            for old in files[index + 1:]:
+                os.remove(old)
+            return
+
+
+_known_good: dict[str, tuple[int, int]] = {}  # path -> (size, mtime) when this process last found it intact
+
+
+def _remember_good(path: str) -> None:
+    stat = os.stat(path)
+    _known_good[os.path.abspath(path)] = (stat.st_size, stat.st_mtime_ns)
+
+
+def _is_good(path: str) -> bool:
+    """Whether the file reads back intact: checked once per file and change, not at every save."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False
+    if _known_good.get(os.path.abspath(path)) == (stat.st_size, stat.st_mtime_ns):
+        return True
+    try:
+        load_checkpoint(path)
+    except CheckpointError:
+        return False
+    _remember_good(path)
+    return True
 
 
 def load_latest(directory: str, check=None):
