@@ -129,3 +129,50 @@ def test_pruning_counts_only_good_checkpoints_toward_keep(tmp_path):
     with pytest.warns(HpctrainWarning, match="skipping the damaged checkpoint"):
         path, payload = ckpt.load_latest(str(tmp_path))
     assert path == second and torch.equal(payload["w"], torch.full((2,), 2.0))
+
+
+def _holder(directory):
+    """Another process that takes the folder's lock and holds it until its stdin closes."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from hpctrain.engine.folder_lock import FolderLock; "
+            f"FolderLock({str(directory)!r}).acquire(); print('held', flush=True); sys.stdin.read()")
+    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_owner(tmp_path):
+    import socket
+
+    holder = _holder(tmp_path)
+    try:
+        with pytest.raises(CheckpointError) as error:
+            _fit(tmp_path, 1)
+        assert (f"the checkpoint folder {tmp_path} is in use by another run: process {holder.pid} on host "
+                f"{socket.gethostname()}") in str(error.value)
+        assert ckpt.checkpoint_files(str(tmp_path)) == []
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.warns(HpctrainWarning, match=f"process {holder.pid} .* is gone; taking the folder over"):
+        assert _fit(tmp_path, 1) == [0]
+    assert len(ckpt.checkpoint_files(str(tmp_path))) == 1
+    assert os.listdir(tmp_path) == [os.path.basename(ckpt.checkpoint_files(str(tmp_path))[0])]  # lock released
+
+
+def test_the_same_process_resumes_after_a_fit_that_raised(tmp_path):
+    trainer = _trainer()
+    x, y = _data()
+    config = CheckpointConfig(directory=str(tmp_path))
+
+    class Stop(Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(x, y, epochs=2, batch_size=8, verbose=0, checkpoint=config, callbacks=[Stop()])
+    assert _fit(tmp_path, 2, trainer=trainer) == [1]

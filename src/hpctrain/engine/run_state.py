@@ -20,6 +20,7 @@ import torch
 
 from hpctrain.engine import checkpoint as files
 from hpctrain.engine.checkpoint_contents import check_run_payload
+from hpctrain.engine.folder_lock import FolderLock
 from hpctrain.engine.optim import LazyOptimizer
 from hpctrain.errors import CheckpointError
 
@@ -45,6 +46,10 @@ class RunCheckpointer:
         self.trainer = trainer
         self.every = None if config.save_freq == "epoch" else config.save_freq
         self.is_writer = trainer.plan.rank == 0
+        # The writer owns the folder for the run: a second run saving there is refused.
+        self.lock = FolderLock(config.directory)
+        if self.is_writer:
+            self.lock.acquire()
 
     def due_after_step(self, run: FitRun) -> bool:
         return self.every is not None and run.global_step % self.every == 0
@@ -122,6 +127,7 @@ class RunCheckpointer:
         _load_hyperparameters(self.trainer.optimizer, self.saved_hyperparameters)
 
     def finish(self) -> None:
+        self.lock.release()
         if self.config.delete_at_end and self.is_writer:
             files.delete_checkpoints(self.config.directory)
 
