@@ -17,13 +17,12 @@ import os
 import numpy as np
 import torch
 
-from hpctrain.engine import autotune, fit_options, tuning, validation
+from hpctrain.engine import autotune, fit_options, native_checks, tuning, validation
 from hpctrain.engine.callbacks import Callback, CallbackList, History
 from hpctrain.engine.checkpoint import CheckpointConfig
 from hpctrain.engine.cuda_graph import GraphedSteps, graph_steps_per_launch
 from hpctrain.engine.data import LoaderData, ResidentData, concat_rows, split_weights, to_tensor
 from hpctrain.engine.guard import NonFiniteGuard, SkippingStep, check_on_nonfinite, first_nonfinite_output
-from hpctrain.engine.losses import CallableLoss, Loss, from_torch
 from hpctrain.engine.metrics import DeferredMetricSet, Metric, MetricSet, ModelOutput, resolve_metric
 from hpctrain.engine.optim import as_torch_optimizer, build_optimizer, optimizer_class_by_name, scheduled_rate
 from hpctrain.engine.progress import Progress, format_logs
@@ -109,7 +108,7 @@ class Trainer:
         # The plan records the executor fit settles on; what was asked for decides what may be tried.
         self.requested_executor = plan.executor
         self.module = module.to(plan.device)
-        self.loss = loss if isinstance(loss, Loss) else from_torch(loss) or CallableLoss(loss)
+        self.loss = native_checks.resolve_loss(loss)
         self.optimizer = _build_optimizer(optimizer, self.module, plan.device)
         self.metric_specs = list(metrics)
         self.output_activation = output_activation
@@ -140,6 +139,7 @@ class Trainer:
         "Checkpoints and exact resume"); a ``BackupAndRestore`` callback does the same.
         ``on_nonfinite``: ``"raise"`` stops at a NaN/Inf loss or gradient, ``"skip_step"`` skips
         that step's update and counts it in ``history.history["skipped_steps"]`` (README, "Non-finite guard")."""
+        native_checks.check_trainable(self.module)
         skip_steps = check_on_nonfinite(on_nonfinite) == "skip_step"
         if batch_size != "auto":
             batch_size = validation.check_batch_size(batch_size)
@@ -301,10 +301,14 @@ class Trainer:
     def predict_tensor(self, inputs: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
         batch_size = batch_size or self.inference_batch_size
         self.module.eval()
-        with torch.inference_mode(), autocast(self.plan.device, self.plan.precision):
-            parts = [self._activate(self.module(xb)).float()
-                     for xb, _ in ResidentData(inputs, None).batches(batch_size)]
-            return concat_rows(parts) if parts else self._activate(self.module(inputs)).float()
+        try:
+            with torch.inference_mode(), autocast(self.plan.device, self.plan.precision):
+                parts = [self._activate(self.module(xb)).float()
+                         for xb, _ in ResidentData(inputs, None).batches(batch_size)]
+                return concat_rows(parts) if parts else self._activate(self.module(inputs)).float()
+        except RuntimeError:
+            native_checks.explain_forward_error(self.module, inputs)  # inputs that do not fit the model
+            raise
 
     # --- weights ------------------------------------------------------------------------------
 
@@ -323,7 +327,7 @@ class Trainer:
         os.replace(temporary, filepath)
 
     def load_weights(self, filepath) -> None:
-        self.module.load_state_dict(torch.load(str(filepath), map_location=self.plan.device, weights_only=True))
+        native_checks.load_state(self.module, filepath, self.plan.device)
 
     def _state_tensors(self) -> list[torch.Tensor]:
         return list(self.module.state_dict(keep_vars=True).values())
@@ -827,7 +831,7 @@ class Trainer:
         return inputs
 
     def _loader_output_shape(self, loader: LoaderData) -> tuple[int, ...]:
-        xb, _ = next(iter(loader.batches()))
+        xb, _ = native_checks.first_batch(loader)
         return validation.probe_output_shape(self.module, xb)
 
     def _output_shape_of(self, data) -> tuple[int, ...]:
