@@ -98,3 +98,28 @@ def test_a_skipped_step_leaves_the_statistics_as_if_its_batch_was_never_seen(mak
         # Equal up to the rounding of reductions split over another thread count.
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert np.isfinite(trainer.predict(x)).all()
+
+
+def _update_count(trainer) -> int:
+    from hpctrain.engine.optim import update_count
+
+    counted = update_count(trainer.optimizer)
+    return trainer.optimizer.scheduled_updates if counted is None else counted
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
+@pytest.mark.parametrize("mode", ["skip_step", "raise"])
+def test_the_update_count_leaves_out_skipped_steps(optimizer, mode):
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    trainer = hpctrain.Trainer(module, loss=torch.nn.CrossEntropyLoss(), optimizer=optimizer, plan=CPU)
+    x, y = _good(24)
+    bad_x, bad_y = _bad()
+    x, y = np.concatenate([x[:8], bad_x, x[8:]]), np.concatenate([y[:8], bad_y, y[8:]])  # step 2 of 4 is bad
+    if mode == "raise":
+        with pytest.raises(NonFiniteLossError):
+            trainer.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+        assert _update_count(trainer) == 1  # training stopped after the one good update
+    else:
+        trainer.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0, on_nonfinite="skip_step")
+        assert _update_count(trainer) == 6  # 2 epochs of 4 steps, one skipped in each

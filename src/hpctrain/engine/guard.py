@@ -50,11 +50,14 @@ class NonFiniteGuard:
         self.one = torch.ones((), device=device)
         self._counters = []  # optimizer step counters that counted skipped updates (stop mode)
         self._counters_settled = False
+        self._host_counted = None  # an optimizer whose ``scheduled_updates`` counts every step on the host
+        self._host_uncounted = 0  # skipped steps of this epoch taken off that count so far
 
     def reset(self) -> None:
         self.found_inf.zero_()
         self.bad_steps.zero_()
         self._counters_settled = False
+        self._host_uncounted = 0
         self.statistics.take()  # restored from a checkpoint or changed between fits: these are good
 
     def check(self, tensors) -> None:
@@ -97,6 +100,11 @@ class NonFiniteGuard:
             return update
         return lambda: None if bool(self.found_inf) else update()  # host sync: no fused kernel to skip in
 
+    def count_updates_on_host(self, optimizer) -> None:
+        """``optimizer.scheduled_updates`` counts every step on the host (a schedule's clock, SGD's
+        update count); the skipped ones are taken off it whenever the flag is read. ``None``: no such count."""
+        self._host_counted = optimizer
+
     def first_bad_step(self, steps_done: int) -> int | None:
         """The 1-based step of this epoch whose values were not finite; ``None`` if all were (a host sync)."""
         bad = int(self.bad_steps.item())
@@ -104,11 +112,19 @@ class NonFiniteGuard:
             for counter in self._counters:
                 counter.sub_(bad)
             self._counters_settled = True
+        self._uncount_on_host(bad)
         return None if bad == 0 else steps_done - bad + 1
 
     def skipped_steps(self) -> int:
         """Steps skipped since the last reset (a host sync)."""
-        return int(self.bad_steps.item())
+        skipped = int(self.bad_steps.item())
+        self._uncount_on_host(skipped)
+        return skipped
+
+    def _uncount_on_host(self, skipped: int) -> None:
+        if self._host_counted is not None and skipped > self._host_uncounted:
+            self._host_counted.scheduled_updates -= skipped - self._host_uncounted
+            self._host_uncounted = skipped
 
 
 class SkippingStep:

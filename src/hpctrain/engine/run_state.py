@@ -64,6 +64,9 @@ class RunCheckpointer:
         flush = getattr(metrics, "flush", None)
         if flush is not None:
             flush()  # deferred logits become sums here, at the same steps in every run of the command
+        guard = getattr(self.trainer, "_guard", None)
+        if guard is not None and guard.skip_steps:
+            guard.skipped_steps()  # the steps skipped so far leave the host's update count before it is saved
         payload = self._payload(run, metrics, hooks, shuffler, finished)
         if self.is_writer:
             files.save_checkpoint(self.config.directory, payload, keep=self.config.keep)

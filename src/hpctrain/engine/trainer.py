@@ -179,6 +179,7 @@ class Trainer:
             epoch=initial_epoch)
         if run.global_step:  # resumed: the schedule's clock continues from the restored update count
             self._before_update = scheduled_rate(self.optimizer)
+        self._guard.count_updates_on_host(self.optimizer if self._before_update is not None else None)
         self._run, self._saver_args = run, dict(metrics=train_metrics, hooks=hooks, shuffler=shuffler)
         loop = _EpochLoop(step=step, data=data, batch_size=batch_size, shuffler=shuffler, metrics=train_metrics,
                           hooks=hooks, verbose=verbose, epochs=epochs, steps=steps, stream=train_stream,
