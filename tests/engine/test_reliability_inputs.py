@@ -102,3 +102,11 @@ def test_fit_on_a_module_with_no_parameters_to_train_is_refused(module, what):
     with pytest.raises(ConfigError, match=re.escape(f"the module {type(module).__name__} has no parameters to "
                                                     f"train ({what})")):
         trainer.fit(x, x[:, :3] if isinstance(module, torch.nn.Linear) else x, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("weight", [float("nan"), float("inf"), "2", None])
+def test_a_class_weight_that_is_not_a_finite_number_is_named(weight):
+    x, y = _data()
+    with pytest.raises(ConfigError, match=re.escape(f"class_weight for class 1 is {weight!r}; each class weight "
+                                                    "must be a finite number")):
+        _trainer().fit(x, y, epochs=1, verbose=0, class_weight={0: 1.0, 1: weight})
