@@ -110,3 +110,18 @@ def test_a_class_weight_that_is_not_a_finite_number_is_named(weight):
     with pytest.raises(ConfigError, match=re.escape(f"class_weight for class 1 is {weight!r}; each class weight "
                                                     "must be a finite number")):
         _trainer().fit(x, y, epochs=1, verbose=0, class_weight={0: 1.0, 1: weight})
+
+
+def test_model_checkpoint_pointed_at_an_existing_folder_is_refused_when_made(tmp_path):
+    from hpctrain.engine.callbacks import ModelCheckpoint
+
+    with pytest.raises(ConfigError, match=re.escape(f"ModelCheckpoint filepath {str(tmp_path)!r} is an existing "
+                                                    "folder; give a file path, e.g. "
+                                                    f"{str(tmp_path / 'weights-{epoch:02d}.pt')!r}")):
+        ModelCheckpoint(tmp_path, save_weights_only=True)
+    (tmp_path / "epoch-1").mkdir()
+    x, y = _data()
+    checkpoint = ModelCheckpoint(str(tmp_path / "epoch-{epoch}"), save_weights_only=True, monitor="loss")
+    with pytest.raises(ConfigError, match=re.escape(f"ModelCheckpoint filepath {str(tmp_path / 'epoch-1')!r} is an "
+                                                    "existing folder")):
+        _trainer().fit(x, y, epochs=1, verbose=0, callbacks=[checkpoint])
