@@ -105,6 +105,7 @@ CRAFTED = {
     "no-position": lambda payload: payload.pop("position"),
     "model-not-tensors": lambda payload: payload.update(model={"0.weight": 1.0}),
     "no-replica-part": lambda payload: payload.update(replicas=[]),
+    "made-from-not-a-record": lambda payload: payload.update(made_from=[1]),
 }
 
 
@@ -174,5 +175,55 @@ def test_the_same_process_resumes_after_a_fit_that_raised(tmp_path):
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(x, y, epochs=2, batch_size=8, verbose=0, checkpoint=config, callbacks=[Stop()])
+        trainer.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0, checkpoint=config, callbacks=[Stop()])
     assert _fit(tmp_path, 2, trainer=trainer) == [1]
+
+
+def _sgd(lr):
+    return lambda params, device: torch.optim.SGD(params, lr=lr)
+
+
+CHANGES = {
+    "optimizer-class": (dict(optimizer="adam"), dict(optimizer="sgd"), {},
+                        "the optimizer changed from Adam to SGD"),
+    "optimizer-setting": (dict(optimizer=_sgd(0.1)), dict(optimizer=_sgd(0.05)), {},
+                          "the optimizer's lr changed from 0.1 to 0.05"),
+    "more-samples": ({}, {}, dict(rows=40), "the training data changed from 32 to 40 samples"),
+}
+
+
+@pytest.mark.parametrize("before, after, data, message", CHANGES.values(), ids=CHANGES.keys())
+def test_a_resume_with_changed_settings_says_what_changed_and_can_accept_it(tmp_path, before, after, data, message):
+    _fit(tmp_path, 1, trainer=_trainer(**before))
+    with pytest.raises(CheckpointError) as error:
+        _fit(tmp_path, 2, trainer=_trainer(**after), data=_data(**data))
+    assert message in str(error.value)
+    assert "CheckpointConfig(..., allow_changes=True)" in str(error.value)
+    trainer = _trainer(**after)
+    assert _fit(tmp_path, 2, trainer=trainer, data=_data(**data), allow_changes=True) == [1]
+    if "lr changed" in message:
+        assert trainer.optimizer.param_groups[0]["lr"] == 0.05  # the accepted setting, not the saved one
+
+
+def test_a_resume_with_a_changed_model_names_the_weights_that_changed(tmp_path):
+    _fit(tmp_path, 1, trainer=_trainer(width=8))
+    for allow in (False, True):
+        with pytest.raises(CheckpointError) as error:
+            _fit(tmp_path, 2, trainer=_trainer(width=16), allow_changes=allow)
+        assert ("the model changed: 0.weight shaped (8, 4) is now (16, 4), 0.bias shaped (8,) is now (16,), "
+                "2.weight shaped (3, 8) is now (3, 16)") in str(error.value)
+        assert "A changed model cannot resume" in str(error.value)
+
+
+def test_a_resume_with_the_same_settings_after_a_rate_callback_is_not_a_change(tmp_path):
+    trainer = _trainer(optimizer=_sgd(0.1))
+
+    class Halve(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.optimizer.param_groups[0]["lr"] /= 2
+
+    x, y = _data()
+    config = CheckpointConfig(directory=str(tmp_path))
+    trainer.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0, checkpoint=config, callbacks=[Halve()])
+    assert _fit(tmp_path, 2, trainer=_trainer(optimizer=_sgd(0.1))) == [1]  # a fresh process, same settings
+    assert _fit(tmp_path, 3, trainer=trainer) == [2]  # the same process, its rate as the callback left it

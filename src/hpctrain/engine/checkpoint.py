@@ -42,13 +42,16 @@ class CheckpointConfig:
     ``save_freq``: ``"epoch"`` (after each epoch's callbacks) or a number of steps (counted over
     the whole run, so a save can fall mid-epoch). ``keep``: how many newest good files stay on
     disk (>= 2 leaves a fallback when the newest is damaged). ``delete_at_end``: remove them all
-    once ``fit`` finishes without an error.
+    once ``fit`` finishes without an error. ``allow_changes``: resume even where the optimizer,
+    its settings or the training data differ from the run that wrote the checkpoint (see
+    :mod:`hpctrain.engine.resume_checks`); without it such a resume is refused, naming each change.
     """
 
     directory: str
     save_freq: str | int = "epoch"
     keep: int = 2
     delete_at_end: bool = False
+    allow_changes: bool = False
 
     def __post_init__(self):
         if not isinstance(self.directory, (str, os.PathLike)) or not str(self.directory):
@@ -59,6 +62,8 @@ class CheckpointConfig:
             raise ConfigError(f"save_freq must be 'epoch' or a whole number of steps >= 1; got {self.save_freq!r}.")
         if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
             raise ConfigError(f"keep must be a whole number >= 1; got {self.keep!r}.")
+        if not isinstance(self.allow_changes, bool):
+            raise ConfigError(f"allow_changes must be True or False; got {self.allow_changes!r}.")
 
 
 # --- the file format ------------------------------------------------------------------------

@@ -38,6 +38,7 @@ def check_run_payload(payload, path: str) -> None:
         if not isinstance(part, dict) or not all(isinstance(part.get(key), torch.Tensor)
                                                  for key in ("torch", "metrics")):
             _invalid(path, f"replicas[{rank}]", part, "its RNG state and metric sums as tensors")
+    _check_made_from(payload.get("made_from"), path)
     optimizer = payload["optimizer"]
     if not isinstance(optimizer.get("groups"), list) or not isinstance(optimizer.get("state"), dict):
         _invalid(path, "the optimizer's part", sorted(optimizer), "its groups (a list) and state (a mapping)")
@@ -51,6 +52,20 @@ def _check_tensors(payload: dict, path: str) -> None:
     if order is not None and (not isinstance(order, torch.Tensor) or order.dim() != 1
                               or order.is_floating_point()):
         _invalid(path, "order", order, "no order or a row permutation (a 1-D integer tensor)")
+
+
+_MADE_FROM = {"model": dict, "optimizer": str, "settings": dict, "data": dict, "world_size": int}
+
+
+def _check_made_from(made_from, path: str) -> None:
+    """What the run was made from (absent in checkpoints written before it was recorded)."""
+    if made_from is None:
+        return
+    if not isinstance(made_from, dict):
+        _invalid(path, "made_from", made_from, "a record of the model, optimizer, data and replicas")
+    for field, kind in _MADE_FROM.items():
+        if not isinstance(made_from.get(field), kind):
+            _invalid(path, f"made_from.{field}", made_from.get(field), f"a {kind.__name__}")
 
 
 def _invalid(path: str, field: str, value, expected: str) -> None:
