@@ -6,19 +6,27 @@ script is not re-executed, so it needs no ``if __name__ == "__main__"`` guard). 
 arrays are copied once into named shared memory that every replica maps (no copy per replica);
 the model and the fit arguments travel pickled. A replica that raises or dies stops the others
 at once and its rank and error are reported.
+
+Nothing outlives the run: the replicas die with this process (see :mod:`replica`); the job folder
+and the shared-memory blocks, both named after this process's pid, are released on every exit,
+SIGTERM included, and those of a process that was killed outright are removed at the next start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
+import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import types
 from multiprocessing import resource_tracker, shared_memory
@@ -28,6 +36,7 @@ import torch
 
 from hpctrain.engine.callbacks import History
 from hpctrain.engine.data import as_numeric
+from hpctrain.engine.folder_lock import process_alive
 from hpctrain.errors import ConfigError, ReplicaFailed
 
 _POLL_SECONDS = 0.05
@@ -40,7 +49,8 @@ class SharedArray:
     def __init__(self, array: np.ndarray):
         array = np.ascontiguousarray(array)
         self.shape, self.dtype = array.shape, array.dtype.str
-        self.block = shared_memory.SharedMemory(create=True, size=max(1, array.nbytes))
+        name = f"{BLOCK_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"  # whose it is, for a later start to tidy
+        self.block = shared_memory.SharedMemory(name=name, create=True, size=max(1, array.nbytes))
         np.ndarray(array.shape, dtype=array.dtype, buffer=self.block.buf)[...] = array
         self.name = self.block.name
 
@@ -70,6 +80,49 @@ def _attach_untracked(name: str) -> shared_memory.SharedMemory:
         block = shared_memory.SharedMemory(name=name)
         resource_tracker.unregister(block._name, "shared_memory")
         return block
+
+
+BLOCK_PREFIX, FOLDER_PREFIX = "hpctrain-", "hpctrain-replicas-"
+_SHARED_MEMORY_DIR = "/dev/shm"
+
+
+def remove_stale_leftovers(temporary: str | None = None) -> None:
+    """Job folders and shared-memory blocks of spawning processes that are gone (killed outright,
+    so that nothing of theirs ran to release them)."""
+    temporary = temporary or tempfile.gettempdir()
+    for directory, prefix in ((temporary, FOLDER_PREFIX), (_SHARED_MEMORY_DIR, BLOCK_PREFIX)):
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            owner = re.match(rf"{re.escape(prefix)}(\d+)-", name)
+            if owner is None or process_alive(int(owner.group(1))):
+                continue
+            path = os.path.join(directory, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+
+
+@contextlib.contextmanager
+def _released_on_sigterm():
+    """SIGTERM raises SystemExit here while the replicas run, so every ``finally`` releases what it
+    holds (Python's default for SIGTERM ends the process without running any)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def free_local_port() -> int:
@@ -110,29 +163,10 @@ def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments:
     ``strategy``: one that lays out each process's part itself (a pipeline's stages); without one,
     each process is a data-parallel replica.
     """
-    replicas = len(devices)
-    blocks: list[SharedArray] = []
-    arguments = dict(fit_arguments)
-    try:
-        arguments["x"], arguments["y"] = _share(arguments["x"], blocks, "x"), _share(arguments.get("y"), blocks, "y")
-        if isinstance(arguments.get("validation_data"), (tuple, list)):
-            arguments["validation_data"] = tuple(_share(part, blocks, name) for part, name in
-                                                 zip(arguments["validation_data"], ("x_val", "y_val", "weights")))
-        with tempfile.TemporaryDirectory(prefix="hpctrain-replicas-") as folder:
-            # The replicas continue this process's torch RNG: the same shuffle order and dropout masks
-            # as training here would draw.
-            job = {"model": model, "arguments": arguments, "devices": [str(d) for d in devices],
-                   "replicas": replicas, "port": free_local_port(),
-                   "timeout_seconds": timeout_seconds, "folder": folder, "rng_state": torch.get_rng_state(),
-                   "strategy": strategy}
-            with open(os.path.join(folder, "job.pickle"), "wb") as f:
-                f.write(_pickled_job(job))
-            _run_and_watch(folder, replicas)
-            with open(os.path.join(folder, "result.pickle"), "rb") as f:
-                weights, history_dict, epochs, params, rng_state, optimizer_state, clock = pickle.load(f)
-    finally:
-        for block in blocks:
-            block.release()
+    remove_stale_leftovers()
+    with _released_on_sigterm():
+        weights, history_dict, epochs, params, rng_state, optimizer_state, clock = _train_in_replicas(
+            model, devices, timeout_seconds, dict(fit_arguments), strategy)
     model.set_weights(weights)
     model.optimizer.load_state_by_position(optimizer_state)  # a later fit continues Adam's moments
     model.optimizer.load_clock(clock)  # ... and the rate callbacks set, and a schedule's update count
@@ -144,9 +178,36 @@ def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments:
     return history
 
 
+def _train_in_replicas(model, devices, timeout_seconds, arguments: dict, strategy) -> tuple:
+    """Rank 0's result: weights, History's dict, epochs, params, RNG state, optimizer state, clock.
+    The shared blocks and the job folder are released however this ends."""
+    replicas = len(devices)
+    blocks: list[SharedArray] = []
+    try:
+        arguments["x"], arguments["y"] = _share(arguments["x"], blocks, "x"), _share(arguments.get("y"), blocks, "y")
+        if isinstance(arguments.get("validation_data"), (tuple, list)):
+            arguments["validation_data"] = tuple(_share(part, blocks, name) for part, name in
+                                                 zip(arguments["validation_data"], ("x_val", "y_val", "weights")))
+        with tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-") as folder:
+            # The replicas continue this process's torch RNG: the same shuffle order and dropout masks
+            # as training here would draw.
+            job = {"model": model, "arguments": arguments, "devices": [str(d) for d in devices],
+                   "replicas": replicas, "port": free_local_port(),
+                   "timeout_seconds": timeout_seconds, "folder": folder, "rng_state": torch.get_rng_state(),
+                   "strategy": strategy}
+            with open(os.path.join(folder, "job.pickle"), "wb") as f:
+                f.write(_pickled_job(job))
+            _run_and_watch(folder, replicas)
+            with open(os.path.join(folder, "result.pickle"), "rb") as f:
+                return pickle.load(f)
+    finally:
+        for block in blocks:
+            block.release()
+
+
 def _run_and_watch(folder: str, replicas: int) -> None:
-    processes = [subprocess.Popen([sys.executable, "-m", "hpctrain.distribute.replica", folder, str(rank)])
-                 for rank in range(replicas)]
+    processes = [subprocess.Popen([sys.executable, "-m", "hpctrain.distribute.replica", folder, str(rank),
+                                   str(os.getpid())]) for rank in range(replicas)]
     try:
         while any(p.poll() is None for p in processes):
             if any(p.poll() not in (None, 0) for p in processes):
