@@ -1,4 +1,5 @@
-"""Spawned replicas: they die with their parent and leave no folder or shared memory behind."""
+"""Spawned replicas: they die with their parent and leave no folder or shared memory behind, and
+an error one of them raises reaches the user with its own type and message."""
 
 import os
 import signal
@@ -6,9 +7,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import torch
 
+import hpctrain
 from hpctrain.distribute import spawn
+from hpctrain.errors import InputError, NonFiniteLossError, ReplicaFailed
+from replica_model import TinyReplicaModel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(os.path.dirname(HERE)), "src")
@@ -66,3 +72,38 @@ def test_replicas_die_with_their_parent_and_leave_nothing_behind(tmp_path, repli
     if kill == signal.SIGKILL:  # nothing runs in a killed process: the next start tidies up
         spawn.remove_stale_leftovers(str(temporary))
     assert _leftovers(str(temporary), parent.pid) == []
+
+
+def _data(rows=32):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(rows, 4)).astype("float32"), rng.integers(0, 3, size=rows)
+
+
+def _single_process_error(x, y, kind):
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    trainer = hpctrain.Trainer(module, loss=torch.nn.CrossEntropyLoss(), optimizer="sgd",
+                               plan=hpctrain.make_plan(device="cpu"))
+    with pytest.raises(kind) as error:
+        trainer.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    return str(error.value)
+
+
+def test_an_input_error_in_a_replica_reaches_the_user_as_an_input_error(replica_path):
+    x, y = _data()
+    y[5] = 7  # a class the model's 3 outputs do not have
+    expected = _single_process_error(x, y, InputError)
+    with pytest.raises(InputError) as error:
+        spawn.fit_in_replicas(TinyReplicaModel(), [torch.device("cpu")] * 2, 60.0,
+                              dict(x=x, y=y, epochs=1, batch_size=16, shuffle=False, verbose=0))
+    assert str(error.value) == expected
+    assert isinstance(error.value.__cause__, ReplicaFailed) and "replica rank" in str(error.value.__cause__)
+
+
+def test_a_non_finite_loss_in_a_replica_reaches_the_user_as_a_non_finite_loss_error(replica_path):
+    x, y = _data()
+    x[:16] = 3e38
+    with pytest.raises(NonFiniteLossError, match="the training loss or its gradients became NaN or infinite at "
+                                                 "epoch 1, step 1"):
+        spawn.fit_in_replicas(TinyReplicaModel(), [torch.device("cpu")] * 2, 60.0,
+                              dict(x=x, y=y, epochs=1, batch_size=16, shuffle=False, verbose=0))

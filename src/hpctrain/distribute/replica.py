@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import json
 import os
 import pickle
 import signal
@@ -93,14 +94,20 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="hpctrain-parent-watch", daemon=True).start()
 
 
+def error_report(exc: BaseException) -> str:
+    """What the parent reads back: when, which error (type and message, to raise it again there), and where."""
+    kind = {"type": type(exc).__name__, "module": type(exc).__module__, "message": str(exc)}
+    return f"{time.time()}\n{json.dumps(kind)}\n{traceback.format_exc()}"
+
+
 if __name__ == "__main__":
     folder, rank = sys.argv[1], int(sys.argv[2])
     if len(sys.argv) > 3:
         die_with_parent(int(sys.argv[3]))
     try:
         main(folder, rank)
-    except BaseException:
+    except BaseException as exc:
         with open(os.path.join(folder, f"rank{rank}.error"), "w") as f:
-            f.write(f"{time.time()}\n{traceback.format_exc()}")
+            f.write(error_report(exc))
         mark_failed()
         sys.exit(1)

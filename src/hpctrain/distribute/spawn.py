@@ -5,7 +5,8 @@ Each replica is a fresh interpreter running ``python -m hpctrain.distribute.repl
 script is not re-executed, so it needs no ``if __name__ == "__main__"`` guard). The training
 arrays are copied once into named shared memory that every replica maps (no copy per replica);
 the model and the fit arguments travel pickled. A replica that raises or dies stops the others
-at once and its rank and error are reported.
+at once and its rank and error are reported; an hpctrain error (a bad input, a non-finite loss)
+is raised again here with its own type and message.
 
 Nothing outlives the run: the replicas die with this process (see :mod:`replica`); the job folder
 and the shared-memory blocks, both named after this process's pid, are released on every exit,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pickle
 import re
@@ -34,6 +36,7 @@ from multiprocessing import resource_tracker, shared_memory
 import numpy as np
 import torch
 
+from hpctrain import errors
 from hpctrain.engine.callbacks import History
 from hpctrain.engine.data import as_numeric
 from hpctrain.engine.folder_lock import process_alive
@@ -216,7 +219,7 @@ def _run_and_watch(folder: str, replicas: int) -> None:
         if any(p.poll() not in (None, 0) for p in processes):
             time.sleep(_SETTLE_SECONDS)  # let the others notice, so the first failure can be told apart
             failed = _first_failure(folder, processes)
-            raise ReplicaFailed(_failure_message(folder, failed, processes[failed].returncode))
+            _raise_failure(folder, failed, processes[failed].returncode)
     finally:
         for process in processes:  # a failure stops every other replica at once
             if process.poll() is None:
@@ -279,11 +282,27 @@ def _pickled_job(job: dict) -> bytes:
     return buffer.getvalue()
 
 
-def _failure_message(folder: str, rank: int, returncode: int) -> str:
+def _raise_failure(folder: str, rank: int, returncode: int) -> None:
+    """An hpctrain error the replica raised, as itself (the replica's report as its cause); anything
+    else as :class:`ReplicaFailed`."""
     error_file = os.path.join(folder, f"rank{rank}.error")
-    if os.path.exists(error_file):
-        with open(error_file) as f:
-            f.readline()  # the time it failed
-            return f"replica rank {rank} of the spawned group raised, so training stopped:\n{f.read()}"
-    how = f"signal {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"
-    return f"replica rank {rank} of the spawned group died ({how}), so training stopped."
+    if not os.path.exists(error_file):
+        how = f"signal {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"
+        raise ReplicaFailed(f"replica rank {rank} of the spawned group died ({how}), so training stopped.")
+    with open(error_file) as f:
+        f.readline()  # the time it failed
+        kind = _error_kind(f.readline())
+        failure = ReplicaFailed(f"replica rank {rank} of the spawned group raised, so training stopped:\n{f.read()}")
+    error_type = getattr(errors, kind.get("type", ""), None) if kind.get("module") == errors.__name__ else None
+    if (isinstance(error_type, type) and issubclass(error_type, errors.HpctrainError)
+            and error_type is not ReplicaFailed):
+        raise error_type(kind["message"]) from failure
+    raise failure
+
+
+def _error_kind(line: str) -> dict:
+    try:
+        kind = json.loads(line)
+    except ValueError:
+        return {}
+    return kind if isinstance(kind, dict) else {}
