@@ -110,7 +110,11 @@ class RunCheckpointer:
             return None
         path, payload = found
         trainer = self.trainer
-        changes = self._changes_since(path, payload)
+        try:
+            changes = self._changes_since(path, payload)
+        except CheckpointError:
+            self.lock.release()  # this run will not use the folder: another may
+            raise
         position = payload["position"]
         if position["world_size"] != trainer.plan.world_size:
             raise CheckpointError(f"{path} was written by {position['world_size']} replica(s) but this run has "

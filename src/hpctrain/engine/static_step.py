@@ -475,7 +475,6 @@ class StaticStep:
                   else "weight penalties are added in Python" if self.penalized
                   else "only the fused Adam/AdamW update runs there" if not is_direct_fused_update(self.update)
                   else "the non-finite check skips steps" if self._guard is None or self._guard.skip_steps
-                  else "statistics the forward updates are kept after each step" if self._guard.statistics
                   else None)
         return reason or next((native.reason for native in self._native.values() if native.code is None), None)
 
