@@ -1,11 +1,20 @@
-"""One spawned replica: ``python -m hpctrain.distribute.replica FOLDER RANK`` (see :mod:`spawn`)."""
+"""One spawned replica: ``python -m hpctrain.distribute.replica FOLDER RANK PARENT_PID`` (see :mod:`spawn`).
+
+A replica dies with the process that spawned it: the kernel sends it SIGKILL when the parent
+dies (Linux's parent-death signal), and a watch thread checks the parent's pid every half second
+where that signal is not available or the parent died before it was set.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import json
 import os
 import pickle
+import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -62,12 +71,43 @@ def main(folder: str, rank: int) -> None:
         os.replace(result + ".tmp", result)
 
 
+_PR_SET_PDEATHSIG = 1
+_PARENT_CHECK_SECONDS = 0.5
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Exit as soon as ``parent_pid`` is no longer this process's parent (it died: the orphan was
+    handed to another process)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl here: the watch thread alone
+    if os.getppid() != parent_pid:  # died before the signal was set
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="hpctrain-parent-watch", daemon=True).start()
+
+
+def error_report(exc: BaseException) -> str:
+    """What the parent reads back: when, which error (type and message, to raise it again there), and where."""
+    kind = {"type": type(exc).__name__, "module": type(exc).__module__, "message": str(exc)}
+    return f"{time.time()}\n{json.dumps(kind)}\n{traceback.format_exc()}"
+
+
 if __name__ == "__main__":
     folder, rank = sys.argv[1], int(sys.argv[2])
+    if len(sys.argv) > 3:
+        die_with_parent(int(sys.argv[3]))
     try:
         main(folder, rank)
-    except BaseException:
+    except BaseException as exc:
         with open(os.path.join(folder, f"rank{rank}.error"), "w") as f:
-            f.write(f"{time.time()}\n{traceback.format_exc()}")
+            f.write(error_report(exc))
         mark_failed()
         sys.exit(1)

@@ -5,20 +5,30 @@ Each replica is a fresh interpreter running ``python -m hpctrain.distribute.repl
 script is not re-executed, so it needs no ``if __name__ == "__main__"`` guard). The training
 arrays are copied once into named shared memory that every replica maps (no copy per replica);
 the model and the fit arguments travel pickled. A replica that raises or dies stops the others
-at once and its rank and error are reported.
+at once and its rank and error are reported; an hpctrain error (a bad input, a non-finite loss)
+is raised again here with its own type and message.
+
+Nothing outlives the run: the replicas die with this process (see :mod:`replica`); the job folder
+and the shared-memory blocks, both named after this process's pid, are released on every exit,
+SIGTERM included, and those of a process that was killed outright are removed at the next start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import pickle
+import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import types
 from multiprocessing import resource_tracker, shared_memory
@@ -26,8 +36,10 @@ from multiprocessing import resource_tracker, shared_memory
 import numpy as np
 import torch
 
+from hpctrain import errors
 from hpctrain.engine.callbacks import History
 from hpctrain.engine.data import as_numeric
+from hpctrain.engine.folder_lock import process_alive
 from hpctrain.errors import ConfigError, ReplicaFailed
 
 _POLL_SECONDS = 0.05
@@ -40,7 +52,8 @@ class SharedArray:
     def __init__(self, array: np.ndarray):
         array = np.ascontiguousarray(array)
         self.shape, self.dtype = array.shape, array.dtype.str
-        self.block = shared_memory.SharedMemory(create=True, size=max(1, array.nbytes))
+        name = f"{BLOCK_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"  # whose it is, for a later start to tidy
+        self.block = shared_memory.SharedMemory(name=name, create=True, size=max(1, array.nbytes))
         np.ndarray(array.shape, dtype=array.dtype, buffer=self.block.buf)[...] = array
         self.name = self.block.name
 
@@ -70,6 +83,49 @@ def _attach_untracked(name: str) -> shared_memory.SharedMemory:
         block = shared_memory.SharedMemory(name=name)
         resource_tracker.unregister(block._name, "shared_memory")
         return block
+
+
+BLOCK_PREFIX, FOLDER_PREFIX = "hpctrain-", "hpctrain-replicas-"
+_SHARED_MEMORY_DIR = "/dev/shm"
+
+
+def remove_stale_leftovers(temporary: str | None = None) -> None:
+    """Job folders and shared-memory blocks of spawning processes that are gone (killed outright,
+    so that nothing of theirs ran to release them)."""
+    temporary = temporary or tempfile.gettempdir()
+    for directory, prefix in ((temporary, FOLDER_PREFIX), (_SHARED_MEMORY_DIR, BLOCK_PREFIX)):
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            owner = re.match(rf"{re.escape(prefix)}(\d+)-", name)
+            if owner is None or process_alive(int(owner.group(1))):
+                continue
+            path = os.path.join(directory, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+
+
+@contextlib.contextmanager
+def _released_on_sigterm():
+    """SIGTERM raises SystemExit here while the replicas run, so every ``finally`` releases what it
+    holds (Python's default for SIGTERM ends the process without running any)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def free_local_port() -> int:
@@ -113,29 +169,10 @@ def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments:
     its models (``use_plan(model, plan)``, ``optimizer_state(model)``,
     ``load_optimizer_state(model, state)``); distribute itself knows only modules.
     """
-    replicas = len(devices)
-    blocks: list[SharedArray] = []
-    arguments = dict(fit_arguments)
-    try:
-        arguments["x"], arguments["y"] = _share(arguments["x"], blocks, "x"), _share(arguments.get("y"), blocks, "y")
-        if isinstance(arguments.get("validation_data"), (tuple, list)):
-            arguments["validation_data"] = tuple(_share(part, blocks, name) for part, name in
-                                                 zip(arguments["validation_data"], ("x_val", "y_val", "weights")))
-        with tempfile.TemporaryDirectory(prefix="hpctrain-replicas-") as folder:
-            # The replicas continue this process's torch RNG: the same shuffle order and dropout masks
-            # as training here would draw.
-            job = {"model": model, "arguments": arguments, "devices": [str(d) for d in devices],
-                   "replicas": replicas, "port": free_local_port(),
-                   "timeout_seconds": timeout_seconds, "folder": folder, "rng_state": torch.get_rng_state(),
-                   "strategy": strategy, "front": front}
-            with open(os.path.join(folder, "job.pickle"), "wb") as f:
-                f.write(_pickled_job(job))
-            _run_and_watch(folder, replicas)
-            with open(os.path.join(folder, "result.pickle"), "rb") as f:
-                weights, history_dict, epochs, params, rng_state, optimizer_state, clock = pickle.load(f)
-    finally:
-        for block in blocks:
-            block.release()
+    remove_stale_leftovers()
+    with _released_on_sigterm():
+        weights, history_dict, epochs, params, rng_state, optimizer_state, clock = _train_in_replicas(
+            model, devices, timeout_seconds, dict(fit_arguments), strategy, front)
     model.set_weights(weights)
     if front is not None:
         front.load_optimizer_state(model, optimizer_state)  # a later fit continues Adam's moments
@@ -150,9 +187,36 @@ def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments:
     return history
 
 
+def _train_in_replicas(model, devices, timeout_seconds, arguments: dict, strategy, front) -> tuple:
+    """Rank 0's result: weights, History's dict, epochs, params, RNG state, optimizer state, clock.
+    The shared blocks and the job folder are released however this ends."""
+    replicas = len(devices)
+    blocks: list[SharedArray] = []
+    try:
+        arguments["x"], arguments["y"] = _share(arguments["x"], blocks, "x"), _share(arguments.get("y"), blocks, "y")
+        if isinstance(arguments.get("validation_data"), (tuple, list)):
+            arguments["validation_data"] = tuple(_share(part, blocks, name) for part, name in
+                                                 zip(arguments["validation_data"], ("x_val", "y_val", "weights")))
+        with tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-") as folder:
+            # The replicas continue this process's torch RNG: the same shuffle order and dropout masks
+            # as training here would draw.
+            job = {"model": model, "arguments": arguments, "devices": [str(d) for d in devices],
+                   "replicas": replicas, "port": free_local_port(),
+                   "timeout_seconds": timeout_seconds, "folder": folder, "rng_state": torch.get_rng_state(),
+                   "strategy": strategy, "front": front}
+            with open(os.path.join(folder, "job.pickle"), "wb") as f:
+                f.write(_pickled_job(job))
+            _run_and_watch(folder, replicas)
+            with open(os.path.join(folder, "result.pickle"), "rb") as f:
+                return pickle.load(f)
+    finally:
+        for block in blocks:
+            block.release()
+
+
 def _run_and_watch(folder: str, replicas: int) -> None:
-    processes = [subprocess.Popen([sys.executable, "-m", "hpctrain.distribute.replica", folder, str(rank)])
-                 for rank in range(replicas)]
+    processes = [subprocess.Popen([sys.executable, "-m", "hpctrain.distribute.replica", folder, str(rank),
+                                   str(os.getpid())]) for rank in range(replicas)]
     try:
         while any(p.poll() is None for p in processes):
             if any(p.poll() not in (None, 0) for p in processes):
@@ -161,7 +225,7 @@ def _run_and_watch(folder: str, replicas: int) -> None:
         if any(p.poll() not in (None, 0) for p in processes):
             time.sleep(_SETTLE_SECONDS)  # let the others notice, so the first failure can be told apart
             failed = _first_failure(folder, processes)
-            raise ReplicaFailed(_failure_message(folder, failed, processes[failed].returncode))
+            _raise_failure(folder, failed, processes[failed].returncode)
     finally:
         for process in processes:  # a failure stops every other replica at once
             if process.poll() is None:
@@ -224,11 +288,27 @@ def _pickled_job(job: dict) -> bytes:
     return buffer.getvalue()
 
 
-def _failure_message(folder: str, rank: int, returncode: int) -> str:
+def _raise_failure(folder: str, rank: int, returncode: int) -> None:
+    """An hpctrain error the replica raised, as itself (the replica's report as its cause); anything
+    else as :class:`ReplicaFailed`."""
     error_file = os.path.join(folder, f"rank{rank}.error")
-    if os.path.exists(error_file):
-        with open(error_file) as f:
-            f.readline()  # the time it failed
-            return f"replica rank {rank} of the spawned group raised, so training stopped:\n{f.read()}"
-    how = f"signal {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"
-    return f"replica rank {rank} of the spawned group died ({how}), so training stopped."
+    if not os.path.exists(error_file):
+        how = f"signal {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"
+        raise ReplicaFailed(f"replica rank {rank} of the spawned group died ({how}), so training stopped.")
+    with open(error_file) as f:
+        f.readline()  # the time it failed
+        kind = _error_kind(f.readline())
+        failure = ReplicaFailed(f"replica rank {rank} of the spawned group raised, so training stopped:\n{f.read()}")
+    error_type = getattr(errors, kind.get("type", ""), None) if kind.get("module") == errors.__name__ else None
+    if (isinstance(error_type, type) and issubclass(error_type, errors.HpctrainError)
+            and error_type is not ReplicaFailed):
+        raise error_type(kind["message"]) from failure
+    raise failure
+
+
+def _error_kind(line: str) -> dict:
+    try:
+        kind = json.loads(line)
+    except ValueError:
+        return {}
+    return kind if isinstance(kind, dict) else {}

@@ -408,7 +408,8 @@ class ModelCheckpoint(Callback):
             raise ConfigError(f"save_freq must be 'epoch' or a whole number of batches >= 1; got {save_freq!r}.")
         if mode not in ("auto", "min", "max"):
             raise ConfigError(f"ModelCheckpoint mode must be 'auto', 'min' or 'max'; got {mode!r}.")
-        self.filepath, self.monitor, self.verbose = str(filepath), monitor, verbose
+        self.filepath, self.monitor, self.verbose = os.fspath(filepath), monitor, verbose
+        _check_not_a_folder(self.filepath)
         self.save_best_only, self.save_weights_only, self.save_freq = save_best_only, save_weights_only, save_freq
         self.higher_is_better = mode == "max" or (mode == "auto" and _sounds_like_a_score(monitor))
         self.best = initial_value_threshold if initial_value_threshold is not None else (
@@ -456,6 +457,7 @@ class ModelCheckpoint(Callback):
         if not is_chief(self):
             return
         path = self._path(epoch, logs, batch)
+        _check_not_a_folder(path)
         folder = os.path.dirname(path)
         if folder:
             os.makedirs(folder, exist_ok=True)
@@ -473,6 +475,14 @@ class ModelCheckpoint(Callback):
         except KeyError as exc:
             raise ConfigError(f"ModelCheckpoint filepath {self.filepath!r} names {exc}, which is not in the logs "
                               f"(available: epoch, batch, {', '.join(sorted(logs))}).") from exc
+
+
+def _check_not_a_folder(path: str) -> None:
+    """Refused when made (or when a formatted name meets a folder), not by the save after an epoch."""
+    if os.path.isdir(path):
+        example = os.path.join(path, "weights-{epoch:02d}.pt")
+        raise ConfigError(f"ModelCheckpoint filepath {path!r} is an existing folder; give a file path, e.g. "
+                          f"{example!r} (fields such as {{epoch}} make one file per epoch).")
 
 
 class TensorBoard(Callback):

@@ -42,13 +42,16 @@ class CheckpointConfig:
     ``save_freq``: ``"epoch"`` (after each epoch's callbacks) or a number of steps (counted over
     the whole run, so a save can fall mid-epoch). ``keep``: how many newest good files stay on
     disk (>= 2 leaves a fallback when the newest is damaged). ``delete_at_end``: remove them all
-    once ``fit`` finishes without an error.
+    once ``fit`` finishes without an error. ``allow_changes``: resume even where the optimizer,
+    its settings or the training data differ from the run that wrote the checkpoint (see
+    :mod:`hpctrain.engine.resume_checks`); without it such a resume is refused, naming each change.
     """
 
     directory: str
     save_freq: str | int = "epoch"
     keep: int = 2
     delete_at_end: bool = False
+    allow_changes: bool = False
 
     def __post_init__(self):
         if not isinstance(self.directory, (str, os.PathLike)) or not str(self.directory):
@@ -59,6 +62,8 @@ class CheckpointConfig:
             raise ConfigError(f"save_freq must be 'epoch' or a whole number of steps >= 1; got {self.save_freq!r}.")
         if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
             raise ConfigError(f"keep must be a whole number >= 1; got {self.keep!r}.")
+        if not isinstance(self.allow_changes, bool):
+            raise ConfigError(f"allow_changes must be True or False; got {self.allow_changes!r}.")
 
 
 # --- the file format ------------------------------------------------------------------------
@@ -81,10 +86,12 @@ def decode(blob: bytes, *, name: str):
     """The payload ``encode`` wrote; :class:`CheckpointError` for anything else or any damage."""
     header = _header(blob, name)
     metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{name} is damaged: its metadata is a {type(metadata).__name__}, not a JSON object.")
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{name} is not an hpctrain checkpoint (format {metadata.get('format')!r}).")
     digest = metadata.get("sha256", "")
-    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise CheckpointError(f"{name} has no valid checksum field; the file is damaged.")
     zeroed = bytearray(blob)
     start = _digest_offset(zeroed, digest)
@@ -93,10 +100,9 @@ def decode(blob: bytes, *, name: str):
         raise CheckpointError(f"{name} fails its SHA-256 check: the file was changed or damaged after writing.")
     try:
         tensors = load_tensors(blob)
-        structure = json.loads(metadata["state"])
-    except Exception as exc:  # the checksum passed, so this is a writer bug, still never code execution
-        raise CheckpointError(f"{name} could not be read ({exc}).") from exc
-    return _join(structure, tensors)
+        return _join(json.loads(metadata["state"]), tensors)
+    except Exception as exc:  # the checksum passed: a writer's bug or a crafted file, still never code execution
+        raise CheckpointError(f"{name} could not be read ({type(exc).__name__}: {exc}).") from exc
 
 
 def _header(blob: bytes, name: str) -> dict:
@@ -195,19 +201,60 @@ def save_checkpoint(directory: str, payload, *, keep: int = 2) -> str:
         raise CheckpointError(f"could not write the checkpoint {path}: {reason} ({exc.strerror or exc}); "
                               f"{previous}. Free space or give another checkpoint directory, then run again "
                               "to resume.") from exc
-    for old in checkpoint_files(directory)[keep:]:
-        os.remove(old)
+    _remember_good(path)
+    _prune(directory, keep)
     return path
 
 
-def load_latest(directory: str):
+def _prune(directory: str, keep: int) -> None:
+    """Removes every file older than the ``keep``-th newest good one: damaged files never count
+    toward ``keep`` (a damaged newer file stays until enough good ones are newer than it)."""
+    good = 0
+    for index, path in enumerate(files := checkpoint_files(directory)):
+        good += _is_good(path)
+        if good == keep:
+            for old in files[index + 1:]:
+                os.remove(old)
+            return
+
+
+_known_good: dict[str, tuple[int, int]] = {}  # path -> (size, mtime) when this process last found it intact
+
+
+def _remember_good(path: str) -> None:
+    stat = os.stat(path)
+    _known_good[os.path.abspath(path)] = (stat.st_size, stat.st_mtime_ns)
+
+
+def _is_good(path: str) -> bool:
+    """Whether the file reads back intact: checked once per file and change, not at every save."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False
+    if _known_good.get(os.path.abspath(path)) == (stat.st_size, stat.st_mtime_ns):
+        return True
+    try:
+        load_checkpoint(path)
+    except CheckpointError:
+        return False
+    _remember_good(path)
+    return True
+
+
+def load_latest(directory: str, check=None):
     """``(path, payload)`` of the newest checkpoint that reads back intact, or ``None``.
 
-    A damaged newer file is reported with a warning naming it, and the next older one is tried.
+    ``check(payload, path)``: raises :class:`CheckpointError` where the fields are not what a
+    checkpoint holds (a crafted file); such a file counts as damaged. A damaged newer file is
+    reported with a warning naming it, and the next older one is tried.
     """
     for path in checkpoint_files(directory):
         try:
-            return path, load_checkpoint(path)
+            payload = load_checkpoint(path)
+            if check is not None:
+                check(payload, path)
+            return path, payload
         except CheckpointError as exc:
             warn(f"skipping the damaged checkpoint {path}: {exc} Falling back to an older one.")
     return None

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from hpctrain.arguments import is_whole_number
+from hpctrain.arguments import is_number, is_whole_number
 from hpctrain.engine import validation
 from hpctrain.engine.data import Columns, WeightedTargets, to_tensor
 from hpctrain.engine.metrics import class_indices
@@ -41,6 +43,10 @@ def with_class_weight(targets, class_weight: dict):
                           "only one). To combine them, multiply the class weights into sample_weight.")
     if any(not is_whole_number(key) or key < 0 for key in class_weight):
         raise ConfigError(f"class_weight keys must be class indices (whole numbers >= 0); got {sorted(class_weight)}.")
+    for key, weight in class_weight.items():
+        if not is_number(weight) or not math.isfinite(weight):
+            raise ConfigError(f"class_weight for class {key} is {weight!r}; each class weight must be a finite number "
+                              "(1.0 leaves a class as it is). Fix or leave out that entry.")
     classes = class_indices(targets)
     classes = classes.round().to(torch.int64) if classes.is_floating_point() else classes
     table = torch.ones(max(max(class_weight), int(classes.max()) if classes.numel() else 0) + 1,

@@ -25,6 +25,7 @@ import torch
 from hpctrain.engine.data import split_weights
 from hpctrain.engine.metrics import OutputMetric, StatefulMetric
 from hpctrain.engine.optim import as_torch_optimizer, is_direct_fused_update
+from hpctrain.engine.statistics import KeptStatistics
 from hpctrain.engine.step import autocast
 from hpctrain.errors import ConfigError, valid_names_hint
 
@@ -39,19 +40,25 @@ def check_on_nonfinite(value) -> str:
 
 
 class NonFiniteGuard:
-    def __init__(self, device: torch.device, *, skip_steps: bool = False):
+    def __init__(self, device: torch.device, *, skip_steps: bool = False, statistics=()):
         self.skip_steps = skip_steps
+        # What the forward updates (batch norm's statistics): put back after a bad step, as the weights are.
+        self.statistics = KeptStatistics(list(statistics))
         self.found_inf = torch.zeros((), device=device)
         # Stop mode: steps since the first bad one, inclusive. Skip mode: the steps skipped.
         self.bad_steps = torch.zeros((), device=device)
         self.one = torch.ones((), device=device)
         self._counters = []  # optimizer step counters that counted skipped updates (stop mode)
         self._counters_settled = False
+        self._host_counted = None  # an optimizer whose ``scheduled_updates`` counts every step on the host
+        self._host_uncounted = 0  # skipped steps of this epoch taken off that count so far
 
     def reset(self) -> None:
         self.found_inf.zero_()
         self.bad_steps.zero_()
         self._counters_settled = False
+        self._host_uncounted = 0
+        self.statistics.take()  # restored from a checkpoint or changed between fits: these are good
 
     def check(self, tensors) -> None:
         """Raise the flag if any value is NaN/Inf (multiplies by one in place: values unchanged)."""
@@ -63,10 +70,13 @@ class NonFiniteGuard:
         tensors = tensors if isinstance(tensors, list) else list(tensors)
         found_inf, one, bad_steps = self.found_inf, self.one, self.bad_steps
         check_and_unscale = torch._amp_foreach_non_finite_check_and_unscale_
+        statistics = self.statistics if self.statistics else None
 
         def check_sticky() -> None:
             check_and_unscale(tensors, found_inf, one)
             bad_steps.add_(found_inf)
+            if statistics is not None:
+                statistics.settle(found_inf)
 
         def check_alone() -> None:
             found_inf.zero_()  # each step judged alone: the bad one is skipped, the next ones run
@@ -90,6 +100,11 @@ class NonFiniteGuard:
             return update
         return lambda: None if bool(self.found_inf) else update()  # host sync: no fused kernel to skip in
 
+    def count_updates_on_host(self, optimizer) -> None:
+        """``optimizer.scheduled_updates`` counts every step on the host (a schedule's clock, SGD's
+        update count); the skipped ones are taken off it whenever the flag is read. ``None``: no such count."""
+        self._host_counted = optimizer
+
     def first_bad_step(self, steps_done: int) -> int | None:
         """The 1-based step of this epoch whose values were not finite; ``None`` if all were (a host sync)."""
         bad = int(self.bad_steps.item())
@@ -97,11 +112,19 @@ class NonFiniteGuard:
             for counter in self._counters:
                 counter.sub_(bad)
             self._counters_settled = True
+        self._uncount_on_host(bad)
         return None if bad == 0 else steps_done - bad + 1
 
     def skipped_steps(self) -> int:
         """Steps skipped since the last reset (a host sync)."""
-        return int(self.bad_steps.item())
+        skipped = int(self.bad_steps.item())
+        self._uncount_on_host(skipped)
+        return skipped
+
+    def _uncount_on_host(self, skipped: int) -> None:
+        if self._host_counted is not None and skipped > self._host_uncounted:
+            self._host_counted.scheduled_updates -= skipped - self._host_uncounted
+            self._host_uncounted = skipped
 
 
 class SkippingStep:
@@ -149,7 +172,8 @@ def first_nonfinite_output(module: torch.nn.Module, loss, x: torch.Tensor, y: to
     In the order the step computes them: the layers' outputs (forward), the loss, then the
     gradients, named nearest the output first as backward computes them. Gradients come from
     ``torch.autograd.grad``, so ``.grad`` and the optimizer are untouched; the RNG and the
-    module's buffers are restored afterwards.
+    module's buffers and its parameters that take no gradient (a front end's moving statistics) are
+    restored afterwards.
     """
     y, weights = split_weights(y)
     names = {layer: name for name, layer in module.named_modules()}
@@ -162,7 +186,8 @@ def first_nonfinite_output(module: torch.nn.Module, loss, x: torch.Tensor, y: to
 
     leaves = [layer for layer in module.modules() if next(layer.children(), None) is None]
     hooks = [layer.register_forward_hook(note_output) for layer in leaves]
-    buffers = [(buffer, buffer.clone()) for buffer in module.buffers()]
+    frozen = [param for param in module.parameters() if not param.requires_grad]
+    buffers = [(buffer, buffer.detach().clone()) for buffer in [*module.buffers(), *frozen]]
     try:
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), autocast(
                 x.device, precision):

@@ -19,6 +19,9 @@ import numpy as np
 import torch
 
 from hpctrain.engine import checkpoint as files
+from hpctrain.engine.checkpoint_contents import check_run_payload
+from hpctrain.engine.folder_lock import FolderLock
+from hpctrain.engine.resume_checks import Changes, check_resume, compare, group_settings, made_from
 from hpctrain.engine.optim import LazyOptimizer
 from hpctrain.errors import CheckpointError
 
@@ -44,6 +47,11 @@ class RunCheckpointer:
         self.trainer = trainer
         self.every = None if config.save_freq == "epoch" else config.save_freq
         self.is_writer = trainer.plan.rank == 0
+        self.made_from = None  # what this run is made from, as its checkpoints record it
+        # The writer owns the folder for the run: a second run saving there is refused.
+        self.lock = FolderLock(config.directory)
+        if self.is_writer:
+            self.lock.acquire()
 
     def due_after_step(self, run: FitRun) -> bool:
         return self.every is not None and run.global_step % self.every == 0
@@ -58,6 +66,9 @@ class RunCheckpointer:
         flush = getattr(metrics, "flush", None)
         if flush is not None:
             flush()  # deferred logits become sums here, at the same steps in every run of the command
+        guard = getattr(self.trainer, "_guard", None)
+        if guard is not None and guard.skip_steps:
+            guard.skipped_steps()  # the steps skipped so far leave the host's update count before it is saved
         payload = self._payload(run, metrics, hooks, shuffler, finished)
         if self.is_writer:
             files.save_checkpoint(self.config.directory, payload, keep=self.config.keep)
@@ -74,6 +85,7 @@ class RunCheckpointer:
             "rng": _shared_rng_state(shuffler),
             "replicas": self._replica_parts(metrics),
             "callbacks": [_callback_state(callback) for callback in hooks.callbacks],
+            "made_from": self.made_from or made_from(trainer, shuffler),
         }
 
     def _replica_parts(self, metrics) -> list[dict]:
@@ -92,28 +104,53 @@ class RunCheckpointer:
 
     def restore(self, *, metrics, hooks, shuffler) -> FitRun | None:
         """The position to continue from, with every piece of state put back; ``None`` to start fresh."""
-        found = files.load_latest(self.config.directory)
+        self.made_from = made_from(self.trainer, shuffler)
+        found = files.load_latest(self.config.directory, check=check_run_payload)
         if found is None:
             return None
         path, payload = found
         trainer = self.trainer
+        try:
+            changes = self._changes_since(path, payload)
+        except CheckpointError:
+            self.lock.release()  # this run will not use the folder: another may
+            raise
         position = payload["position"]
         if position["world_size"] != trainer.plan.world_size:
             raise CheckpointError(f"{path} was written by {position['world_size']} replica(s) but this run has "
                                   f"{trainer.plan.world_size}; resume with the same number of replicas.")
         trainer.module.load_state_dict(payload["model"])  # copies in place: the executors keep their views
-        load_optimizer_state(trainer.optimizer, payload["optimizer"])
+        settings_now = optimizer_state(trainer.optimizer)["groups"]
+        if not changes.optimizer:  # another optimizer starts with fresh state
+            load_optimizer_state(trainer.optimizer, payload["optimizer"])
+        if changes.settings:
+            _load_hyperparameters(trainer.optimizer, settings_now)  # the accepted settings, not the saved ones
         _restore_shared_rng(payload["rng"], shuffler)
         part = payload["replicas"][trainer.plan.rank]
         torch.set_rng_state(part["torch"])
         self.saved_metric_sums = part["metrics"]
-        self.saved_hyperparameters = payload["optimizer"]["groups"]
+        self.saved_hyperparameters = settings_now if changes.settings else payload["optimizer"]["groups"]
         _load_callback_states(hooks.callbacks, payload["callbacks"])
         run = FitRun(epoch=position["epoch"], step=position["step"], global_step=position["global_step"],
                      order=payload["order"], loader_rng=payload.get("loader_rng"),
                      resumed_mid_epoch=position["step"] > 0)
+        if changes.data:  # the interrupted epoch starts over on the data given now
+            run.step, run.order, run.loader_rng, run.resumed_mid_epoch = 0, None, None, False
         trainer.stop_training = bool(position["finished"])
         return run
+
+    def _changes_since(self, path: str, payload: dict) -> Changes:
+        """What differs from the run that wrote ``payload``; raises unless nothing or only accepted changes."""
+        saved = payload.get("made_from")
+        if saved is None:  # written before checkpoints recorded it
+            return Changes(blocking=[], accepted=[])
+        groups = payload["optimizer"]["groups"]
+        saved_settings = group_settings(groups[0]) if groups else {}
+        changes = compare(saved, self.made_from, saved_settings)
+        check_resume(path, changes, self.config.allow_changes)
+        if not changes.accepted:
+            self.made_from = saved  # the run's own record: its settings as it began
+        return changes
 
     def resume_epoch(self, metrics) -> None:
         """At a mid-epoch resume, after ``on_epoch_begin``: the saved sums and learning rate win."""
@@ -121,6 +158,7 @@ class RunCheckpointer:
         _load_hyperparameters(self.trainer.optimizer, self.saved_hyperparameters)
 
     def finish(self) -> None:
+        self.lock.release()
         if self.config.delete_at_end and self.is_writer:
             files.delete_checkpoints(self.config.directory)
 

@@ -17,19 +17,19 @@ import os
 import numpy as np
 import torch
 
-from hpctrain.engine import autotune, fit_options, tuning, validation
+from hpctrain.engine import autotune, fit_options, native_checks, tuning, validation
 from hpctrain.engine.callbacks import Callback, CallbackList, History
 from hpctrain.engine.checkpoint import CheckpointConfig
 from hpctrain.engine.cuda_graph import GraphedSteps, graph_steps_per_launch
 from hpctrain.engine.data import LoaderData, ResidentData, concat_rows, split_weights, to_tensor
 from hpctrain.engine.guard import NonFiniteGuard, SkippingStep, check_on_nonfinite, first_nonfinite_output
-from hpctrain.engine.losses import CallableLoss, Loss, from_torch
 from hpctrain.engine.metrics import DeferredMetricSet, Metric, MetricSet, ModelOutput, resolve_metric
 from hpctrain.engine.optim import as_torch_optimizer, build_optimizer, optimizer_class_by_name, scheduled_rate
 from hpctrain.engine.progress import Progress, format_logs
 from hpctrain.engine.run_state import FitRun, RunCheckpointer
 from hpctrain.engine import native
 from hpctrain.engine.static_step import StaticStep, why_not_static
+from hpctrain.engine.statistics import check_statistics, running_statistics
 from hpctrain.engine.step import AutogradStep, autocast
 from hpctrain.errors import ConfigError, InputError, NonFiniteLossError
 from hpctrain.hardware import host_memory
@@ -93,10 +93,13 @@ class Trainer:
     ``penalty``: ``fn() -> scalar`` added to the training loss (weight regularization).
     ``inference_batch_size``: rows per batch in evaluation, validation and prediction when no
     batch size is given (models with large activations, such as convnets, want fewer).
+    ``statistics``: tensors the forward updates besides the module's buffers (moving averages kept
+    as Parameters without gradient); like the buffers, they keep their last good values through a
+    non-finite step.
     """
 
     def __init__(self, module: torch.nn.Module, *, loss, optimizer, metrics=(), output_activation=None,
-                 penalty=None, plan=None, inference_batch_size: int = INFERENCE_BATCH):
+                 penalty=None, plan=None, inference_batch_size: int = INFERENCE_BATCH, statistics=None):
         if plan is None:
             from hpctrain.hardware import make_plan
 
@@ -105,12 +108,13 @@ class Trainer:
         # The plan records the executor fit settles on; what was asked for decides what may be tried.
         self.requested_executor = plan.executor
         self.module = module.to(plan.device)
-        self.loss = loss if isinstance(loss, Loss) else from_torch(loss) or CallableLoss(loss)
+        self.loss = native_checks.resolve_loss(loss)
         self.optimizer = _build_optimizer(optimizer, self.module, plan.device)
         self.metric_specs = list(metrics)
         self.output_activation = output_activation
         self.penalty = penalty
         self.inference_batch_size = inference_batch_size
+        self.statistics = check_statistics(statistics)
         self._stop_training = False
         # A front end's model whose own ``stop_training`` callbacks set (Keras's model); None: this trainer.
         self.stop_source = None
@@ -148,6 +152,7 @@ class Trainer:
         "Checkpoints and exact resume"); a ``BackupAndRestore`` callback does the same.
         ``on_nonfinite``: ``"raise"`` stops at a NaN/Inf loss or gradient, ``"skip_step"`` skips
         that step's update and counts it in ``history.history["skipped_steps"]`` (README, "Non-finite guard")."""
+        native_checks.check_trainable(self.module)
         skip_steps = check_on_nonfinite(on_nonfinite) == "skip_step"
         if batch_size != "auto":
             batch_size = validation.check_batch_size(batch_size)
@@ -165,7 +170,8 @@ class Trainer:
         params = {"verbose": verbose, "epochs": epochs, "steps": None}
         hooks = CallbackList([*(callbacks or []), history], model=callback_model or self, params=params)
         self._saver = saver = self._checkpointer(checkpoint, hooks.callbacks, steps_per_epoch)
-        self._guard = NonFiniteGuard(self.plan.device, skip_steps=skip_steps)
+        self._guard = NonFiniteGuard(self.plan.device, skip_steps=skip_steps,
+                                     statistics=running_statistics(self.module, self.statistics))
         batch_size, step, train_metrics = self._settle_plan(data, batch_size, epochs, hooks)
         if skip_steps:
             step = SkippingStep(step, self._guard)
@@ -186,6 +192,7 @@ class Trainer:
             epoch=initial_epoch)
         if run.global_step:  # resumed: the schedule's clock continues from the restored update count
             self._before_update = scheduled_rate(self.optimizer)
+        self._guard.count_updates_on_host(self.optimizer if self._before_update is not None else None)
         self._run, self._saver_args = run, dict(metrics=train_metrics, hooks=hooks, shuffler=shuffler)
         loop = _EpochLoop(step=step, data=data, batch_size=batch_size, shuffler=shuffler, metrics=train_metrics,
                           hooks=hooks, verbose=verbose, epochs=epochs, steps=steps, stream=train_stream,
@@ -256,6 +263,7 @@ class Trainer:
                  callbacks=None, callback_model=None):
         """``callbacks`` get Keras's ``on_test_*`` hooks (``on_test_batch_*`` cost a host sync per batch,
         and only when a callback defines them)."""
+        batch_size = validation.check_inference_batch_size(batch_size, default=self.inference_batch_size)
         self._apply_plan()
         if _is_loader(x):
             data = self._evaluation_loader(x, y, sample_weight)
@@ -286,6 +294,7 @@ class Trainer:
         if _is_loader(x):
             raise ConfigError("predict takes the inputs as one array or tensor, not a DataLoader; concatenate the "
                               "loader's inputs (torch.cat([xb for xb, *_ in loader])) or predict batch by batch.")
+        batch_size = validation.check_inference_batch_size(batch_size, default=self.inference_batch_size)
         self._apply_plan()
         inputs = self._inputs_tensor(x, name="x")
         steps = _steps_per_epoch(ResidentData(inputs, None), batch_size or 32)
@@ -306,10 +315,14 @@ class Trainer:
     def predict_tensor(self, inputs: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
         batch_size = batch_size or self.inference_batch_size
         self.module.eval()
-        with torch.inference_mode(), autocast(self.plan.device, self.plan.precision):
-            parts = [self._activate(self.module(xb)).float()
-                     for xb, _ in ResidentData(inputs, None).batches(batch_size)]
-            return concat_rows(parts) if parts else self._activate(self.module(inputs)).float()
+        try:
+            with torch.inference_mode(), autocast(self.plan.device, self.plan.precision):
+                parts = [self._activate(self.module(xb)).float()
+                         for xb, _ in ResidentData(inputs, None).batches(batch_size)]
+                return concat_rows(parts) if parts else self._activate(self.module(inputs)).float()
+        except RuntimeError:
+            native_checks.explain_forward_error(self.module, inputs)  # inputs that do not fit the model
+            raise
 
     # --- weights ------------------------------------------------------------------------------
 
@@ -328,7 +341,7 @@ class Trainer:
         os.replace(temporary, filepath)
 
     def load_weights(self, filepath) -> None:
-        self.module.load_state_dict(torch.load(str(filepath), map_location=self.plan.device, weights_only=True))
+        native_checks.load_state(self.module, filepath, self.plan.device)
 
     def _state_tensors(self) -> list[torch.Tensor]:
         return list(self.module.state_dict(keep_vars=True).values())
@@ -574,7 +587,7 @@ class Trainer:
         epoch, only for a module with floating-point buffers."""
         if self.communicator is None:
             return
-        buffers = _running_statistics(self.module)
+        buffers = running_statistics(self.module, self.statistics, floating_only=True)
         if not buffers:
             return
         with torch.no_grad():
@@ -837,7 +850,7 @@ class Trainer:
         return inputs
 
     def _loader_output_shape(self, loader: LoaderData) -> tuple[int, ...]:
-        xb, _ = next(iter(loader.batches()))
+        xb, _ = native_checks.first_batch(loader)
         return validation.probe_output_shape(self.module, xb)
 
     def _output_shape_of(self, data) -> tuple[int, ...]:
@@ -892,16 +905,6 @@ def _build_optimizer(optimizer, module: torch.nn.Module, device: torch.device):
         f"optimizer must be a torch.optim.Optimizer, a name such as 'adam', or a factory fn(params, device); "
         f"got {type(optimizer).__name__}."
     )
-
-
-def _running_statistics(module: torch.nn.Module) -> list[torch.Tensor]:
-    """What forward updates rather than gradients: torch's floating-point buffers (BatchNorm's
-    running_mean/var) and Keras layers' statistics (moving_mean/variance, kept as parameters)."""
-    found = []
-    for part in module.modules():
-        found += [b for b in part.buffers(recurse=False) if b.is_floating_point()]
-        found += [getattr(part, name) for name in sorted(getattr(part, "_statistics", ()))]
-    return found
 
 
 def _unprefixed(logs: dict, prefix: str) -> dict:

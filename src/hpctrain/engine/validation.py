@@ -23,6 +23,16 @@ def check_batch_size(batch_size) -> int:
     return check_positive_int(batch_size, name="batch_size", hint="A typical value is 32.")
 
 
+def check_inference_batch_size(batch_size, *, default: int) -> int | None:
+    """``evaluate``/``predict``'s ``batch_size``: ``None`` (the default) or a whole number >= 1."""
+    if batch_size is None:
+        return None
+    if not is_whole_number(batch_size) or batch_size < 1:
+        raise ConfigError(f"batch_size should be a positive integer; got {batch_size!r}. Give the number of samples "
+                          f"per batch as a whole number >= 1 (such as 32), or leave it out for {default}.")
+    return int(batch_size)
+
+
 def check_fraction(value, *, name: str) -> float:
     if not is_number(value) or not 0.0 <= value < 1.0:
         raise ConfigError(f"{name} must be a number in [0, 1); got {value!r}. For example 0.2 keeps 20% aside.")

@@ -65,7 +65,8 @@ class KerasSession:
             plan = plan.with_choice("executor", "autograd", reason)
         if config["jit_compile"] is True:
             plan = plan.with_choice("compile", True, "jit_compile=True in compile")
-        self.trainer = Trainer(KerasModule(model, logits=bool(fold)), loss=loss, optimizer=self._optimizer_factory(),
+        module = KerasModule(model, logits=bool(fold))
+        self.trainer = Trainer(module, loss=loss, optimizer=self._optimizer_factory(), statistics=module.statistics(),
                                metrics=translate.engine_metrics(config["metrics"]),
                                output_activation=_ACTIVATIONS.get(fold), penalty=_penalty(model), plan=plan,
                                inference_batch_size=INFERENCE_BATCH)
