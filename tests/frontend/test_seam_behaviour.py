@@ -192,3 +192,18 @@ def test_keras_imported_first_with_another_backend_is_named():
                    "import keras\nos.environ.pop('KERAS_BACKEND')\nimport hpctrain.keras")
     assert done.returncode != 0
     assert "Keras was imported before hpctrain with the 'numpy' backend" in done.stderr
+
+
+def test_a_skipped_non_finite_step_leaves_batch_normalization_statistics_finite():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 12)).astype("float32")
+    y = rng.integers(0, 3, 64)
+    x[32:48] = 3e38  # one whole batch whose activations overflow
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(8, use_bias=False),
+                              keras.layers.BatchNormalization(), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    history = model.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0, on_nonfinite="skip_step")
+    assert history.history["skipped_steps"] == [1]
+    statistics = [v.numpy() for v in model.non_trainable_variables if "moving" in v.path]
+    assert len(statistics) == 2 and all(np.isfinite(s).all() for s in statistics)
+    assert np.isfinite(model.predict(x[:32], verbose=0)).all()
