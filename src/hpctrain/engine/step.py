@@ -38,6 +38,7 @@ class AutogradStep:
             self.forward = communicator.data_parallel(module)
         self.guard = None
         self.update = optimizer.step
+        self._checked_loss = None
 
     def guard_with(self, guard, optimizer) -> None:
         self.guard = guard
@@ -46,27 +47,58 @@ class AutogradStep:
     def __call__(self, x: torch.Tensor, y: torch.Tensor, metrics: MetricSet, batch_rows: int | None = None) -> None:
         rows = x.shape[0]
         y, weights = split_weights(y)
+        self._batch = (rows, batch_rows, weights)
+        loss, logits = (self.user_step or self.standard_step)(x, y)
+        # set_to_none: the next backward writes fresh gradients instead of adding into zeroed ones.
+        self.optimizer.zero_grad(set_to_none=True)
+        if rows:
+            metrics.update(loss.detach(), ModelOutput(logits.detach(), self.output_activation), y, weights)
+
+    user_step = None  # a front end's own ``fn(x, y) -> (loss, prediction)`` built from the phases below
+
+    def standard_step(self, x, y):
+        """Forward, loss, backward, update: what a user's own train_step changes or adds to."""
+        logits = self.forward_pass(x)
+        loss = self.compute_loss(logits, y)
+        self.backward(loss)
+        self.apply_update()
+        return loss, logits
+
+    # ---- the phases of one step ----------------------------------------------------------------
+
+    def forward_pass(self, x):
         with autocast(x.device, self.precision):
-            logits = self.forward(x)
+            return self.forward(x)
+
+    def compute_loss(self, logits, y):
+        """The batch's loss (sample weights applied) plus the weight penalty."""
+        rows, _, weights = self._batch
+        with autocast(logits.device, self.precision):
             if not rows:
                 loss = logits.sum() * 0.0  # an empty share adds nothing
             else:
                 loss = self.loss(logits, y) if weights is None else self.loss.weighted(logits, y, weights)
         if self.penalty is not None:
             loss = loss + self.penalty()
+        return loss
+
+    def backward(self, loss) -> None:
+        """Gradients of the loss; with replicas, summed so that the update is the global batch's."""
+        rows, batch_rows, _ = self._batch
         # Weights n_r / b sum to one over the replicas, so the penalty, added by each, counts once.
         scaled = loss if self.communicator is None else loss * (rows / batch_rows)
         scaled.backward()
         if self.communicator is not None and not self.summed_in_backward:
             sum_gradients([p for p in self.module.parameters() if p.requires_grad], self.communicator)
+        self._checked_loss = loss
+
+    def apply_update(self) -> None:
+        """The optimizer's update, skipped by the non-finite guard where the step went bad."""
         if self.guard is not None:  # replicas check the same summed gradients, so they agree
             grads = [p.grad for p in self.module.parameters() if p.grad is not None]
-            self.guard.check(grads if self.communicator is not None else [loss.detach().float(), *grads])
+            loss = self._checked_loss
+            self.guard.check(grads if self.communicator is not None or loss is None else [loss.detach().float(), *grads])
         self.update()
-        # set_to_none: the next backward writes fresh gradients instead of adding into zeroed ones.
-        self.optimizer.zero_grad(set_to_none=True)
-        if rows:
-            metrics.update(loss, ModelOutput(logits.detach(), self.output_activation), y, weights)
 
 
 def sum_gradients(params: list[torch.Tensor], communicator) -> None:

@@ -141,6 +141,33 @@ class Trainer:
         if self.stop_source is not None:
             self.stop_source.stop_training = bool(value)
 
+    # --- one step, for subclasses to change --------------------------------------------------
+
+    def train_step(self, x, y):
+        """One training step on a batch of inputs ``x`` and targets ``y``; returns ``(loss, prediction)``,
+        from which the logged loss and metrics are computed.
+
+        Override it to change what a step does (clip gradients, add a loss term, update twice);
+        the loop around it stays: callbacks, checkpoints and exact resume, replicas, progress.
+        Build it from the phases: ``self.forward(x)``, ``self.compute_loss(prediction, y)``,
+        ``self.backward(loss)`` (with replicas it sums the gradients) and ``self.apply_update()``
+        (the optimizer, guarded against non-finite steps). A trainer that overrides it trains on
+        the autograd executor.
+        """
+        return self._current_step.standard_step(x, y)
+
+    def forward(self, x):
+        return self._current_step.forward_pass(x)
+
+    def compute_loss(self, prediction, y):
+        return self._current_step.compute_loss(prediction, y)
+
+    def backward(self, loss) -> None:
+        self._current_step.backward(loss)
+
+    def apply_update(self) -> None:
+        self._current_step.apply_update()
+
     # --- the three entry points -------------------------------------------------------------
 
     def fit(self, x, y=None, *, batch_size=32, epochs=1, verbose="auto", callbacks=None,
@@ -638,6 +665,9 @@ class Trainer:
             step = AutogradStep(self.module, self.loss, as_torch_optimizer(self.optimizer), penalty=self.penalty,
                                 output_activation=self.output_activation, communicator=self.communicator,
                                 precision=self.plan.precision, forward=self._compiled_forward())
+            self._current_step = step
+            if _defines_train_step(self):
+                step.user_step = self.train_step
             self._guard_step(step)
             return step, self._metric_set(data.output_shape)
         self.plan = self.plan.with_choice("executor", "static", "every layer and the loss have a known backward")
@@ -751,6 +781,8 @@ class Trainer:
         return self._compiled
 
     def _why_not_static(self, data: _PreparedData) -> str | None:
+        if _defines_train_step(self):
+            return "the trainer defines its own train_step"
         if self.requested_executor == "autograd":
             # The reason whoever chose it gave (run_eagerly, an optimizer that needs autograd, ...).
             given = dict(self.plan.reasons).get("executor", "")
@@ -920,6 +952,10 @@ def _steps_per_epoch(data, batch_size: int) -> int | None:
     if isinstance(data, LoaderData):
         return data.steps
     return -(-len(data) // batch_size)
+
+
+def _defines_train_step(trainer) -> bool:
+    return type(trainer).train_step is not Trainer.train_step
 
 
 def _resolve_verbose(verbose) -> int:
