@@ -169,6 +169,10 @@ def settle_compile(trainer, data, batch_size: int, epochs: int, hooks, step, met
 
 
 def _compile_decision(trainer, data, batch_size: int, epochs: int, hooks, step) -> tuple[bool, str]:
+    if trainer.communicator is not None:
+        # Measured trial steps beside the replicas' own step disturbed their training (weights
+        # 5e-3 off one process after 8 SGD steps); replicas keep eager PyTorch.
+        return False, "replicas train eagerly: a compile is not measured across replicas"
     if step.name == "static":
         return False, ("the static executor runs a fixed sequence of kernels; there is no per-step graph "
                        "building for torch.compile to remove")

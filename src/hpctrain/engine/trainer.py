@@ -156,6 +156,16 @@ class Trainer:
         """
         return self._current_step.standard_step(x, y)
 
+    def _own_step_on(self, step):
+        """``train_step`` run with ``step``'s phases: the executor calling it (measuring trials
+        build executors of their own, without the replicas' collectives)."""
+
+        def run(x, y):
+            self._current_step = step
+            return self.train_step(x, y)
+
+        return run
+
     def forward(self, x):
         return self._current_step.forward_pass(x)
 
@@ -667,7 +677,7 @@ class Trainer:
                                 precision=self.plan.precision, forward=self._compiled_forward())
             self._current_step = step
             if _defines_train_step(self):
-                step.user_step = self.train_step
+                step.user_step = self._own_step_on(step)
             self._guard_step(step)
             return step, self._metric_set(data.output_shape)
         self.plan = self.plan.with_choice("executor", "static", "every layer and the loss have a known backward")
