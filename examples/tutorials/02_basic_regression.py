@@ -40,7 +40,7 @@ horsepower_normalizer = keras.layers.Normalization(axis=None)
 horsepower_normalizer.adapt(train_x[:, HORSEPOWER])
 linear_model = keras.Sequential([keras.Input(shape=(1,)), horsepower_normalizer, keras.layers.Dense(units=1)])
 linear_model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.5), loss="mean_absolute_error")
-linear_model.fit(train_x[:, HORSEPOWER], train_y, epochs=10, batch_size=64, verbose=0, validation_split=0.2)
+linear_model.fit(train_x[:, HORSEPOWER], train_y, epochs=6, batch_size=64, verbose=0, validation_split=0.2)
 linear_mae = linear_model.evaluate(test_x[:, HORSEPOWER], test_y, verbose=0)
 
 # All features: the normalizer learns a mean and variance per column.
@@ -63,7 +63,7 @@ def build_and_compile_model(norm):
 
 dnn_model = build_and_compile_model(normalizer)
 dnn_model.summary()
-history = dnn_model.fit(train_x, train_y, validation_split=0.2, epochs=25, batch_size=64, verbose=0)
+history = dnn_model.fit(train_x, train_y, validation_split=0.2, epochs=20, batch_size=64, verbose=0)
 print("final training / validation MAE:", round(history.history["loss"][-1], 3),
       round(history.history["val_loss"][-1], 3))
 dnn_mae = dnn_model.evaluate(test_x, test_y, verbose=0)

@@ -23,7 +23,7 @@ layers = keras.layers
 keras.utils.set_random_seed(3)
 
 num_tags, num_words, num_departments = 12, 200, 4
-title_len, body_len = 8, 20
+title_len, body_len = 6, 12
 rng = np.random.default_rng(3)
 n = 2500
 

@@ -89,7 +89,7 @@ model.compile(
     metrics=[keras.metrics.SparseCategoricalAccuracy(), CategoricalTruePositives()],
 )
 callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", min_delta=1e-3, patience=3, verbose=1)]
-history = model.fit(x_train, y_train, batch_size=32, epochs=6, validation_data=(x_val, y_val),
+history = model.fit(x_train, y_train, batch_size=64, epochs=6, validation_data=(x_val, y_val),
                     callbacks=callbacks, verbose=2)
 print("history keys:", sorted(history.history))
 results = model.evaluate(x_test, y_test, batch_size=128, verbose=0, return_dict=True)

@@ -114,7 +114,7 @@ def mlp(cls):
 
 model = mlp(CustomModel)
 model.compile(optimizer=keras.optimizers.Adam(learning_rate=2e-3), loss="mse", metrics=["mae"])
-history = model.fit(x_train, y_train, epochs=10, batch_size=32, verbose=0)
+history = model.fit(x_train, y_train, epochs=12, batch_size=64, verbose=0)
 print("CustomModel history:", {k: round(v[-1], 4) for k, v in history.history.items()})
 results = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
 print("CustomModel test:", {k: round(float(v), 4) for k, v in results.items()})

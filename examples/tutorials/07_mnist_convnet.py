@@ -4,7 +4,7 @@ The example's data preparation (scale to [0, 1], add the channel axis with np.ex
 keras.utils.to_categorical labels) and its model (Conv2D -> MaxPooling2D -> Conv2D ->
 MaxPooling2D -> Flatten -> Dropout(0.5) -> Dense softmax), compiled with categorical_crossentropy
 and Adam, trained with validation_split=0.1 and scored with evaluate. To keep it to seconds on a
-CPU it trains on 3,000 bundled MNIST digits with half the example's filters (16 and 32).
+CPU it trains on 2,400 bundled MNIST digits with half the example's filters (16 and 32).
 """
 
 import json
@@ -23,8 +23,8 @@ num_classes = 10
 input_shape = (28, 28, 1)
 
 MNIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "data", "mnist")
-x_train = read_idx(os.path.join(MNIST, "train-images-idx3-ubyte.gz"))[:3000]
-y_train = read_idx(os.path.join(MNIST, "train-labels-idx1-ubyte.gz"))[:3000]
+x_train = read_idx(os.path.join(MNIST, "train-images-idx3-ubyte.gz"))[:2400]
+y_train = read_idx(os.path.join(MNIST, "train-labels-idx1-ubyte.gz"))[:2400]
 x_test = read_idx(os.path.join(MNIST, "t10k-images-idx3-ubyte.gz"))[:2000]
 y_test = read_idx(os.path.join(MNIST, "t10k-labels-idx1-ubyte.gz"))[:2000]
 

@@ -59,7 +59,7 @@ def make_model(output_bias=None):
         layers.Dropout(0.5),
         layers.Dense(1, activation="sigmoid", bias_initializer=output_bias),
     ])
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=2e-3), loss=keras.losses.BinaryCrossentropy(),
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=3e-3), loss=keras.losses.BinaryCrossentropy(),
                   metrics=METRICS)
     return model
 
@@ -68,7 +68,7 @@ initial_bias = np.log([pos / neg])
 baseline = make_model(output_bias=initial_bias)
 print("initial loss with the bias set:", round(baseline.evaluate(x_train, y_train, batch_size=256, verbose=0)[0], 4),
       "(log 2 would be", round(float(np.log(2)), 4), "without it)")
-baseline.fit(x_train, y_train, batch_size=64, epochs=10, validation_data=(x_val, y_val), verbose=0)
+baseline.fit(x_train, y_train, batch_size=128, epochs=10, validation_data=(x_val, y_val), verbose=0)
 base = baseline.evaluate(x_test, y_test, batch_size=256, verbose=0, return_dict=True)
 
 # Class weights: each class contributes half of the total weight.
@@ -76,7 +76,7 @@ total = neg + pos
 class_weight = {0: (1 / neg) * (total / 2.0), 1: (1 / pos) * (total / 2.0)}
 print(f"class weights: 0 -> {class_weight[0]:.2f}, 1 -> {class_weight[1]:.2f}")
 weighted = make_model(output_bias=initial_bias)
-weighted.fit(x_train, y_train, batch_size=64, epochs=10, validation_data=(x_val, y_val),
+weighted.fit(x_train, y_train, batch_size=128, epochs=10, validation_data=(x_val, y_val),
              class_weight=class_weight, verbose=0)
 result = weighted.evaluate(x_test, y_test, batch_size=256, verbose=0, return_dict=True)
 

@@ -49,12 +49,13 @@ def make_model(learning_rate):
 
 
 workdir = tempfile.mkdtemp(prefix="schedules-")
-steps_per_epoch = len(x_train) // 64
+BATCH_SIZE = 128
+steps_per_epoch = len(x_train) // BATCH_SIZE
 
 # 1. ExponentialDecay with checkpointing, early stopping and a CSV log.
 exponential = keras.optimizers.schedules.ExponentialDecay(initial_learning_rate=1e-2, decay_steps=steps_per_epoch,
                                                           decay_rate=0.7, staircase=True)
-print("ExponentialDecay at steps 0, 31, 62:", [round(float(exponential(s)), 5) for s in (0, 31, 62)])
+print("ExponentialDecay at epochs 0, 1, 2:", [round(float(exponential(e * steps_per_epoch)), 5) for e in (0, 1, 2)])
 best_path = os.path.join(workdir, "best.keras")
 csv_path = os.path.join(workdir, "log.csv")
 callbacks = [
@@ -63,7 +64,7 @@ callbacks = [
     keras.callbacks.CSVLogger(csv_path),
 ]
 model = make_model(exponential)
-history = model.fit(x_train, y_train, batch_size=64, epochs=8, validation_data=(x_val, y_val), callbacks=callbacks,
+history = model.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=8, validation_data=(x_val, y_val), callbacks=callbacks,
                     verbose=0)
 with open(csv_path) as f:
     rows = list(csv.DictReader(f))
@@ -73,16 +74,16 @@ print("optimizer step count:", int(keras.ops.convert_to_numpy(model.optimizer.it
 # 2. CosineDecay with a linear warmup.
 cosine = keras.optimizers.schedules.CosineDecay(initial_learning_rate=0.0, decay_steps=6 * steps_per_epoch,
                                                 warmup_target=1e-2, warmup_steps=steps_per_epoch, alpha=0.05)
-print("CosineDecay at steps 0, 31, 124, 217:", [round(float(cosine(s)), 5) for s in (0, 31, 124, 217)])
+print("CosineDecay at epochs 0, 1, 4, 7:", [round(float(cosine(e * steps_per_epoch)), 5) for e in (0, 1, 4, 7)])
 cosine_model = make_model(cosine)
-cosine_model.fit(x_train, y_train, batch_size=64, epochs=7, verbose=0)
+cosine_model.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=7, verbose=0)
 cosine_accuracy = cosine_model.evaluate(x_test, y_test, verbose=0)[1]
 
 # 3. A constant rate, lowered by ReduceLROnPlateau and set per epoch by LearningRateScheduler.
 plateau_model = make_model(1e-2)
 reduce = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, min_lr=1e-4)
 scheduler = keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr if epoch < 3 else lr * 0.8)
-plateau_history = plateau_model.fit(x_train, y_train, batch_size=64, epochs=6, validation_data=(x_val, y_val),
+plateau_history = plateau_model.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=6, validation_data=(x_val, y_val),
                                     callbacks=[reduce, scheduler], verbose=0)
 print("learning rates per epoch:", [round(v, 5) for v in plateau_history.history["learning_rate"]])
 

@@ -43,7 +43,7 @@ lr_schedule = keras.optimizers.schedules.InverseTimeDecay(0.003, decay_steps=STE
                                                           staircase=False)
 
 
-def compile_and_fit(model, name, epochs=20):
+def compile_and_fit(model, name, epochs=15):
     model.compile(optimizer=keras.optimizers.Adam(lr_schedule),
                   loss=keras.losses.BinaryCrossentropy(from_logits=True),
                   metrics=[keras.metrics.BinaryCrossentropy(from_logits=True, name="binary_crossentropy"),

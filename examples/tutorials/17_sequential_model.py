@@ -48,7 +48,7 @@ print("lazy model weights after the first call:", len(lazy.weights))
 
 model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="categorical_crossentropy",
               metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
-model.fit(x_train, y_train, batch_size=64, epochs=10, validation_split=0.1, verbose=0)
+model.fit(x_train, y_train, batch_size=64, epochs=8, validation_split=0.1, verbose=0)
 loss, accuracy = model.evaluate(x_test, y_test, verbose=0)
 
 # Feature extraction: the activations of every layer for one batch.

@@ -19,6 +19,7 @@ import argparse
 import glob
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -58,14 +59,18 @@ class ProgramError(RuntimeError):
 
 def run_program(name: str, engine: bool, threads: int = DEFAULT_THREADS,
                 timeout: float = DEFAULT_TIMEOUT) -> dict:
-    """Runs one program; its RESULT as a dict plus ``seconds`` (wall time of the subprocess)."""
+    """Runs one program; its RESULT as a dict plus ``seconds`` (wall time of the subprocess) and
+    ``cpu_seconds`` (its user and system CPU time: the wall time it would take on an idle machine,
+    give or take the import of Keras on other cores)."""
     start = time.perf_counter()
+    cpu_start = _children_cpu()
     try:
         proc = subprocess.run([sys.executable, os.path.join(HERE, name)], cwd=REPO, env=program_env(engine, threads),
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as error:
         raise ProgramError(f"{name} ran past {timeout:.0f} s") from error
     seconds = time.perf_counter() - start
+    cpu_seconds = _children_cpu() - cpu_start
     results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or len(results) != 1:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
@@ -74,7 +79,12 @@ def run_program(name: str, engine: bool, threads: int = DEFAULT_THREADS,
     result = json.loads(results[0][len("RESULT "):])
     if result.get("kind") not in TOLERANCES or not isinstance(result.get("value"), (int, float)):
         raise ProgramError(f"{name} printed a malformed RESULT line: {results[0]}")
-    return {**result, "value": float(result["value"]), "seconds": round(seconds, 2)}
+    return {**result, "value": float(result["value"]), "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2)}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def compare(result: dict, reference: dict) -> tuple[bool, str]:
@@ -101,11 +111,17 @@ def load_reference() -> dict:
 
 
 def _record(names, threads, timeout, argv) -> int:
-    entries = {}
+    entries, failed = {}, []
     for name in names:
-        result = run_program(name, engine=False, threads=threads, timeout=timeout)
+        try:
+            result = run_program(name, engine=False, threads=threads, timeout=timeout)
+        except ProgramError as error:
+            print(f"{name:<40} FAILED: {error}", flush=True)
+            failed.append(name)
+            continue
         entries[name] = result
-        print(f"{name:<40} {result['metric']:<34} {result['value']:.6f}  {result['seconds']:6.1f} s", flush=True)
+        print(f"{name:<40} {result['metric']:<34} {result['value']:.6f}  {result['seconds']:6.1f} s "
+              f"({result['cpu_seconds']:.1f} s CPU)", flush=True)
     previous = load_reference()["programs"] if os.path.exists(REFERENCE) else {}
     if set(names) != set(programs()):  # a partial record keeps the other programs' entries
         entries = {**{k: v for k, v in previous.items() if k in programs()}, **entries}
@@ -122,15 +138,18 @@ def _record(names, threads, timeout, argv) -> int:
         json.dump(document, f, indent=2)
         f.write("\n")
     print(f"wrote {os.path.relpath(REFERENCE, REPO)} ({len(entries)} programs, "
-          f"{sum(e['seconds'] for e in entries.values()):.0f} s of runs)")
-    return 0
+          f"{sum(e['seconds'] for e in entries.values()):.0f} s of runs, "
+          f"{sum(e.get('cpu_seconds', 0) for e in entries.values()):.0f} s CPU)")
+    if failed:
+        print(f"not recorded (failed): {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 def _check(names, engine, threads, timeout) -> int:
     reference = load_reference()["programs"]
     misses = 0
-    print(f"{'program':<40} {'metric':<34} {'got':>9} {'reference':>9}  {'time':>7}  verdict")
-    total = 0.0
+    print(f"{'program':<40} {'metric':<34} {'got':>9} {'reference':>9}  {'time':>7}  {'CPU':>7}  verdict")
+    total = cpu = 0.0
     for name in names:
         if name not in reference:
             print(f"{name:<40} no reference: run check.py --record", flush=True)
@@ -143,12 +162,14 @@ def _check(names, engine, threads, timeout) -> int:
             misses += 1
             continue
         total += result["seconds"]
+        cpu += result["cpu_seconds"]
         ok, detail = compare(result, reference[name])
         misses += not ok
         print(f"{name:<40} {result['metric']:<34} {result['value']:9.4f} {reference[name]['value']:9.4f}  "
-              f"{result['seconds']:5.1f} s  {'ok' if ok else 'MISS: ' + detail}", flush=True)
+              f"{result['seconds']:5.1f} s  {result['cpu_seconds']:5.1f} s  {'ok' if ok else 'MISS: ' + detail}",
+              flush=True)
     print(f"{len(names) - misses}/{len(names)} within tolerance on {'hpctrain' if engine else 'plain Keras'}; "
-          f"{total:.0f} s of runs")
+          f"{total:.0f} s of runs, {cpu:.0f} s CPU")
     return 1 if misses else 0
 
 
