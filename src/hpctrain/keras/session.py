@@ -91,6 +91,7 @@ class KerasSession:
     def fit(self, arguments: dict, *, plan=None, on_nonfinite="raise", checkpoint=None):
         model = self.model
         x, y = _features(model, arguments.pop("x")), arguments.pop("y")
+        build_for_training(model, x, y)
         trainer = self._trainer_for(x, plan)
         validation = arguments.pop("validation_data")
         if validation is not None:
@@ -115,6 +116,7 @@ class KerasSession:
     def evaluate(self, arguments: dict):
         model = self.model
         x = _features(model, arguments["x"])
+        build_for_training(model, x, arguments["y"])
         trainer = self._trainer_for(x)
         return trainer.evaluate(x, arguments["y"], batch_size=arguments["batch_size"],
                                 verbose=arguments["verbose"], return_dict=arguments["return_dict"],
@@ -165,6 +167,14 @@ def _features(model, x):
             model).takes_ids()):
         return x.to(torch.float32)
     return x
+
+
+def build_for_training(model, x, y) -> None:
+    """The model, its compiled loss and metrics built as Keras's ``fit``/``evaluate`` build them: by
+    a symbolic call on the first rows (no layer runs, so none counts a call), after which
+    ``model.metrics`` holds the compiled metrics that callbacks look up (``EarlyStopping``'s
+    ``mode="auto"`` reads their direction)."""
+    model._symbolic_build(data_batch=(_features(model, x[:2]), y[:2]))
 
 
 def _build(model, x) -> None:
