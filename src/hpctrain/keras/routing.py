@@ -32,7 +32,15 @@ def _data_reason(x, y, what="x") -> str | None:
         return "x and y have different numbers of samples (Keras says which)"
     if len(x) == 0:
         return "x is empty (Keras says so)"
+    if not (_finite(x) and (y is None or _finite(y))):
+        return f"{what} or its targets hold NaN or Inf, which Keras trains on as given"
     return None
+
+
+def _finite(value) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind not in "fc" or bool(np.isfinite(value).all())
+    return not (value.is_floating_point() or value.is_complex()) or bool(torch.isfinite(value).all())
 
 
 def _model_reason(model) -> str | None:
@@ -61,8 +69,16 @@ def _model_reason(model) -> str | None:
     return None
 
 
-def why_keras_fits(model, x, y, validation_data) -> str | None:
-    reason = _model_reason(model) or _data_reason(x, y)
+def _training_reason(model, callbacks) -> str | None:
+    if model.built and not model.trainable_variables:
+        return "the model has no trainable weights"
+    if any(isinstance(c, keras.callbacks.TerminateOnNaN) for c in callbacks or []):
+        return "a TerminateOnNaN callback reads each batch's loss as Keras's loop gives it"
+    return None
+
+
+def why_keras_fits(model, x, y, validation_data, callbacks=None) -> str | None:
+    reason = _model_reason(model) or _data_reason(x, y) or _training_reason(model, callbacks)
     if reason is None and y is None:
         reason = "fit was given no targets"
     if reason is None and validation_data is not None:
@@ -71,6 +87,11 @@ def why_keras_fits(model, x, y, validation_data) -> str | None:
         else:
             reason = _data_reason(validation_data[0], validation_data[1], "validation x")
     return reason
+
+
+def why_keras_trains_built(model) -> str | None:
+    """What only shows once the model is built (a model without an input shape builds in ``fit``)."""
+    return "the model has no trainable weights" if not model.trainable_variables else None
 
 
 def why_keras_evaluates(model, x, y, steps, extra) -> str | None:

@@ -78,7 +78,12 @@ def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbac
                      steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
                      validation_batch_size=validation_batch_size, validation_freq=validation_freq)
     _check_options(options, "fit")
-    reason = routing.why_keras_fits(self, x, y, validation_data) if engine_enabled() else "the engine is off"
+    reason = routing.why_keras_fits(self, x, y, validation_data, callbacks) if engine_enabled() else "the engine is off"
+    if reason is None:
+        from hpctrain.keras.session import build_for_training
+
+        build_for_training(self, x, y)
+        reason = routing.why_keras_trains_built(self)
     if reason is not None:
         routing.announce(self, "fit", verbose, reason, options)
         return _KERAS_METHODS["fit"](self, **arguments)
