@@ -182,6 +182,8 @@ class Trainer:
                                                       validation_batch_size or batch_size)
         self.stop_training = False
         hooks.call("on_train_begin", {})
+        # Keras's BackupAndRestore, restoring in on_train_begin, sets the model's ``_initial_epoch``.
+        initial_epoch = getattr(callback_model, "_initial_epoch", None) or initial_epoch
         run = (saver.restore(metrics=train_metrics, hooks=hooks, shuffler=shuffler) if saver else None) or FitRun(
             epoch=initial_epoch)
         if run.global_step:  # resumed: the schedule's clock continues from the restored update count
