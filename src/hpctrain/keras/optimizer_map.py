@@ -22,8 +22,10 @@ _UNMAPPED_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm", "loss_scale_fac
                      "gradient_accumulation_steps")
 
 
-def why_not_mapped(optimizer) -> str | None:
-    """``None`` when a PyTorch kernel runs this optimizer's exact update, else the reason."""
+def why_not_mapped(optimizer, variables=()) -> str | None:
+    """``None`` when a PyTorch kernel runs this optimizer's exact update of ``variables``, else the reason."""
+    if any(getattr(v, "constraint", None) is not None for v in variables):
+        return "a weight constraint is applied by Keras's own update"
     kind = type(optimizer)
     if not isinstance(optimizer, (keras.optimizers.Adam, keras.optimizers.SGD)) or (
             isinstance(optimizer, keras.optimizers.Adam) and kind.__mro__[2:3] != (keras.optimizers.Adam,)

@@ -55,7 +55,7 @@ class KerasSession:
             loss = loss.with_logits()
         plan = plan or self._plan_given or make_plan()
         self._plan_given = plan
-        reason = optimizer_map.why_not_mapped(model.optimizer)
+        reason = optimizer_map.why_not_mapped(model.optimizer, model.trainable_variables)
         if config["run_eagerly"]:
             plan = plan.with_choice("executor", "autograd", "run_eagerly=True in compile")
         elif reason is not None:
@@ -74,7 +74,7 @@ class KerasSession:
 
         def build(_params, device):
             variables = model.trainable_variables
-            if optimizer_map.why_not_mapped(model.optimizer) is not None:
+            if optimizer_map.why_not_mapped(model.optimizer, variables) is not None:
                 return optimizer_map.KerasApply(model.optimizer, variables)
             engine = optimizer_map.engine_optimizer(model.optimizer, [v.value for v in variables], device)
             optimizer_map.load_into_engine(model.optimizer, engine, variables)
