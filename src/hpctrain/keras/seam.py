@@ -53,13 +53,16 @@ def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=Non
             run_eagerly=False, steps_per_execution=1, jit_compile="auto", auto_scale_loss=True):
     # Keras on torch refuses steps_per_execution > 1 and maps jit_compile=True to torch.compile;
     # the engine already runs many steps per call and compiles where it measures faster.
-    self._hpctrain_compile = dict(loss=loss, loss_weights=loss_weights, metrics=metrics,
-                                  weighted_metrics=weighted_metrics, run_eagerly=bool(run_eagerly),
-                                  steps_per_execution=steps_per_execution, jit_compile=jit_compile)
-    self._hpctrain_session = None
     from hpctrain.distribute import get_strategy
 
-    self._hpctrain_strategy = get_strategy()  # as in Keras, a model compiled in a scope trains with it
+    # Set past Keras's attribute tracking: a metric object held here would otherwise be tracked
+    # as one of the model's own metrics (``model.metrics`` would list it).
+    self.__dict__.update(
+        _hpctrain_compile=dict(loss=loss, loss_weights=loss_weights, metrics=metrics,
+                               weighted_metrics=weighted_metrics, run_eagerly=bool(run_eagerly),
+                               steps_per_execution=steps_per_execution, jit_compile=jit_compile),
+        _hpctrain_session=None,
+        _hpctrain_strategy=get_strategy())  # as in Keras, a model compiled in a scope trains with it
     keras_jit = jit_compile if not engine_enabled() or jit_compile == "auto" else False
     keras_steps = steps_per_execution if keras.config.backend() != "torch" else 1
     return _KERAS_METHODS["compile"](self, optimizer=optimizer, loss=loss, loss_weights=loss_weights,

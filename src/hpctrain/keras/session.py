@@ -29,7 +29,7 @@ _ACTIVATIONS = {"softmax": lambda z: torch.softmax(z, dim=-1), "sigmoid": torch.
 def session_of(model) -> "KerasSession":
     session = model.__dict__.get("_hpctrain_session")
     if session is None:
-        session = model._hpctrain_session = KerasSession(model)
+        session = model.__dict__["_hpctrain_session"] = KerasSession(model)  # untracked by Keras
     return session
 
 
