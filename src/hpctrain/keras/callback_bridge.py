@@ -51,6 +51,14 @@ def _acts_per_epoch(callback) -> bool:
     return False
 
 
+def watches(callbacks, *hooks: str) -> bool:
+    """Whether some callback does something in one of ``hooks`` (its class's method, or a function
+    set on it, as ``LambdaCallback`` does)."""
+    base = keras.callbacks.Callback
+    return any(hook in vars(c) or getattr(type(c), hook, None) is not getattr(base, hook)
+               for c in callbacks or [] for hook in hooks)
+
+
 def adapt_callbacks(callbacks) -> list:
     return [EpochHooksOnly(c) if _acts_per_epoch(c) else c for c in (callbacks or [])]
 

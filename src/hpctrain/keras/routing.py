@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import torch
 
+from hpctrain.keras.callback_bridge import watches
 from hpctrain.keras.optimizer_map import why_not_mapped  # noqa: F401  (explained by the plan)
 
 _STEP_METHODS = ("train_step", "test_step", "predict_step", "compute_loss", "compute_metrics")
@@ -100,9 +101,11 @@ def why_keras_evaluates(model, x, y, steps, extra) -> str | None:
     return _model_reason(model) or _data_reason(x, y) or ("evaluate was given no targets" if y is None else None)
 
 
-def why_keras_predicts(model, x, steps) -> str | None:
+def why_keras_predicts(model, x, steps, callbacks=None) -> str | None:
     if steps is not None:
         return "steps is given"
+    if watches(callbacks, "on_predict_batch_begin", "on_predict_batch_end"):
+        return "a callback watches each predict batch, which the engine does not call"
     if _overridden(model, ("predict_step",)):
         return "the model defines its own predict_step"
     if len(getattr(model, "outputs", None) or [None]) > 1 or len(getattr(model, "inputs", None) or [None]) > 1:

@@ -109,7 +109,7 @@ def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weigh
 
 def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
     arguments = dict(x=x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks)
-    reason = routing.why_keras_predicts(self, x, steps) if engine_enabled() else "the engine is off"
+    reason = routing.why_keras_predicts(self, x, steps, callbacks) if engine_enabled() else "the engine is off"
     if reason is not None:
         return _KERAS_METHODS["predict"](self, **arguments)
     from hpctrain.keras.session import session_of

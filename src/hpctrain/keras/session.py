@@ -18,7 +18,7 @@ from hpctrain.engine.callbacks import register_callback_base
 from hpctrain.engine.trainer import INFERENCE_BATCH
 from hpctrain.hardware import make_plan
 from hpctrain.keras import optimizer_map, translate
-from hpctrain.keras.callback_bridge import RateReader, StateWriter, adapt_callbacks
+from hpctrain.keras.callback_bridge import RateReader, StateWriter, adapt_callbacks, watches
 from hpctrain.keras.module import KerasModule
 
 register_callback_base(keras.callbacks.Callback)
@@ -118,7 +118,7 @@ class KerasSession:
         x = _features(model, arguments["x"])
         build_for_training(model, x, arguments["y"])
         trainer = self._trainer_for(x)
-        return trainer.evaluate(x, arguments["y"], batch_size=arguments["batch_size"],
+        return trainer.evaluate(x, arguments["y"], batch_size=_batch_size(arguments, "on_test_batch"),
                                 verbose=arguments["verbose"], return_dict=arguments["return_dict"],
                                 sample_weight=arguments["sample_weight"],
                                 callbacks=adapt_callbacks(arguments["callbacks"]), callback_model=model)
@@ -132,6 +132,15 @@ class KerasSession:
             trainer = self._trainer_for(x)
         return trainer.predict(x, batch_size=arguments["batch_size"], verbose=arguments["verbose"],
                                callbacks=adapt_callbacks(arguments["callbacks"]), callback_model=model)
+
+
+def _batch_size(arguments: dict, hooks: str):
+    """The batch size given; where none is, the engine's inference batch, unless a callback watches
+    each batch: it then sees Keras's batches of 32."""
+    batch_size = arguments["batch_size"]
+    if batch_size is None and watches(arguments["callbacks"], hooks + "_begin", hooks + "_end"):
+        return 32
+    return batch_size
 
 
 def _inference_trainer(model, x) -> Trainer:
