@@ -8,10 +8,13 @@ skip_if_backend``.
 With ``HPCTRAIN_KERAS_SUITE_SEAM=1`` it imports :mod:`hpctrain.keras` first, so that every test
 module imports a Keras whose ``compile``/``fit``/``evaluate``/``predict`` go through hpctrain's
 seam; without it Keras runs as shipped (``KERAS_BACKEND=torch``), the baseline.
+``HPCTRAIN_KERAS_SUITE_REPORT=path`` writes each test's outcome there as JSON
+(``{"node id": "passed" | "failed" | "skipped"}``; a failure in setup or teardown counts).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -43,3 +46,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if untrainable and "requires_trainable_backend" in item.keywords:
             item.add_marker(pytest.mark.skip(reason="the backend does not train"))
+
+
+_outcomes: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report):
+    if report.failed:
+        _outcomes[report.nodeid] = "failed"
+    elif report.skipped:
+        _outcomes.setdefault(report.nodeid, "skipped")
+    elif report.when == "call":
+        _outcomes.setdefault(report.nodeid, "passed")
+
+
+def pytest_collectreport(report):
+    if report.failed:  # a test module that does not import
+        _outcomes[report.nodeid] = "failed"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("HPCTRAIN_KERAS_SUITE_REPORT")
+    if path:
+        with open(path, "w") as file:
+            json.dump(dict(sorted(_outcomes.items())), file, indent=1)
