@@ -130,3 +130,38 @@ def test_a_model_without_trainable_weights_fits_on_keras():
     assert int(model.count.numpy()) == 4
     assert model.__dict__.get("_hpctrain_session") is None or isinstance(model._hpctrain_session,
                                                                           session.KerasSession)
+
+
+def _resume_from_the_older_backup(tmp_path, engine: bool):
+    """Interrupted at the third epoch's end; the newest backup corrupted, so BackupAndRestore
+    restores the one before it, optimizer state included."""
+    from hpctrain.keras import use_engine
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("interrupted")
+
+    use_engine(engine)
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([layers.Input((3,)), layers.Dense(2)])
+        model.compile(optimizer="adam", loss="mse")
+        x, y = _data(20, 3, 2)
+        backup = keras.callbacks.BackupAndRestore(str(tmp_path / f"backup-{engine}"), double_checkpoint=True)
+        with pytest.raises(RuntimeError, match="interrupted"):
+            model.fit(x, y, batch_size=4, epochs=6, verbose=0, shuffle=False, callbacks=[backup, Interrupt()])
+        with open(backup._weights_path, "w") as corrupted:
+            corrupted.write("0")
+        model.fit(x, y, batch_size=4, epochs=6, verbose=0, shuffle=False, callbacks=[backup])
+        return int(model.optimizer.iterations.numpy()), model.get_weights()
+    finally:
+        use_engine(True)
+
+
+def test_optimizer_state_restored_by_backup_and_restore_is_trained_on(tmp_path):
+    iterations, weights = _resume_from_the_older_backup(tmp_path, engine=True)
+    keras_iterations, keras_weights = _resume_from_the_older_backup(tmp_path, engine=False)
+    assert iterations == keras_iterations == 30
+    for ours, theirs in zip(weights, keras_weights):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
