@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import keras_suite
+import pytest
 
 
 @pytest.fixture(scope="module")

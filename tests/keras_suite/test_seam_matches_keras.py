@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import hpctrain.keras as keras
+from hpctrain import keras
 from hpctrain.keras import layers, routing, session
 
 

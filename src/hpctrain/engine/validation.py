@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from hpctrain.arguments import is_number, is_whole_number
@@ -81,10 +83,8 @@ def probe_output_shape(module: torch.nn.Module, x: torch.Tensor, *, name: str = 
     running, such as a Keras model) is asked that instead, where it can answer."""
     traced = getattr(module, "output_shape_of", None)
     if traced is not None:
-        try:
+        with contextlib.suppress(Exception):  # where it cannot, running the model below says what is wrong
             return traced(x)
-        except Exception:  # noqa: BLE001  (running the model below says what is wrong)
-            pass
     was_training = module.training
     module.eval()
     try:
