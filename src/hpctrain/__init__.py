@@ -24,8 +24,16 @@ def __getattr__(name: str):
         return importlib.import_module(f"hpctrain.{name}")
     if name in _ENGINE_NAMES:
         return getattr(importlib.import_module(_ENGINE_NAMES[name]), name)
-    if name.startswith("__"):
-        raise AttributeError(name)
+    if name.startswith("_"):
+        raise AttributeError(f"module 'hpctrain' has no attribute {name!r}")
     # The TensorFlow surface (tf.one_hot, tf.nn.relu, tf.data.Dataset, ...), or an error naming
     # the keras.ops / torch equivalent.
-    return importlib.import_module("hpctrain.tfcompat").lookup(name)
+    try:
+        tfcompat = importlib.import_module("hpctrain.tfcompat")
+    except ModuleNotFoundError as missing:
+        if missing.name != "hpctrain.tfcompat":
+            raise
+        # Without the TensorFlow surface, an unknown name is an AttributeError, as getattr(),
+        # hasattr() and pickle (torch.compile's cache keys) expect of a module.
+        raise AttributeError(f"module 'hpctrain' has no attribute {name!r}") from None
+    return tfcompat.lookup(name)
