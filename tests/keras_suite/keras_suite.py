@@ -12,8 +12,10 @@ What runs:
   ``orbax-checkpoint`` package; without it every one of its tests fails on plain Keras too).
 * from ``trainers/trainer_test.py``, the tests that train a ``keras.Model`` (Sequential, functional
   or subclassed): the others train ``ExampleModel``-style mixins of Keras's backend trainer and a
-  layer, which are not ``keras.Model`` subclasses, so the seam never sees them; the whole file takes
-  many minutes on a shared 2-core machine. :func:`trainer_tests_of_models` picks them by their source.
+  layer, which are not ``keras.Model`` subclasses, so the seam's ``fit``/``evaluate``/``predict``
+  never run for them (importing hpctrain still touches them: its package ``__getattr__`` once broke
+  their ``jit_compile=True`` fits); the whole file takes 40 minutes on a shared 2-core machine.
+  :func:`trainer_tests_of_models` picks the ``keras.Model`` ones by their source.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ LEFT_OUT = {
     "callbacks/orbax_checkpoint_test.py": "needs the orbax-checkpoint package; without it all its tests fail on "
                                           "plain Keras too",
     "trainers/trainer_test.py (tests of ExampleModel-style mixins)": "they train a mixin of Keras's backend trainer "
-                                                                     "and a layer, not a keras.Model: the seam never "
-                                                                     "sees them; the whole file takes many minutes",
+                                                                     "and a layer, not a keras.Model: the seam's "
+                                                                     "fit/evaluate/predict never run for them; the "
+                                                                     "whole file takes 40 minutes here",
 }
 _MODEL_USE = re.compile(r"models\.Model\b|keras\.Model\b|Sequential\(|keras\.src\.Functional")
 

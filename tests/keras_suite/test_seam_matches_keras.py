@@ -165,3 +165,12 @@ def test_optimizer_state_restored_by_backup_and_restore_is_trained_on(tmp_path):
     assert iterations == keras_iterations == 30
     for ours, theirs in zip(weights, keras_weights):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_package_attributes_are_attribute_errors():
+    """torch.compile's cache keys (Keras's jit_compile=True) and inspect look names up on modules they
+    meet and expect AttributeError for the ones a module lacks."""
+    import hpctrain
+
+    for name in ("torch", "_mock_name", "__wrapped__"):
+        assert not hasattr(hpctrain, name)
