@@ -24,8 +24,8 @@ def __getattr__(name: str):
         return importlib.import_module(f"hpctrain.{name}")
     if name in _ENGINE_NAMES:
         return getattr(importlib.import_module(_ENGINE_NAMES[name]), name)
-    if name.startswith("__"):
-        raise AttributeError(name)
+    if name.startswith("_"):
+        raise AttributeError(f"module 'hpctrain' has no attribute {name!r}")
     # The TensorFlow surface (tf.one_hot, tf.nn.relu, tf.data.Dataset, ...), or an error naming
     # the keras.ops / torch equivalent.
     return importlib.import_module("hpctrain.tfcompat").lookup(name)

@@ -221,10 +221,13 @@ class Trainer:
             lambda: self._pass_batches(data.train, batch_size, shuffler), steps_per_epoch,
             _steps_per_epoch(data.train, batch_size))
         self._fit_batches = (data.train, batch_size) if train_stream is None else None
-        validation_batches = self._validation_batches(data.validation, validation_steps,
-                                                      validation_batch_size or batch_size)
+        validation_batches = self._validation_batches(
+            data.validation, validation_steps, validation_batch_size or batch_size,
+            per_batch=hooks.wants("on_test_batch_begin", "on_test_batch_end"))
         self.stop_training = False
         hooks.call("on_train_begin", {})
+        # Keras's BackupAndRestore, restoring in on_train_begin, sets the model's ``_initial_epoch``.
+        initial_epoch = getattr(callback_model, "_initial_epoch", None) or initial_epoch
         run = (saver.restore(metrics=train_metrics, hooks=hooks, shuffler=shuffler) if saver else None) or FitRun(
             epoch=initial_epoch)
         if run.global_step:  # resumed: the schedule's clock continues from the restored update count
@@ -460,12 +463,16 @@ class Trainer:
             return data.shard_batches(batch_size, self.plan.rank, self.plan.world_size, order=order)
         return data.batches(batch_size, order=order)
 
-    def _validation_batches(self, data, validation_steps: int | None, batch_size: int):
+    def _validation_batches(self, data, validation_steps: int | None, batch_size: int, *, per_batch: bool = False):
         """A function giving each validation pass's batches: all of them, or with ``validation_steps``
-        the next that many batches of ``batch_size`` (Keras carries on where the last pass stopped)."""
-        if data is None or validation_steps is None:
+        the next that many batches of ``batch_size`` (Keras carries on where the last pass stopped).
+        ``None`` lets validation take the inference batch size, except where a callback watches
+        each validation batch (``per_batch``): it then sees Keras's batches of ``batch_size``."""
+        if data is None or validation_steps is None and not per_batch:
             return lambda: None
         data = self._share_of(data)
+        if validation_steps is None:
+            return data.batches if isinstance(data, LoaderData) else lambda: data.batches(batch_size)
         new_pass = data.batches if isinstance(data, LoaderData) else lambda: data.batches(batch_size)
         stream = fit_options.BatchStream(new_pass, validation_steps, _steps_per_epoch(data, batch_size),
                                          what="validation")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from hpctrain.arguments import is_number, is_whole_number
@@ -85,7 +87,14 @@ def check_finite(x: torch.Tensor, *, name: str) -> None:
 
 
 def probe_output_shape(module: torch.nn.Module, x: torch.Tensor, *, name: str = "x") -> tuple[int, ...]:
-    """Run the model on two samples to learn its output shape, turning shape errors into advice."""
+    """Run the model on two samples to learn its output shape, turning shape errors into advice.
+
+    A module with ``output_shape_of(x)`` (a front end's model that can trace its shape without
+    running, such as a Keras model) is asked that instead, where it can answer."""
+    traced = getattr(module, "output_shape_of", None)
+    if traced is not None:
+        with contextlib.suppress(Exception):  # where it cannot, running the model below says what is wrong
+            return traced(x)
     was_training = module.training
     module.eval()
     try:

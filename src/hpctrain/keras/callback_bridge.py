@@ -51,6 +51,14 @@ def _acts_per_epoch(callback) -> bool:
     return False
 
 
+def watches(callbacks, *hooks: str) -> bool:
+    """Whether some callback does something in one of ``hooks`` (its class's method, or a function
+    set on it, as ``LambdaCallback`` does)."""
+    base = keras.callbacks.Callback
+    return any(hook in vars(c) or getattr(type(c), hook, None) is not getattr(base, hook)
+               for c in callbacks or [] for hook in hooks)
+
+
 def adapt_callbacks(callbacks) -> list:
     return [EpochHooksOnly(c) if _acts_per_epoch(c) else c for c in (callbacks or [])]
 
@@ -69,14 +77,17 @@ class StateWriter(keras.callbacks.Callback):
 
 
 class RateReader(keras.callbacks.Callback):
-    """Last in the list: a learning rate set by a callback read into the engine as each epoch
-    starts; says which executor runs, once, at the first fit."""
+    """Last in the list: the optimizer state a callback restored as training begins
+    (``BackupAndRestore``) and a learning rate set by a callback read into the engine as each
+    epoch starts; says which executor runs, once, at the first fit."""
 
     def __init__(self, model, engine_optimizer, verbose):
         super().__init__()
         self.keras_model, self.engine_optimizer, self.verbose = model, engine_optimizer, verbose
 
     def on_train_begin(self, logs=None):
+        if self.engine_optimizer is not None:
+            optimizer_map.reload_if_changed(self.keras_model.optimizer, self.engine_optimizer)
         said = self.keras_model.__dict__.setdefault("_hpctrain_said", set())
         plan = self.keras_model._hpctrain_session.plan
         line = f"hpctrain: fit runs on the engine: {dict(plan.reasons).get('executor', plan.executor)}"

@@ -32,6 +32,19 @@ class KerasModule(torch.nn.Module):
         z = torch.matmul(x, last.kernel.value)
         return z + last.bias.value if last.use_bias else z
 
+    def output_shape_of(self, x) -> tuple[int, ...]:
+        """The output shape for the first rows of ``x``, found as Keras's ``fit`` finds it: a
+        symbolic call, which leaves the model's state (a layer counting its calls) untouched."""
+        from keras.src import backend
+
+        rows = x[:2]
+        spec = backend.compute_output_spec(
+            self.keras_model, backend.KerasTensor(tuple(rows.shape), backend.standardize_dtype(rows.dtype)),
+            training=False)
+        if not isinstance(spec, backend.KerasTensor):
+            raise TypeError(f"the model returns a {type(spec).__name__}")
+        return tuple(spec.shape)
+
     def static_layers(self):
         return translate.static_layers(self.keras_model, fold_last_activation=self.logits)
 

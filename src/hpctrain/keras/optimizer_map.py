@@ -22,8 +22,10 @@ _UNMAPPED_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm", "loss_scale_fac
                      "gradient_accumulation_steps")
 
 
-def why_not_mapped(optimizer) -> str | None:
-    """``None`` when a PyTorch kernel runs this optimizer's exact update, else the reason."""
+def why_not_mapped(optimizer, variables=()) -> str | None:
+    """``None`` when a PyTorch kernel runs this optimizer's exact update of ``variables``, else the reason."""
+    if any(getattr(v, "constraint", None) is not None for v in variables):
+        return "a weight constraint is applied by Keras's own update"
     kind = type(optimizer)
     if not isinstance(optimizer, (keras.optimizers.Adam, keras.optimizers.SGD)) or (
             isinstance(optimizer, keras.optimizers.Adam) and kind.__mro__[2:3] != (keras.optimizers.Adam,)
@@ -102,13 +104,41 @@ def load_into_engine(optimizer, engine: LazyOptimizer, variables) -> None:
         engine.state[param] = state
 
 
-def write_back(optimizer, engine: LazyOptimizer) -> None:
-    """The engine's update count and moments into Keras's variables: what Keras's fit leaves."""
-    counted = engine.scheduled_updates
+def _engine_count(engine: LazyOptimizer) -> int:
     for state in engine.state.values():
         if "step" in state:
-            counted = int(state["step"])  # host read
-            break
+            return int(state["step"])  # host read
+    return engine.scheduled_updates
+
+
+def reload_if_changed(optimizer, engine: LazyOptimizer) -> None:
+    """Keras's count and moments into the engine where something other than the engine changed
+    them since the engine last wrote them (``BackupAndRestore`` loading a backup as training
+    begins): copied into the engine's own tensors, which a fused update holds."""
+    iterations = int(optimizer.iterations.numpy())
+    if not optimizer.built or iterations == _engine_count(engine):
+        return
+    engine.scheduled_updates = iterations
+    slots, lr = _slots(optimizer), float(optimizer.learning_rate.numpy())
+    with torch.no_grad():
+        for index, param in enumerate(engine.params):
+            state = engine.state.setdefault(param, {})
+            for key, values in slots.items():
+                value = values[index].value.detach()
+                value = value / -lr if key == "momentum_buffer" else value
+                if key in state:
+                    state[key].copy_(value)
+                else:
+                    state[key] = value.clone()
+            if "step" in state:
+                state["step"].fill_(float(iterations))
+            elif isinstance(optimizer, keras.optimizers.Adam):
+                state["step"] = torch.tensor(float(iterations), device=param.device)
+
+
+def write_back(optimizer, engine: LazyOptimizer) -> None:
+    """The engine's update count and moments into Keras's variables: what Keras's fit leaves."""
+    counted = _engine_count(engine)
     optimizer.iterations.assign(counted)
     engine.scheduled_updates = counted
     if counted == 0:

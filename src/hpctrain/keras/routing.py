@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import torch
 
+from hpctrain.keras.callback_bridge import watches
 from hpctrain.keras.optimizer_map import why_not_mapped  # noqa: F401  (explained by the plan)
 
 _STEP_METHODS = ("train_step", "test_step", "predict_step", "compute_loss", "compute_metrics")
@@ -32,7 +33,15 @@ def _data_reason(x, y, what="x") -> str | None:
         return "x and y have different numbers of samples (Keras says which)"
     if len(x) == 0:
         return "x is empty (Keras says so)"
+    if not (_finite(x) and (y is None or _finite(y))):
+        return f"{what} or its targets hold NaN or Inf, which Keras trains on as given"
     return None
+
+
+def _finite(value) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind not in "fc" or bool(np.isfinite(value).all())
+    return not (value.is_floating_point() or value.is_complex()) or bool(torch.isfinite(value).all())
 
 
 def _model_reason(model) -> str | None:
@@ -61,8 +70,16 @@ def _model_reason(model) -> str | None:
     return None
 
 
-def why_keras_fits(model, x, y, validation_data) -> str | None:
-    reason = _model_reason(model) or _data_reason(x, y)
+def _training_reason(model, callbacks) -> str | None:
+    if model.built and not model.trainable_variables:
+        return "the model has no trainable weights"
+    if any(isinstance(c, keras.callbacks.TerminateOnNaN) for c in callbacks or []):
+        return "a TerminateOnNaN callback reads each batch's loss as Keras's loop gives it"
+    return None
+
+
+def why_keras_fits(model, x, y, validation_data, callbacks=None) -> str | None:
+    reason = _model_reason(model) or _data_reason(x, y) or _training_reason(model, callbacks)
     if reason is None and y is None:
         reason = "fit was given no targets"
     if reason is None and validation_data is not None:
@@ -73,15 +90,22 @@ def why_keras_fits(model, x, y, validation_data) -> str | None:
     return reason
 
 
+def why_keras_trains_built(model) -> str | None:
+    """What only shows once the model is built (a model without an input shape builds in ``fit``)."""
+    return "the model has no trainable weights" if not model.trainable_variables else None
+
+
 def why_keras_evaluates(model, x, y, steps, extra) -> str | None:
     if steps is not None or extra:
         return "steps or other arguments are given"
     return _model_reason(model) or _data_reason(x, y) or ("evaluate was given no targets" if y is None else None)
 
 
-def why_keras_predicts(model, x, steps) -> str | None:
+def why_keras_predicts(model, x, steps, callbacks=None) -> str | None:
     if steps is not None:
         return "steps is given"
+    if watches(callbacks, "on_predict_batch_begin", "on_predict_batch_end"):
+        return "a callback watches each predict batch, which the engine does not call"
     if _overridden(model, ("predict_step",)):
         return "the model defines its own predict_step"
     if len(getattr(model, "outputs", None) or [None]) > 1 or len(getattr(model, "inputs", None) or [None]) > 1:

@@ -77,13 +77,16 @@ def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=Non
     """Keras's compile; hpctrain's ``plan`` (``hpctrain.make_plan(...)``) fixes the hardware plan."""
     # Keras on torch refuses steps_per_execution > 1 and maps jit_compile=True to torch.compile;
     # the engine already runs many steps per call and compiles where it measures faster.
-    self._hpctrain_compile = dict(loss=loss, loss_weights=loss_weights, metrics=metrics,
-                                  weighted_metrics=weighted_metrics, run_eagerly=bool(run_eagerly),
-                                  steps_per_execution=steps_per_execution, jit_compile=jit_compile)
-    self._hpctrain_session = None
     from hpctrain.distribute import get_strategy
 
-    self._hpctrain_strategy = get_strategy()  # as in Keras, a model compiled in a scope trains with it
+    # Set past Keras's attribute tracking: a metric object held here would otherwise be tracked
+    # as one of the model's own metrics (``model.metrics`` would list it).
+    self.__dict__.update(
+        _hpctrain_compile=dict(loss=loss, loss_weights=loss_weights, metrics=metrics,
+                               weighted_metrics=weighted_metrics, run_eagerly=bool(run_eagerly),
+                               steps_per_execution=steps_per_execution, jit_compile=jit_compile),
+        _hpctrain_session=None,
+        _hpctrain_strategy=get_strategy())  # as in Keras, a model compiled in a scope trains with it
     if plan is not None:
         if self._hpctrain_strategy is not None:
             raise ValueError("compile(plan=...) inside strategy.scope(): the strategy makes each replica's plan; "
@@ -109,7 +112,12 @@ def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbac
                      steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
                      validation_batch_size=validation_batch_size, validation_freq=validation_freq)
     _check_options(options, "fit")
-    reason = routing.why_keras_fits(self, x, y, validation_data) if engine_enabled() else "the engine is off"
+    reason = routing.why_keras_fits(self, x, y, validation_data, callbacks) if engine_enabled() else "the engine is off"
+    if reason is None:
+        from hpctrain.keras.session import build_for_training
+
+        build_for_training(self, x, y)
+        reason = routing.why_keras_trains_built(self)
     if reason is not None:
         routing.announce(self, "fit", verbose, reason, options)
         return _KERAS_METHODS["fit"](self, **arguments)
@@ -132,7 +140,7 @@ def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weigh
 
 def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
     arguments = dict(x=x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks)
-    reason = routing.why_keras_predicts(self, x, steps) if engine_enabled() else "the engine is off"
+    reason = routing.why_keras_predicts(self, x, steps, callbacks) if engine_enabled() else "the engine is off"
     if reason is not None:
         return _KERAS_METHODS["predict"](self, **arguments)
     from hpctrain.keras.session import session_of

@@ -18,7 +18,7 @@ from hpctrain.engine.callbacks import register_callback_base
 from hpctrain.engine.trainer import INFERENCE_BATCH
 from hpctrain.hardware import make_plan
 from hpctrain.keras import optimizer_map, translate
-from hpctrain.keras.callback_bridge import RateReader, StateWriter, adapt_callbacks
+from hpctrain.keras.callback_bridge import RateReader, StateWriter, adapt_callbacks, watches
 from hpctrain.keras.module import KerasModule
 
 register_callback_base(keras.callbacks.Callback)
@@ -29,7 +29,7 @@ _ACTIVATIONS = {"softmax": lambda z: torch.softmax(z, dim=-1), "sigmoid": torch.
 def session_of(model) -> "KerasSession":
     session = model.__dict__.get("_hpctrain_session")
     if session is None:
-        session = model._hpctrain_session = KerasSession(model)
+        session = model.__dict__["_hpctrain_session"] = KerasSession(model)  # untracked by Keras
     return session
 
 
@@ -58,7 +58,7 @@ class KerasSession:
             loss = loss.with_logits()
         plan = plan or self._plan_given or self._strategy_plan() or make_plan()
         self._plan_given = plan
-        reason = optimizer_map.why_not_mapped(model.optimizer)
+        reason = optimizer_map.why_not_mapped(model.optimizer, model.trainable_variables)
         if config["run_eagerly"]:
             plan = plan.with_choice("executor", "autograd", "run_eagerly=True in compile")
         elif reason is not None:
@@ -78,7 +78,7 @@ class KerasSession:
 
         def build(_params, device):
             variables = model.trainable_variables
-            if optimizer_map.why_not_mapped(model.optimizer) is not None:
+            if optimizer_map.why_not_mapped(model.optimizer, variables) is not None:
                 return optimizer_map.KerasApply(model.optimizer, variables)
             engine = optimizer_map.engine_optimizer(model.optimizer, [v.value for v in variables], device)
             optimizer_map.load_into_engine(model.optimizer, engine, variables)
@@ -103,6 +103,7 @@ class KerasSession:
     def fit(self, arguments: dict, *, plan=None, on_nonfinite="raise", checkpoint=None):
         model = self.model
         x, y = _features(model, arguments.pop("x")), arguments.pop("y")
+        build_for_training(model, x, y)
         trainer = self._trainer_for(x, plan)
         validation = arguments.pop("validation_data")
         if validation is not None:
@@ -148,8 +149,9 @@ class KerasSession:
     def evaluate(self, arguments: dict):
         model = self.model
         x = _features(model, arguments["x"])
+        build_for_training(model, x, arguments["y"])
         trainer = self._trainer_for(x)
-        return trainer.evaluate(x, arguments["y"], batch_size=arguments["batch_size"],
+        return trainer.evaluate(x, arguments["y"], batch_size=_batch_size(arguments, "on_test_batch"),
                                 verbose=arguments["verbose"], return_dict=arguments["return_dict"],
                                 sample_weight=arguments["sample_weight"],
                                 callbacks=adapt_callbacks(arguments["callbacks"]), callback_model=model)
@@ -163,6 +165,15 @@ class KerasSession:
             trainer = self._trainer_for(x)
         return trainer.predict(x, batch_size=arguments["batch_size"], verbose=arguments["verbose"],
                                callbacks=adapt_callbacks(arguments["callbacks"]), callback_model=model)
+
+
+def _batch_size(arguments: dict, hooks: str):
+    """The batch size given; where none is, the engine's inference batch, unless a callback watches
+    each batch: it then sees Keras's batches of 32."""
+    batch_size = arguments["batch_size"]
+    if batch_size is None and watches(arguments["callbacks"], hooks + "_begin", hooks + "_end"):
+        return 32
+    return batch_size
 
 
 def _inference_trainer(model, x) -> Trainer:
@@ -198,6 +209,14 @@ def _features(model, x):
             model).takes_ids()):
         return x.to(torch.float32)
     return x
+
+
+def build_for_training(model, x, y) -> None:
+    """The model, its compiled loss and metrics built as Keras's ``fit``/``evaluate`` build them: by
+    a symbolic call on the first rows (no layer runs, so none counts a call), after which
+    ``model.metrics`` holds the compiled metrics that callbacks look up (``EarlyStopping``'s
+    ``mode="auto"`` reads their direction)."""
+    model._symbolic_build(data_batch=(_features(model, x[:2]), y[:2]))
 
 
 def _build(model, x) -> None:
