@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import warnings
 import weakref
 
