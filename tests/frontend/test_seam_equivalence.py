@@ -128,3 +128,19 @@ def test_the_cpp_step_loop_runs_keras_adam_exactly():
     assert max_difference(ours.get_weights(), reference.get_weights()) < 1e-5
     assert max_difference(optimizer_values(ours), optimizer_values(reference)) < 1e-5
     np.testing.assert_allclose(history.history["loss"], reference_history.history["loss"], rtol=1e-5)
+
+
+def test_keras_metric_objects_hold_what_keras_fit_and_evaluate_leave(classification):
+    x, y = classification
+    (ours, _), (reference, _) = twin_fits(_mlp("adam"), x, y, epochs=2, batch_size=32,
+                                          validation_data=(x[:40], y[:40]))
+    ours_results = {k: float(v) for k, v in ours.get_metrics_result().items()}
+    reference_results = {k: float(v) for k, v in reference.get_metrics_result().items()}
+    assert sorted(ours_results) == sorted(reference_results) == ["accuracy", "loss"]
+    for name, value in reference_results.items():
+        assert ours_results[name] == pytest.approx(value, rel=1e-5)
+    ours.evaluate(x, y, verbose=0)
+    with keras_own_loop():
+        reference.evaluate(x, y, verbose=0)
+    for name, value in reference.get_metrics_result().items():
+        assert float(ours.get_metrics_result()[name]) == pytest.approx(float(value), rel=1e-5)

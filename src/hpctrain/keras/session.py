@@ -17,7 +17,7 @@ from hpctrain.engine import Trainer
 from hpctrain.engine.callbacks import register_callback_base
 from hpctrain.engine.trainer import INFERENCE_BATCH
 from hpctrain.hardware import make_plan
-from hpctrain.keras import optimizer_map, translate
+from hpctrain.keras import metric_state, optimizer_map, translate
 from hpctrain.keras.callback_bridge import RateReader, StateWriter, adapt_callbacks, watches
 from hpctrain.keras.module import KerasModule
 
@@ -128,6 +128,7 @@ class KerasSession:
                 optimizer_map.write_back(model.optimizer, engine_optimizer)
         history.history, history.epoch = engine_history.history, engine_history.epoch  # a resumed run's too
         model.history = history
+        _leave_last_pass_in_metrics(model, history.history, len(x), validation, arguments["validation_split"])
         return history
 
     def _fit_in_replicas(self, strategy, arguments: dict, **options):
@@ -151,10 +152,15 @@ class KerasSession:
         x = _features(model, arguments["x"])
         build_for_training(model, x, arguments["y"])
         trainer = self._trainer_for(x)
-        return trainer.evaluate(x, arguments["y"], batch_size=_batch_size(arguments, "on_test_batch"),
-                                verbose=arguments["verbose"], return_dict=arguments["return_dict"],
+        logs = trainer.evaluate(x, arguments["y"], batch_size=_batch_size(arguments, "on_test_batch"),
+                                verbose=arguments["verbose"], return_dict=True,
                                 sample_weight=arguments["sample_weight"],
                                 callbacks=adapt_callbacks(arguments["callbacks"]), callback_model=model)
+        metric_state.write_results(model, logs, len(x))
+        if arguments["return_dict"]:
+            return logs
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
 
     def predict(self, arguments: dict) -> np.ndarray:
         model = self.model
@@ -174,6 +180,16 @@ def _batch_size(arguments: dict, hooks: str):
     if batch_size is None and watches(arguments["callbacks"], hooks + "_begin", hooks + "_end"):
         return 32
     return batch_size
+
+
+def _leave_last_pass_in_metrics(model, history: dict, rows: int, validation, validation_split) -> None:
+    """Keras's metric objects after fit hold the last pass: validation where it ran, else training."""
+    last = {name: values[-1] for name, values in history.items() if values}
+    if "val_loss" in last:
+        validation_rows = len(validation[0]) if validation is not None else int(rows * validation_split)
+        metric_state.write_results(model, last, validation_rows, prefix="val_")
+    else:
+        metric_state.write_results(model, last, rows - int(rows * (validation_split or 0.0)))
 
 
 def _inference_trainer(model, x) -> Trainer:
