@@ -315,9 +315,17 @@ def test_the_learning_rate_is_rescaled_only_when_asked(rng):
     model = _model(plan=make_plan(lr_scaling="linear"), learning_rate=0.001)
     model.fit(x, y, epochs=1, batch_size="auto", verbose=0)
     chosen = model.plan.batch_size
+    assert chosen > 32
+    # The rate that trained (the engine's, after every epoch's read of Keras's rate) and the one
+    # Keras's optimizer shows are both the rescaled one.
     assert model._hpctrain_session.trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.001 * chosen / 32)
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.001 * chosen / 32)
     assert dict(model.plan.reasons)["learning_rate"].endswith(f"(0.001 × {chosen}/32 by the linear rule for the "
                                                               "chosen batch size)")
+    unscaled = _model(learning_rate=0.001)
+    unscaled.fit(x, y, epochs=1, batch_size="auto", verbose=0)
+    assert unscaled._hpctrain_session.trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.001)
+    assert "learning_rate" not in dict(unscaled.plan.reasons)
 
 
 def test_doctor_clear_cache_forgets_every_plan(rng, tmp_path):

@@ -78,8 +78,9 @@ class StateWriter(keras.callbacks.Callback):
 
 class RateReader(keras.callbacks.Callback):
     """Last in the list: the optimizer state a callback restored as training begins
-    (``BackupAndRestore``) and a learning rate set by a callback read into the engine as each
-    epoch starts; says which executor runs, once, at the first fit."""
+    (``BackupAndRestore``), the engine's rate (rescaled by the plan) kept in Keras's variable as
+    training starts, and a learning rate set by a callback read into the engine as each epoch
+    starts; says which executor runs, once, at the first fit."""
 
     def __init__(self, model, engine_optimizer, verbose):
         super().__init__()
@@ -88,6 +89,7 @@ class RateReader(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self.engine_optimizer is not None:
             optimizer_map.reload_if_changed(self.keras_model.optimizer, self.engine_optimizer)
+            optimizer_map.keep_rate(self.keras_model.optimizer, self.engine_optimizer)
         said = self.keras_model.__dict__.setdefault("_hpctrain_said", set())
         plan = self.keras_model._hpctrain_session.plan
         line = f"hpctrain: fit runs on the engine: {dict(plan.reasons).get('executor', plan.executor)}"

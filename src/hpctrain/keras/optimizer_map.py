@@ -161,6 +161,14 @@ def set_rate(optimizer, engine: LazyOptimizer) -> None:
             group["lr"] = rate
 
 
+def keep_rate(optimizer, engine: LazyOptimizer) -> None:
+    """The engine's fixed rate into Keras's variable: the rate the plan rescaled for its chosen batch
+    size (``make_plan(lr_scaling=...)``) is then the one Keras shows, callbacks start from, and
+    ``set_rate`` reads back at each epoch's start."""
+    if engine.schedule is None:
+        optimizer.learning_rate.assign(float(engine.param_groups[0]["lr"]))
+
+
 class KerasApply:
     """Keras's own update as the optimizer of the engine's autograd step: ``step()`` hands the
     gradients autograd left in ``.grad`` to ``optimizer.apply``."""

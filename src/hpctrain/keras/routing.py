@@ -55,6 +55,8 @@ def _model_reason(model) -> str | None:
         return "the model was compiled before hpctrain's seam was installed"
     if isinstance(config["loss"], (dict, list, tuple)) or config["loss_weights"] is not None:
         return "the loss is given per output"
+    if isinstance(config["loss"], str) and config["loss"].lower() in ("crossentropy", "ce"):
+        return f"Keras picks the cross-entropy that loss={config['loss']!r} means from the targets' shapes"
     if config["weighted_metrics"]:
         return "weighted_metrics are computed by Keras"
     if isinstance(config["metrics"], dict) or any(isinstance(m, (list, tuple, dict)) for m in config["metrics"] or []):

@@ -114,6 +114,8 @@ class KerasSession:
                      RateReader(model, engine_optimizer, arguments["verbose"])]
         batch_size = arguments.pop("batch_size")
         model.stop_training = False
+        if engine_optimizer is not None:  # Keras's rate, before the plan rescales it for its batch size
+            optimizer_map.set_rate(model.optimizer, engine_optimizer)
         strategy = getattr(model, "_hpctrain_strategy", None)
         if strategy is not None and strategy.spawns_locally:
             return self._fit_in_replicas(strategy, dict(x=x, y=y, batch_size=batch_size, validation_data=validation,
