@@ -176,7 +176,10 @@ class StatefulMetric(Metric):
         self.loss = loss
 
     def bind(self, device):
-        self.metric = copy.deepcopy(self.metric)
+        # A front end may know a cheaper or safer copy than deepcopy (Keras pickles a metric
+        # through its saving code, which fails for unregistered classes): ``fresh_copy()``.
+        fresh_copy = getattr(self.metric, "fresh_copy", None)
+        self.metric = fresh_copy() if fresh_copy is not None else copy.deepcopy(self.metric)
         if hasattr(self.metric, "to_device"):
             self.metric.to_device(device)
         # result() / 1: the engine reads every metric as total / count.

@@ -67,7 +67,7 @@ class KerasSession:
             plan = plan.with_choice("compile", True, "jit_compile=True in compile")
         module = KerasModule(model, logits=bool(fold))
         self.trainer = Trainer(module, loss=loss, optimizer=self._optimizer_factory(), statistics=module.statistics(),
-                               metrics=translate.engine_metrics(config["metrics"]),
+                               metrics=_metrics_for(model, config, loss),
                                output_activation=_ACTIVATIONS.get(fold), penalty=_penalty(model), plan=plan,
                                inference_batch_size=INFERENCE_BATCH)
         self.trainer.stop_source = model
@@ -182,6 +182,16 @@ def _batch_size(arguments: dict, hooks: str):
     if batch_size is None and watches(arguments["callbacks"], hooks + "_begin", hooks + "_end"):
         return 32
     return batch_size
+
+
+def _metrics_for(model, config, loss) -> list:
+    """The static path's metrics by the engine's names; on the autograd path, where Keras's own
+    loss runs, the metric objects Keras's compile resolved ("accuracy" as Keras reads it for this
+    loss and output), each pass with a fresh copy."""
+    compiled = getattr(model, "_compile_metrics", None)
+    if isinstance(loss, translate.KerasLoss) and compiled is not None and compiled.built:
+        return [translate.KerasMetric(metric) for metric in compiled.metrics]
+    return translate.engine_metrics(config["metrics"])
 
 
 def _leave_last_pass_in_metrics(model, history: dict, rows: int, validation, validation_split) -> None:

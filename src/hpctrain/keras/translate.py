@@ -175,13 +175,42 @@ def engine_metrics(specs) -> list:
         if isinstance(spec, str) and spec.lower() in _ENGINE_METRIC_NAMES:
             resolved.append(spec)
         elif isinstance(spec, keras.metrics.Metric):
-            resolved.append(spec)
+            resolved.append(KerasMetric(spec))
         else:
             metric = keras.metrics.get(spec)
-            resolved.append(metric if isinstance(metric, keras.metrics.Metric)
-                            else keras.metrics.MeanMetricWrapper(metric, name=_metric_name(spec, metric)))
+            resolved.append(KerasMetric(metric if isinstance(metric, keras.metrics.Metric)
+                                        else keras.metrics.MeanMetricWrapper(metric, name=_metric_name(spec, metric))))
     return resolved
 
 
 def _metric_name(spec, metric) -> str:
     return spec if isinstance(spec, str) else getattr(metric, "__name__", type(metric).__name__)
+
+
+class KerasMetric:
+    """A Keras metric object as the engine runs it: each pass (train, validation) gets a fresh
+    copy made from the metric's config, as Keras would rebuild it, instead of a deepcopy (which
+    Keras performs by saving the object, and which fails for classes not registered)."""
+
+    def __init__(self, metric):
+        self.metric = metric
+        self.name = metric.name
+
+    def fresh_copy(self):
+        try:
+            return type(self.metric).from_config(self.metric.get_config())
+        except (TypeError, ValueError, NotImplementedError):
+            return self.metric  # a class that cannot be rebuilt from its config: the object itself
+
+    def update_state(self, *args, **kwargs):
+        return self.metric.update_state(*args, **kwargs)
+
+    def result(self):
+        return self.metric.result()
+
+    def reset_state(self):
+        return self.metric.reset_state()
+
+    @property
+    def variables(self):
+        return self.metric.variables
