@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 import hpctrain as tf
-from hpctrain.keras import optimizers
+from hpctrain.keras import Input, optimizers
 from hpctrain.keras.callbacks import Callback
 from hpctrain.keras.layers import Dense
 from hpctrain.keras.models import Sequential
@@ -38,7 +38,7 @@ x = rng.normal(size=(203, 12)).astype("float32")  # 203 rows, batch 20: an uneve
 y = rng.integers(0, 4, size=203)
 strategy = tf.distribute.MirroredStrategy()
 with strategy.scope():
-    model = Sequential([Dense(16, activation="tanh", input_dim=12), Dense(4, activation="softmax")])
+    model = Sequential([Input((12,)), Dense(16, activation="tanh"), Dense(4, activation="softmax")])
     optimizer = optimizers.Adam(0.01) if optimizer_name == "adam" else optimizers.SGD(0.1, momentum=0.9)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   run_eagerly=executor == "autograd")

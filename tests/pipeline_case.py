@@ -1,12 +1,7 @@
-"""The model, data and native network that the pipeline tests train, in one process or in stages."""
+"""The data and native network that the pipeline tests train, in one process or in stages."""
 
 import numpy as np
 import torch
-
-import hpctrain as tf
-from hpctrain.keras import optimizers
-from hpctrain.keras.layers import Dense
-from hpctrain.keras.models import Sequential
 
 ROWS, FEATURES, CLASSES = 100, 12, 4
 FIT = dict(epochs=2, batch_size=16, validation_split=0.1)  # 90 training rows: a last batch of 10
@@ -17,18 +12,9 @@ def data():
     return rng.normal(size=(ROWS, FEATURES)).astype("float32"), rng.integers(0, CLASSES, size=ROWS)
 
 
-def keras_model(learning_rate=0.01):
-    tf.keras.utils.set_random_seed(0)
-    model = Sequential([Dense(16, activation="tanh", input_dim=FEATURES), Dense(8, activation="relu"),
-                        Dense(CLASSES, activation="softmax")])
-    model.compile(optimizer=optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    return model
-
-
 def native_network():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(FEATURES, 16), torch.nn.Tanh(), torch.nn.Linear(16, CLASSES))
 
 
-NATIVE = dict(loss=torch.nn.CrossEntropyLoss(), optimizer="sgd", metrics=["accuracy"])
+NATIVE = dict(loss=torch.nn.CrossEntropyLoss(), optimizer="adam", metrics=["accuracy"])

@@ -1,8 +1,8 @@
 """A training run for the crash tests: python resume_program.py OUT BACKUP_DIR [DIE_ONCE_MARKER].
 
 An MNIST-sized MLP (784 -> 128 -> 10, Adam) on synthetic data, 3 epochs, backed up every 7 steps
-(saves fall mid-epoch). Each step sleeps 15 ms in a batch-begin hook (no host sync), so a test can
-kill it mid-run. Rank 0 writes the final weights and History to OUT (.npz and .json).
+(saves fall mid-epoch) by the engine's BackupAndRestore (Keras's own is epoch-granular). Each
+step sleeps 15 ms in a batch-begin hook (no host sync), so a test can kill it mid-run. Rank 0 writes the final weights and History to OUT (.npz and .json).
 With DIE_ONCE_MARKER, rank 1 kills itself with SIGKILL at global step 50 unless the marker exists
 (it creates it first): one worker dies once, as in the elastic test.
 """
@@ -16,7 +16,9 @@ import time
 import numpy as np
 
 import hpctrain as tf
-from hpctrain.keras.callbacks import BackupAndRestore, Callback
+from hpctrain.engine.callbacks import BackupAndRestore  # the engine's: exact, mid-epoch resume
+from hpctrain.keras import Input
+from hpctrain.keras.callbacks import Callback
 from hpctrain.keras.layers import Dense
 from hpctrain.keras.models import Sequential
 
@@ -44,7 +46,7 @@ y = rng.integers(0, 10, size=1200)
 distributed = "WORLD_SIZE" in os.environ
 strategy = tf.distribute.MirroredStrategy() if distributed else None
 with strategy.scope() if distributed else open(os.devnull) as _:
-    model = Sequential([Dense(128, activation="relu", input_dim=784), Dense(10, activation="softmax")])
+    model = Sequential([Input((784,)), Dense(128, activation="relu"), Dense(10, activation="softmax")])
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], plan=None if distributed else tf.make_plan(threads=1))
 rank = strategy.plan().rank if distributed else 0

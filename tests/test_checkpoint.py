@@ -1,4 +1,8 @@
-"""Training checkpoints: exact in-process resume, damaged files, pickles refused, a full disk."""
+"""Training checkpoints: exact in-process resume, damaged files, pickles refused, a full disk.
+
+Keras models resume exactly with the engine's ``BackupAndRestore`` (or ``fit(checkpoint=...)``);
+the engine's ``EarlyStopping``/``ReduceLROnPlateau`` carry their state in the checkpoint, so
+they are the ones used where a resumed run must equal the uninterrupted one bit for bit."""
 
 import errno
 import os
@@ -14,7 +18,9 @@ from hpctrain.engine import Trainer
 from hpctrain.engine import checkpoint as ckpt
 from hpctrain.engine.checkpoint import CheckpointConfig
 from hpctrain.errors import CheckpointError, ConfigError, HpctrainWarning, InputError
-from hpctrain.keras.callbacks import BackupAndRestore, Callback, EarlyStopping, ReduceLROnPlateau
+from hpctrain.engine.callbacks import BackupAndRestore, EarlyStopping, ReduceLROnPlateau
+from hpctrain.keras import Input
+from hpctrain.keras.callbacks import Callback
 from hpctrain.keras.layers import Dense
 from hpctrain.keras.models import Sequential, load_model
 from hpctrain.keras.optimizers.schedules import ExponentialDecay
@@ -46,7 +52,7 @@ def _data():
 def _fit(directory, *, eager=False, stop_at=None, epochs=3, save_freq=4, schedule=False):
     """A fresh model from the same seed, trained with backups in ``directory``; ``None`` if stopped."""
     tf.keras.utils.set_random_seed(0)
-    model = Sequential([Dense(16, activation="relu", input_dim=20), Dense(4, activation="softmax")])
+    model = Sequential([Input((20,)), Dense(16, activation="relu"), Dense(4, activation="softmax")])
     rate = ExponentialDecay(0.01, decay_steps=3, decay_rate=0.8) if schedule else 0.01
     optimizer = tf.keras.optimizers.SGD(0.1, momentum=0.9) if eager else tf.keras.optimizers.Adam(rate)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
@@ -218,15 +224,18 @@ def test_pickled_code_in_a_checkpoint_or_weights_file_is_refused_and_never_runs(
             ckpt.load_checkpoint(str(backup / name))
     with pytest.warns(HpctrainWarning, match="skipping the damaged checkpoint"):
         assert ckpt.load_latest(str(backup)) is None
-    model = Sequential([Dense(2, input_dim=3)])
-    model.build()
-    for path in [tmp_path / "evil.weights.h5", torch_file]:
-        if path != torch_file:
-            path.write_bytes(evil)
-        with pytest.raises(InputError, match="not a safetensors weights file"):
-            model.load_weights(str(path))
-        with pytest.raises(InputError, match="is not a model saved by model.save"):
-            load_model(str(path))
+    # Keras's own loaders never unpickle: an .h5 name is opened by h5py, a .keras name as a zip,
+    # any other name is refused by its extension.
+    model = Sequential([Input((3,)), Dense(2)])
+    (tmp_path / "evil.weights.h5").write_bytes(evil)
+    (tmp_path / "evil.keras").write_bytes(evil)
+    for load in (model.load_weights, load_model):
+        with pytest.raises(OSError, match="file signature not found"):
+            load(str(tmp_path / "evil.weights.h5"))
+        with pytest.raises(ValueError, match="File format not supported"):
+            load(str(torch_file))
+    with pytest.raises(ValueError, match=r"is an accessible `\.keras` zip file"):
+        load_model(str(tmp_path / "evil.keras"))
     assert not marker.exists()
 
 

@@ -13,6 +13,8 @@ from hpctrain.engine.data import ResidentData
 from hpctrain.engine.losses import CrossEntropy
 
 
+REPO_SRC = __import__("pathlib").Path(__file__).resolve().parents[1] / "src"
+
 # Tests that compare with a reference computed on the CPU train on the CPU too.
 CPU = hpctrain.make_plan(device="cpu")
 
@@ -242,13 +244,34 @@ def test_weights_include_buffers_so_restoring_the_best_epoch_restores_batch_norm
     assert trainer.evaluate(x[48:], y[48:], verbose=0) == pytest.approx(min(history.history["val_loss"]), rel=1e-6)
 
 
+def test_a_keras_callback_is_a_callback_to_the_trainer_in_a_fresh_process(tmp_path):
+    """Before any Keras model has trained in the process, a Keras callback is taken by the native API."""
+    import subprocess
+    import sys
+
+    program = (
+        "import numpy as np, torch, hpctrain\n"
+        "from hpctrain.keras.callbacks import EarlyStopping, LambdaCallback\n"
+        "torch.manual_seed(0)\n"
+        "x = np.random.default_rng(0).normal(size=(32, 6)).astype('float32'); y = np.arange(32) % 3\n"
+        "t = hpctrain.Trainer(torch.nn.Linear(6, 3), loss=torch.nn.CrossEntropyLoss(), optimizer='sgd')\n"
+        "seen = []\n"
+        "h = t.fit(x, y, epochs=3, verbose=0, callbacks=[EarlyStopping(monitor='loss', patience=5),\n"
+        "          LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(epoch))])\n"
+        "print('epochs', seen, len(h.history['loss']))\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO_SRC)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "epochs [0, 1, 2] 3" in done.stdout
+
+
 def test_model_checkpoint_saves_a_modules_state_dict(tmp_path, rng):
     x, y = small_classification(rng, n=32)
     module = _net()
     trainer = hpctrain.Trainer(module, loss=torch.nn.CrossEntropyLoss(), optimizer="sgd", plan=CPU)
     path = tmp_path / "weights-{epoch}.pt"
     trainer.fit(x, y, epochs=2, verbose=0, callbacks=[
-        hpctrain.keras.callbacks.ModelCheckpoint(str(path), monitor="loss", save_weights_only=True)])
+        hpctrain.engine.callbacks.ModelCheckpoint(str(path), monitor="loss", save_weights_only=True)])
     saved = torch.load(tmp_path / "weights-2.pt", weights_only=True)
     for name, tensor in module.state_dict().items():
         torch.testing.assert_close(saved[name], tensor, rtol=0, atol=0)
@@ -257,7 +280,7 @@ def test_model_checkpoint_saves_a_modules_state_dict(tmp_path, rng):
     np.testing.assert_array_equal(other.predict(x), trainer.predict(x))
     with pytest.raises(hpctrain.errors.ConfigError, match=r"for a torch module give save_weights_only=True"):
         trainer.fit(x, y, epochs=1, verbose=0,
-                    callbacks=[hpctrain.keras.callbacks.ModelCheckpoint(str(tmp_path / "m.keras"))])
+                    callbacks=[hpctrain.engine.callbacks.ModelCheckpoint(str(tmp_path / "m.keras"))])
 
 
 def test_loader_batches_get_the_same_label_handling_as_arrays(rng):

@@ -1,16 +1,16 @@
-"""The TensorBoard callback writes real event files: read back with tensorboard's own reader."""
+"""The engine's TensorBoard callback (the native API's) writes real event files: read back with
+tensorboard's own reader. Keras models get Keras's own TensorBoard callback."""
 
 import sys
 
 import numpy as np
 import pytest
+import torch
 
+import hpctrain
 from conftest import small_classification
+from hpctrain.engine.callbacks import TensorBoard
 from hpctrain.errors import ConfigError, MissingDependencyError
-from hpctrain.keras import optimizers
-from hpctrain.keras.callbacks import TensorBoard
-from hpctrain.keras.layers import Dense
-from hpctrain.keras.models import Sequential
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
@@ -26,10 +26,11 @@ def _scalars(reader, tag):
 
 
 def _model():
-    model = Sequential([Dense(4, activation="relu", input_dim=5), Dense(3, activation="softmax")])
-    model.compile(optimizer=optimizers.Adam(learning_rate=0.01), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    return model
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    return hpctrain.Trainer(module, loss=torch.nn.CrossEntropyLoss(), metrics=["accuracy"],
+                            optimizer=torch.optim.Adam(module.parameters(), lr=0.01),
+                            plan=hpctrain.make_plan(device="cpu"))
 
 
 def test_epoch_scalars_and_histograms_equal_the_history(tmp_path, rng):
@@ -45,12 +46,12 @@ def test_epoch_scalars_and_histograms_equal_the_history(tmp_path, rng):
         steps, values = zip(*_scalars(validation, "epoch_" + name))
         np.testing.assert_allclose(values, history.history["val_" + name], rtol=1e-6)
     assert [value for _, value in _scalars(train, "epoch_learning_rate")] == pytest.approx([0.01] * 3)
-    kernel_tag = f"{model.layers[0].name}/kernel/histogram"
+    kernel_tag = "0/weight/histogram"  # a module's parameters by name
     assert sorted(train.Tags()["histograms"]) == sorted(
-        f"{layer.name}/{weight}/histogram" for layer in model.layers for weight in ("kernel", "bias"))
+        f"{layer}/{weight}/histogram" for layer in ("0", "2") for weight in ("weight", "bias"))
     histograms = train.Histograms(kernel_tag)
     assert [h.step for h in histograms] == [0, 2]  # every second epoch
-    kernel = model.layers[0].kernel.detach().numpy()
+    kernel = model.module[0].weight.detach().numpy()
     last = histograms[-1].histogram_value
     assert (last.num, last.min, last.max) == (kernel.size, pytest.approx(kernel.min()), pytest.approx(kernel.max()))
     assert last.sum == pytest.approx(float(kernel.sum()), rel=1e-5, abs=1e-6)
@@ -86,3 +87,18 @@ def test_bad_tensorboard_arguments_are_rejected():
         TensorBoard(update_freq=0)
     with pytest.raises(ConfigError, match="profile_batch and embeddings are not supported yet"):
         TensorBoard(profile_batch=5)
+
+
+def test_a_keras_model_gets_keras_own_tensorboard_which_needs_tensorflow(tmp_path, rng):
+    """Keras's TensorBoard callback writes with tf.summary: without TensorFlow, Keras's own error."""
+    import importlib.util
+
+    from hpctrain.keras import Input, Sequential, callbacks, layers
+
+    if importlib.util.find_spec("tensorflow") is not None:
+        pytest.skip("TensorFlow is installed: Keras's TensorBoard works as Keras documents")
+    x, y = small_classification(rng, n=32, features=5)
+    model = Sequential([Input((5,)), layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    with pytest.raises(ModuleNotFoundError, match="tensorflow"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[callbacks.TensorBoard(log_dir=str(tmp_path))])

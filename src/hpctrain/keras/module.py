@@ -45,6 +45,30 @@ class KerasModule(torch.nn.Module):
             raise TypeError(f"the model returns a {type(spec).__name__}")
         return tuple(spec.shape)
 
+    # The module's state (the engine's checkpoints) is keyed by each variable's position in
+    # ``model.variables``, not by its path: Keras numbers layer names per process
+    # (``dense_4``), so a model built again to resume would not find its own weights by name.
+
+    def _stable_key(self, key: str, positions: dict) -> str:
+        head, marker, path = key.rpartition("_torch_params.")
+        return f"{head}{marker}{positions[path]}" if marker and path in positions else key
+
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        positions = {v.path: index for index, v in enumerate(self.keras_model.variables)}
+        renamed = type(state)((self._stable_key(key, positions), value) for key, value in state.items())
+        if hasattr(state, "_metadata"):
+            renamed._metadata = state._metadata
+        return renamed
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        positions = {str(index): v.path for index, v in enumerate(self.keras_model.variables)}
+        named = {}
+        for key, value in state_dict.items():
+            head, marker, position = key.rpartition("_torch_params.")
+            named[f"{head}{marker}{positions[position]}" if marker and position in positions else key] = value
+        return super().load_state_dict(named, *args, **kwargs)
+
     def static_layers(self):
         return translate.static_layers(self.keras_model, fold_last_activation=self.logits)
 

@@ -41,6 +41,10 @@ def keras_method(name: str):
 def install() -> None:
     if _KERAS_METHODS:
         return
+    from hpctrain.engine.callbacks import register_callback_base
+
+    # Keras's callbacks are callbacks to the native API's Trainer too, from the moment Keras is in.
+    register_callback_base(keras.callbacks.Callback)
     call_output.install()
     for name, replacement in (("compile", compile), ("fit", fit), ("evaluate", evaluate), ("predict", predict)):
         # Replaced on the class that defines it (Keras's trainer classes), so that Keras's own
