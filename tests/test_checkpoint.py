@@ -17,7 +17,7 @@ import hpctrain as tf
 from hpctrain.engine import Trainer
 from hpctrain.engine import checkpoint as ckpt
 from hpctrain.engine.checkpoint import CheckpointConfig
-from hpctrain.errors import CheckpointError, ConfigError, HpctrainWarning, InputError
+from hpctrain.errors import CheckpointError, ConfigError, HpctrainWarning
 from hpctrain.engine.callbacks import BackupAndRestore, EarlyStopping, ReduceLROnPlateau
 from hpctrain.keras import Input
 from hpctrain.keras.callbacks import Callback
