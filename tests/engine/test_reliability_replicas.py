@@ -14,9 +14,10 @@ import torch
 import hpctrain
 from hpctrain.distribute import spawn
 from hpctrain.errors import InputError, NonFiniteLossError, ReplicaFailed
-from replica_model import TinyReplicaModel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # the replicas import the model by this module name (see replica_path)
+from replica_model import TinyReplicaModel  # noqa: E402
 SRC = os.path.join(os.path.dirname(os.path.dirname(HERE)), "src")
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="replica lifetimes are checked on Linux")
 
