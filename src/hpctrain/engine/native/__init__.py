@@ -79,9 +79,21 @@ def unavailable_reason() -> str | None:
         return f"it is written for x86-64 CPUs and this one is {machine or 'unknown'}"
     if compiler() is None:
         return f"no C++ compiler ({os.environ.get('CXX') or 'c++'} not found; install g++ or set CXX)"
-    if shutil.which("ninja") is None:
+    if _ninja() is None:
         return "PyTorch's extension builder needs ninja, which is not found (pip install ninja)"
     return None
+
+
+def _ninja() -> str | None:
+    """ninja on PATH, else the one ``pip install ninja`` put beside this interpreter (a venv's
+    bin folder is not on PATH when its python is run by its path): that folder then joins PATH,
+    where cpp_extension (and its build job, which inherits it) looks for ninja."""
+    found = shutil.which("ninja")
+    beside = os.path.dirname(sys.executable)
+    if found is None and shutil.which("ninja", path=beside) is not None:
+        os.environ["PATH"] = os.pathsep.join([beside, os.environ.get("PATH", "")])
+        found = shutil.which("ninja")
+    return found
 
 
 def step_loop():
@@ -253,7 +265,7 @@ def _built() -> bool:
         if not os.path.exists(library_path()) or compile_job.build_running(build_dir()):
             return False
         _write_header()
-        result = subprocess.run([shutil.which("ninja"), "-n", "-C", build_dir()], capture_output=True, text=True,
+        result = subprocess.run([_ninja(), "-n", "-C", build_dir()], capture_output=True, text=True,
                                 timeout=60)
     except (OSError, subprocess.SubprocessError) as error:
         _state["error"] = f"cannot read {native_dir()}: {error}"
