@@ -244,7 +244,18 @@ def build_for_training(model, x, y) -> None:
     a symbolic call on the first rows (no layer runs, so none counts a call), after which
     ``model.metrics`` holds the compiled metrics that callbacks look up (``EarlyStopping``'s
     ``mode="auto"`` reads their direction)."""
-    model._symbolic_build(data_batch=(_features(model, x[:2]), y[:2]))
+    rows, targets = _features(model, x[:2]), y[:2]
+    try:
+        model._symbolic_build(data_batch=(rows, targets))
+    except ValueError:
+        # Integer class labels with categorical_crossentropy: Keras's loss refuses them, the
+        # engine reads them as class indices (with one warning); the build sees them one-hot.
+        labels = np.asarray(targets)
+        if labels.dtype.kind not in "iu" or not (labels.ndim == 1 or labels.ndim == 2 and labels.shape[1] == 1):
+            raise
+        classes = KerasModule(model).output_shape_of(rows)[-1]
+        one_hot = np.eye(classes, dtype="float32")[labels.reshape(-1).astype(int) % classes]
+        model._symbolic_build(data_batch=(rows, one_hot))
 
 
 def _build(model, x) -> None:
