@@ -57,15 +57,9 @@ def single_process(tmp_path_factory):
     return results
 
 
-_AUTOGRAD_REPLICAS_DIFFER = pytest.mark.xfail(strict=True, reason=(
-    "launched replicas of a Keras model with SGD(momentum=0.9) and run_eagerly=True end far from one process "
-    "(predictions differ by up to 0.5; spawned SGD replicas differ too, even unshuffled); Adam's replicas are equal"))
-
-
 @pytest.mark.parametrize("replicas, optimizer, executor", [
     (2, "adam", "static"), (3, "adam", "static"),
-    pytest.param(2, "sgd", "autograd", marks=_AUTOGRAD_REPLICAS_DIFFER),
-    pytest.param(3, "sgd", "autograd", marks=_AUTOGRAD_REPLICAS_DIFFER),
+    (2, "sgd", "autograd"), (3, "sgd", "autograd"),
 ])
 def test_replicas_equal_one_process(tmp_path, single_process, replicas, optimizer, executor):
     result, out, _ = run_program(tmp_path, replicas, optimizer, executor)

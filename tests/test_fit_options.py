@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO, small_classification
-from hpctrain.errors import ConfigError, HpctrainWarning, InputError
+from hpctrain.errors import ConfigError, HpctrainWarning, InputError, ReplicaFailed
 from hpctrain.keras import optimizers
 from hpctrain.keras.callbacks import LambdaCallback
 from hpctrain.keras.layers import Dense
@@ -248,7 +248,7 @@ def test_two_replicas_train_weighted_scheduled_steps_as_one_process(monkeypatch,
     assert len(history.history["val_accuracy"]) == 3
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
+@pytest.mark.xfail(strict=True, raises=(TypeError, ReplicaFailed), reason=(
     "a Keras model compiled with a custom metric class is sent to spawned replicas pickled (Keras saves it "
     "whole), and reading it back Keras cannot locate the class: 'Could not locate class CorrectFraction'"))
 def test_a_custom_metric_class_sums_its_state_over_spawned_replicas(monkeypatch, rng):

@@ -45,6 +45,17 @@ def _replica_plan(rank: int, device: torch.device, replicas: int, port: int, tim
     return plan.with_choice("world_size", replicas, f"rank {rank} of {replicas} processes spawned at fit")
 
 
+class _ModelsOwnMethods:
+    """Without a front end's helper: the model itself takes its plan and reports its optimizer."""
+
+    def use_plan(self, model, plan) -> None:
+        model.use_plan(plan)
+
+    def optimizer_state(self, model) -> list:
+        optimizer = getattr(model, "optimizer", None)
+        return optimizer.state_by_position() if hasattr(optimizer, "state_by_position") else []
+
+
 def main(folder: str, rank: int) -> None:
     with open(os.path.join(folder, "job.pickle"), "rb") as f:
         job = pickle.load(f)
@@ -54,7 +65,8 @@ def main(folder: str, rank: int) -> None:
     model = job["model"]
     torch.set_rng_state(job["rng_state"])
     device = torch.device(job["devices"][rank])
-    strategy, front = job["strategy"], job.get("front")  # the strategy its compile recorded
+    strategy = job["strategy"]  # the strategy its compile recorded
+    front = job.get("front") or _ModelsOwnMethods()
     if strategy is None:
         front.use_plan(model, _replica_plan(rank, device, job["replicas"], job["port"], job["timeout_seconds"]))
     else:

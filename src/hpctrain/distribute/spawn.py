@@ -176,9 +176,8 @@ def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments:
     model.set_weights(weights)
     if front is not None:
         front.load_optimizer_state(model, optimizer_state)  # a later fit continues Adam's moments
-    else:
+    elif hasattr(getattr(model, "optimizer", None), "load_state_by_position"):
         model.optimizer.load_state_by_position(optimizer_state)  # a later fit continues Adam's moments
-        model.optimizer.load_clock(clock)  # ... and the rate callbacks set, and a schedule's update count
     torch.set_rng_state(rng_state)  # the next fit shuffles on, as it would after training here
     history = History()
     history.set_model(model)
