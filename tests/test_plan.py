@@ -371,6 +371,7 @@ def test_the_plan_keeps_freed_host_memory_on_a_cpu_with_glibc_and_says_so():
 
 _ALLOCATION_PATTERN = """
 import resource, sys, torch
+import hpctrain.engine  # loaded before any step, as in training (it settles torch's lazy set-up)
 from hpctrain.hardware import host_memory
 if sys.argv[1] == "keep":
     assert host_memory.keep_freed_blocks()
