@@ -23,6 +23,10 @@ class ModelOutput(torch.Tensor):
     def numpy(self, *, force: bool = False):
         return self.detach().cpu().numpy()
 
+    def __repr__(self, **kwargs):
+        # Printed as the plain tensor Keras on torch returns, not under this class's name.
+        return torch.Tensor.__repr__(self.as_subclass(torch.Tensor), **kwargs)
+
 
 def _numpy_friendly(value):
     if isinstance(value, torch.Tensor) and value.requires_grad and type(value) is torch.Tensor:

@@ -214,9 +214,11 @@ def _penalty(model):
     """Keras's own regularization (and ``add_loss``) terms for the autograd path; the static
     executor reads L1/L2 from its layers instead."""
 
+    zero = torch.zeros((), device=_device_of(model))  # made once, not per step
+
     def penalty():
         terms = model.losses
-        return sum(terms[1:], terms[0]) if terms else torch.zeros((), device=_device_of(model))
+        return sum(terms[1:], terms[0]) if terms else zero
 
     penalty.described_by_static_layers = True  # where static layers exist, they carry L1/L2
     return penalty
