@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from hpctrain.keras import optimizer_map
+from hpctrain.keras.progress_bridge import keras_order
 
 
 class EpochHooksOnly(keras.callbacks.Callback):
@@ -53,25 +54,35 @@ def _acts_per_epoch(callback) -> bool:
 
 def watches(callbacks, *hooks: str) -> bool:
     """Whether some callback does something in one of ``hooks`` (its class's method, or a function
-    set on it, as ``LambdaCallback`` does)."""
+    set on it, as ``LambdaCallback`` does). A ``ProgbarLogger`` is not asked: the engine feeds it
+    at its bar's refresh interval (:mod:`hpctrain.keras.progress_bridge`), not each batch."""
     base = keras.callbacks.Callback
     return any(hook in vars(c) or getattr(type(c), hook, None) is not getattr(base, hook)
-               for c in callbacks or [] for hook in hooks)
+               for c in callbacks or [] if not isinstance(c, keras.callbacks.ProgbarLogger) for hook in hooks)
 
 
 def adapt_callbacks(callbacks) -> list:
-    return [EpochHooksOnly(c) if _acts_per_epoch(c) else c for c in (callbacks or [])]
+    """The callbacks as the engine calls them; a ``ProgbarLogger`` is left out, since
+    :class:`~hpctrain.keras.progress_bridge.ProgressBars` shows it."""
+    return [EpochHooksOnly(c) if _acts_per_epoch(c) else c for c in (callbacks or [])
+            if not isinstance(c, keras.callbacks.ProgbarLogger)]
 
 
 class StateWriter(keras.callbacks.Callback):
     """First in the list: the optimizer's state written into Keras's variables at each epoch's
-    end, so user callbacks (a ``ModelCheckpoint`` saving the whole model) see Keras's state."""
+    end, so user callbacks (a ``ModelCheckpoint`` saving the whole model) see Keras's state; and
+    the epoch's logs put in Keras's order, so every callback (the progress bar, ``History``) sees
+    them as Keras's fit gives them."""
 
     def __init__(self, model, engine_optimizer):
         super().__init__()
         self.keras_model, self.engine_optimizer = model, engine_optimizer
 
     def on_epoch_end(self, epoch, logs=None):
+        if logs:  # in place: the same dict goes on to every later callback
+            ordered = keras_order(logs)
+            logs.clear()
+            logs.update(ordered)
         if self.engine_optimizer is not None:
             optimizer_map.write_back(self.keras_model.optimizer, self.engine_optimizer)
 
