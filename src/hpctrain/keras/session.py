@@ -20,6 +20,7 @@ from hpctrain.hardware import make_plan
 from hpctrain.keras import metric_state, optimizer_map, translate
 from hpctrain.keras.callback_bridge import RateReader, StateWriter, adapt_callbacks, watches
 from hpctrain.keras.module import KerasModule
+from hpctrain.keras.progress_bridge import ProgressBars
 
 register_callback_base(keras.callbacks.Callback)
 
@@ -110,7 +111,9 @@ class KerasSession:
             validation = (_features(model, validation[0]), *validation[1:])
         history = keras.callbacks.History()
         engine_optimizer = trainer.optimizer if isinstance(trainer.optimizer, optimizer_map.LazyOptimizer) else None
-        callbacks = [StateWriter(model, engine_optimizer), *adapt_callbacks(arguments.pop("callbacks")), history,
+        given = arguments.pop("callbacks")
+        bars = ProgressBars(given, arguments["verbose"], rank=trainer.plan.rank)
+        callbacks = [StateWriter(model, engine_optimizer), *adapt_callbacks(given), history, *bars.callbacks,
                      RateReader(model, engine_optimizer, arguments["verbose"])]
         batch_size = arguments.pop("batch_size")
         model.stop_training = False
@@ -119,12 +122,14 @@ class KerasSession:
         strategy = getattr(model, "_hpctrain_strategy", None)
         if strategy is not None and strategy.spawns_locally:
             return self._fit_in_replicas(strategy, dict(x=x, y=y, batch_size=batch_size, validation_data=validation,
-                                                        callbacks=adapt_callbacks(callbacks[1:-2]), **arguments),
+                                                        callbacks=given, **arguments),
                                          plan=plan, on_nonfinite=on_nonfinite, checkpoint=checkpoint)
         try:
-            engine_history = trainer.fit(x, y, batch_size=32 if batch_size is None else batch_size,
-                                         validation_data=validation, callbacks=callbacks, callback_model=model,
-                                         checkpoint=checkpoint, on_nonfinite=on_nonfinite, **arguments)
+            with bars.feeding():  # Keras's ProgbarLogger prints; the engine prints nothing of its own
+                engine_history = trainer.fit(x, y, batch_size=32 if batch_size is None else batch_size,
+                                             validation_data=validation, callbacks=callbacks, callback_model=model,
+                                             checkpoint=checkpoint, on_nonfinite=on_nonfinite,
+                                             **{**arguments, "verbose": 0})
         finally:
             if engine_optimizer is not None:
                 optimizer_map.write_back(model.optimizer, engine_optimizer)
@@ -154,10 +159,12 @@ class KerasSession:
         x = _features(model, arguments["x"])
         build_for_training(model, x, arguments["y"])
         trainer = self._trainer_for(x)
-        logs = trainer.evaluate(x, arguments["y"], batch_size=_batch_size(arguments, "on_test_batch"),
-                                verbose=arguments["verbose"], return_dict=True,
-                                sample_weight=arguments["sample_weight"],
-                                callbacks=adapt_callbacks(arguments["callbacks"]), callback_model=model)
+        bars = ProgressBars(arguments["callbacks"], arguments["verbose"], rank=trainer.plan.rank)
+        with bars.feeding():
+            logs = trainer.evaluate(x, arguments["y"], batch_size=_batch_size(arguments, "on_test_batch"),
+                                    verbose=0, return_dict=True, sample_weight=arguments["sample_weight"],
+                                    callbacks=[*adapt_callbacks(arguments["callbacks"]), *bars.callbacks],
+                                    callback_model=model)
         metric_state.write_results(model, logs, len(x))
         if arguments["return_dict"]:
             return logs
@@ -171,8 +178,11 @@ class KerasSession:
             trainer = _inference_trainer(model, x)
         else:
             trainer = self._trainer_for(x)
-        return trainer.predict(x, batch_size=arguments["batch_size"], verbose=arguments["verbose"],
-                               callbacks=adapt_callbacks(arguments["callbacks"]), callback_model=model)
+        bars = ProgressBars(arguments["callbacks"], arguments["verbose"], rank=trainer.plan.rank)
+        with bars.feeding():
+            return trainer.predict(x, batch_size=arguments["batch_size"], verbose=0,
+                                   callbacks=[*adapt_callbacks(arguments["callbacks"]), *bars.callbacks],
+                                   callback_model=model)
 
 
 def _batch_size(arguments: dict, hooks: str):
