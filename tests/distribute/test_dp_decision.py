@@ -183,13 +183,13 @@ def test_a_second_run_reads_the_cached_measurement(measured):
 def test_the_real_step_is_timed_without_changing_the_model():
     net = _net()
     before = [p.detach().clone() for p in net.parameters()]
-    rng_state = torch.get_rng_state()
+    rng_state, threads = torch.get_rng_state(), torch.get_num_threads()
     decision = replica_count.measured_decision(net, np.ones((64, 6), "float32"), 32,
                                                devices=[torch.device("cpu")] * 2, explicit=True, threads=2)
     assert decision.timings is not None and decision.timings.gradient_bytes == 4 * 83
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
     assert all(p.grad is None for p in net.parameters())
-    assert torch.equal(torch.get_rng_state(), rng_state)
+    assert torch.equal(torch.get_rng_state(), rng_state) and torch.get_num_threads() == threads
 
 
 def test_gpu_replicas_and_odd_inputs_are_not_measured():

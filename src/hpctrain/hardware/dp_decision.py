@@ -34,8 +34,8 @@ from hpctrain.hardware import plan_cache
 # by several percent, and a spawned group costs its start-up on top.
 SPEED_MARGIN = 0.10
 # Timing stops after this many seconds per measurement (once it has MIN_SAMPLES), so a large
-# model costs a few of its own steps, not a fixed count.
-TIME_LIMIT_SECONDS = 1.0
+# model costs a few of its own steps, not a fixed count (as the thread trials: engine.tuning).
+TIME_LIMIT_SECONDS = 0.25
 MIN_SAMPLES, MAX_SAMPLES, WARMUP = 3, 15, 2
 _GLOO_TIMEOUT = datetime.timedelta(seconds=60)
 
@@ -171,10 +171,12 @@ def measure_replica_timings(step_for_rows: Callable[[int], Callable[[], None]], 
                           measured_at=time.strftime("%Y-%m-%d %H:%M"))
 
 
-def seconds_per_call(call: Callable[[], None], *, threads: int, clock=time.perf_counter) -> float:
-    """The median of a few timed calls on ``threads`` intra-op threads (the caller's count restored)."""
+def seconds_per_call(call: Callable[[], None], *, threads: int | None, clock=time.perf_counter) -> float:
+    """The median of a few timed calls on ``threads`` intra-op threads (the caller's count restored;
+    None: left as it is, for calls from several threads at once, since the count is per process)."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         for _ in range(WARMUP):
             call()
@@ -186,7 +188,8 @@ def seconds_per_call(call: Callable[[], None], *, threads: int, clock=time.perf_
             samples.append(clock() - begin)
         return statistics.median(samples)
     finally:
-        torch.set_num_threads(previous)
+        if threads is not None:
+            torch.set_num_threads(previous)
 
 
 def allreduce_seconds(numel: int, replicas: int) -> float:
@@ -200,7 +203,7 @@ def allreduce_seconds(numel: int, replicas: int) -> float:
             group = torch.distributed.ProcessGroupGloo(torch.distributed.PrefixStore("dp-decision", store), rank,
                                                        replicas, _GLOO_TIMEOUT)
             tensor = torch.ones(max(1, numel))
-            results[rank] = seconds_per_call(lambda: group.allreduce([tensor]).wait(), threads=1)
+            results[rank] = seconds_per_call(lambda: group.allreduce([tensor]).wait(), threads=None)
         except BaseException as error:  # reported by the caller's thread
             results[rank] = error
 
