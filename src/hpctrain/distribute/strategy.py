@@ -77,10 +77,11 @@ class Strategy:
         return self._plan
 
     def choose_replicas(self, module, x, batch_size):
-        """Called by ``fit`` before anything is built: how many local processes train ``module`` on
-        ``x`` at ``batch_size``, measured once (see ``hardware.dp_decision``). An explicit request runs
-        as asked, with a warning where it is expected slower; a default falls back to one process,
-        saying so, where more do not pay."""
+        """Called by ``fit`` before the first step: how many local processes train ``module`` on ``x``
+        at ``batch_size``, measured once per model and batch (see ``hardware.dp_decision``). An
+        explicit request runs as asked, with a warning where it is expected slower; a default falls
+        back to one process, saying so, where more do not pay. None where nothing is to decide
+        (launched processes, a pipeline, one replica)."""
         if self.group is not None or self.pipelined or len(self.requested_devices) < 2:
             return None
         asked = (id(module), batch_size, tuple(getattr(x, "shape", ())))
