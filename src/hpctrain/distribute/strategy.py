@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import sys
 
 import torch
 
 from hpctrain.distribute.runtime import DEFAULT_TIMEOUT_SECONDS, GroupSpec, group_spec_from_environment, join_group
-from hpctrain.errors import ConfigError
-from hpctrain.hardware import make_plan
+from hpctrain.errors import ConfigError, warn
+from hpctrain.hardware import make_plan, physical_core_count
 from hpctrain.hardware.plan import Plan
 
 _DEVICE_NAME = re.compile(r"^/?(?:device:)?(cpu|gpu|cuda)(?::(\d+))?$", re.IGNORECASE)
@@ -41,11 +42,18 @@ class Strategy:
 
     pipelined = False  # a pipeline strategy builds each process's trainer itself
 
-    def __init__(self, devices: list[torch.device], *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS):
-        self.devices = devices
+    def __init__(self, devices: list[torch.device], *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+                 explicit: bool = True, initial: int | None = None):
+        # ``devices``: the replicas asked for (explicit) or considered (a default); until ``fit``
+        # measures them, the first ``initial`` of them train.
+        self.requested_devices = devices
+        self.explicit = explicit
+        self.devices = devices[:initial] if initial else devices
         self.timeout_seconds = timeout_seconds
         self.group: GroupSpec | None = group_spec_from_environment()
         self._plan: Plan | None = None
+        self.decision = None  # how many local processes train the last model fitted, and why
+        self._decisions: dict = {}
 
     @property
     def num_replicas_in_sync(self) -> int:
@@ -68,6 +76,30 @@ class Strategy:
             self._plan = self._resolve_plan()
         return self._plan
 
+    def choose_replicas(self, module, x, batch_size):
+        """Called by ``fit`` before the first step: how many local processes train ``module`` on ``x``
+        at ``batch_size``, measured once per model and batch (see ``hardware.dp_decision``). An
+        explicit request runs as asked, with a warning where it is expected slower; a default falls
+        back to one process, saying so, where more do not pay. None where nothing is to decide
+        (launched processes, a pipeline, one replica)."""
+        if self.group is not None or self.pipelined or len(self.requested_devices) < 2:
+            return None
+        asked = (id(module), batch_size, tuple(getattr(x, "shape", ())))
+        decision = self._decisions.get(asked)
+        if decision is None:
+            from hpctrain.distribute.replica_count import measured_decision
+
+            decision = self._decisions[asked] = measured_decision(
+                module, x, batch_size, devices=self.requested_devices, explicit=self.explicit,
+                threads=physical_core_count())
+            if decision.notice():
+                print(decision.notice(), file=sys.stderr)
+            if decision.warning():
+                warn(decision.warning())
+        self.decision, self._plan = decision, None
+        self.devices = self.requested_devices[:decision.replicas]
+        return decision
+
     @property
     def spawns_locally(self) -> bool:
         """Started on its own with several replicas: ``fit`` spawns one process per replica."""
@@ -86,7 +118,8 @@ class Strategy:
                     f"{type(self).__name__} with {len(self.devices)} local replicas trains them in spawned processes "
                     "during fit; evaluate and predict run in this process."
                 )
-            return make_plan(device=self.devices[0])
+            plan = make_plan(device=self.devices[0])
+            return plan if self.decision is None else plan.with_data_parallel(self.decision)
         device = self._replica_device(self.group.local_rank)
         base = make_plan(device=device)
         communicator = join_group(self.group, device, self.timeout_seconds)
@@ -114,15 +147,24 @@ def _default_devices() -> list[torch.device]:
 
 
 class MirroredStrategy(Strategy):
-    """Synchronous data parallelism over ``devices`` (default: every visible GPU, else one CPU).
+    """Synchronous data parallelism over ``devices`` (default: every visible GPU, else the CPU).
 
-    Several ``cpu:N`` entries mean several CPU worker processes. Under a launcher (torchrun,
-    Slurm, MPI) each launched process is one replica.
+    Several ``cpu:N`` entries mean several CPU worker processes: an explicit request, which runs as
+    asked. Without ``devices`` on a machine without GPUs, ``fit`` measures whether one process per
+    physical core would beat one process for the model and batch size, and trains in one where it
+    would not. Under a launcher (torchrun, Slurm, MPI) each launched process is one replica.
     """
 
     def __init__(self, devices=None, cross_device_ops=None, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS):
-        parsed = [parse_device(d) for d in devices] if devices else _default_devices()
-        super().__init__(parsed, timeout_seconds=timeout_seconds)
+        if devices:
+            super().__init__([parse_device(d) for d in devices], timeout_seconds=timeout_seconds)
+            return
+        default = _default_devices()
+        if default[0].type == "cuda":
+            super().__init__(default, timeout_seconds=timeout_seconds, explicit=False)
+        else:  # one process per physical core considered; one trains until fit measures them
+            super().__init__(default * physical_core_count(), timeout_seconds=timeout_seconds, explicit=False,
+                             initial=1)
 
 
 class MultiWorkerMirroredStrategy(Strategy):

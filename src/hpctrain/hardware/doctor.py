@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from hpctrain.hardware import dp_decision
+from hpctrain.hardware.dp_decision import ReplicaTimings
 from hpctrain.hardware.inventory import (
     CPU_FEATURE_LABELS,
     CpuInfo,
@@ -28,12 +30,15 @@ class Diagnosis:
     machine: Machine
     plan: Plan
     advice: tuple[str, ...]
+    # Cached measurements of whether local data-parallel processes pay: (model, timings), latest first.
+    data_parallel: tuple[tuple[str, ReplicaTimings], ...] = ()
 
 
 def diagnose(env: Mapping[str, str] | None = None) -> Diagnosis:
     machine = inspect_machine(env)
     plan = make_plan(machine=machine)
-    return Diagnosis(machine=machine, plan=plan, advice=advise(machine, plan))
+    return Diagnosis(machine=machine, plan=plan, advice=advise(machine, plan),
+                     data_parallel=tuple(dp_decision.measured_entries()))
 
 
 # ------------------------------------------------------------------------------------- advice
@@ -133,12 +138,23 @@ def diagnosis_as_dict(diagnosis: Diagnosis) -> dict:
         **machine,
         "plan": plan_as_dict(diagnosis.plan),
         "advice": list(diagnosis.advice),
+        "data_parallel": [_timings_as_dict(model, timings) for model, timings in diagnosis.data_parallel],
     }
 
 
 def plan_as_dict(plan: Plan) -> dict:
     fields = {field.name: getattr(plan, field.name) for field in dataclasses.fields(plan) if field.name != "reasons"}
+    decision = plan.data_parallel
+    if decision is not None:
+        fields["data_parallel"] = {"requested": decision.requested, "replicas": decision.replicas,
+                                   "explicit": decision.explicit,
+                                   "timings": None if decision.timings is None else decision.timings.as_dict()}
     return {**fields, "device": str(plan.device), "reasons": dict(plan.reasons)}
+
+
+def _timings_as_dict(model: str, timings: ReplicaTimings) -> dict:
+    return {"model": model, **timings.as_dict(), "parallel_seconds": timings.parallel_seconds,
+            "speedup": timings.speedup, "pays": timings.pays}
 
 
 def render_text(diagnosis: Diagnosis) -> str:
@@ -151,9 +167,30 @@ def render_text(diagnosis: Diagnosis) -> str:
         ("PyTorch", _pytorch_lines(machine.pytorch)),
         ("Launcher", _launcher_lines(machine.launcher)),
         ("Plan", diagnosis.plan.explain().splitlines()),
+        ("Data parallel", data_parallel_lines(diagnosis.data_parallel)),
         ("Advice", [f"- {line}" for line in diagnosis.advice]),
     ]
     return "\n\n".join("\n".join([title, *(f"  {line}" for line in lines)]) for title, lines in sections)
+
+
+# The latest few: one line per model, batch size and process count measured on this machine.
+DATA_PARALLEL_LINES = 5
+
+
+def data_parallel_lines(entries) -> list[str]:
+    """What the cache holds on whether several local processes pay, or how to have it measured."""
+    if not entries:
+        return ["not measured yet: the first fit of a model compiled in tf.distribute.MirroredStrategy().scope() "
+                "measures, for that model and batch size, whether one process per physical core beats one process "
+                "(MirroredStrategy(devices=[...]) measures the count given), and the numbers show here"]
+    lines = []
+    for model, timings in entries[:DATA_PARALLEL_LINES]:
+        verdict = f"{timings.replicas} processes" if timings.pays else "one process"
+        lines.append(f"{model}: {verdict} ({timings.replicas} would be {timings.comparison()}; measured "
+                     f"{timings.measured_at}): {timings.describe()}")
+    if len(entries) > DATA_PARALLEL_LINES:
+        lines.append(f"... and {len(entries) - DATA_PARALLEL_LINES} earlier measurements")
+    return lines
 
 
 def _cpu_lines(cpu: CpuInfo) -> list[str]:

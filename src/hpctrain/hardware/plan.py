@@ -31,6 +31,9 @@ class Plan:
     rank: int = 0
     # The distribute layer's collectives (sum, broadcast, gather) when world_size > 1.
     communicator: object = dataclasses.field(default=None, compare=False, repr=False)
+    # How many local processes a data-parallel strategy runs, measured on the model
+    # (a hardware.dp_decision.ReplicaDecision); None where no strategy asked.
+    data_parallel: object = dataclasses.field(default=None, compare=False)
     reasons: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
@@ -52,6 +55,11 @@ class Plan:
     def with_reason(self, key: str, text: str) -> "Plan":
         """A copy that explains ``key``, a choice made outside the plan's fields (e.g. the learning rate)."""
         return dataclasses.replace(self, reasons=tuple(item for item in self.reasons if item[0] != key) + ((key, text),))
+
+    def with_data_parallel(self, decision) -> "Plan":
+        """A copy recording how many local processes train and the measurement that settled it."""
+        return dataclasses.replace(self.with_reason("workers", f"{decision.replicas} ({decision.reason()})"),
+                                   data_parallel=decision)
 
     def explain(self) -> str:
         lines = [f"{key}: {value}" for key, value in self.reasons]
@@ -128,7 +136,8 @@ def _workers_reason(machine: Machine, device: torch.device) -> str:
     if device.type == "cuda" and gpus > 1:
         return (f"1 ({gpus} GPUs visible: MirroredStrategy() trains one replica per GPU, or "
                 f"hpctrain launch --nproc-per-node {gpus})")
-    return "1 (one process; several CPU processes would only split the same cores)"
+    return ("1 (one process; several CPU processes split the same cores: a model compiled in a MirroredStrategy() "
+            "scope is measured at fit, and trains in several only where they pay)")
 
 
 def _resolve_precision(precision, device: torch.device, machine: Machine) -> tuple[str, str]:

@@ -49,6 +49,14 @@ def store(key: str, choices: dict) -> None:
         pass  # a read-only or full cache directory costs a re-measurement next time, nothing more
 
 
+def entries() -> list[dict]:
+    """Every readable cached plan, in no particular order (``hpctrain doctor`` lists some of them)."""
+    folder = os.path.join(cache_dir(), "plans")
+    names = sorted(name for name in os.listdir(folder) if name.endswith(".json")) if os.path.isdir(folder) else []
+    found = [load(name.removesuffix(".json")) for name in names]
+    return [entry for entry in found if isinstance(entry, dict)]
+
+
 def clear() -> int:
     """Removes every cached plan; returns how many there were."""
     folder = os.path.join(cache_dir(), "plans")

@@ -106,6 +106,12 @@ class KerasSession:
         x, y = _features(model, arguments.pop("x")), arguments.pop("y")
         build_for_training(model, x, y)
         trainer = self._trainer_for(x, plan)
+        strategy = getattr(model, "_hpctrain_strategy", None)
+        if strategy is not None and plan is None:  # measured once: do more local processes pay for this model?
+            decision = strategy.choose_replicas(trainer.module, x, 32 if arguments["batch_size"] is None
+                                                else arguments["batch_size"])
+            if decision is not None and not strategy.spawns_locally:
+                trainer.plan = trainer.plan.with_data_parallel(decision)
         validation = arguments.pop("validation_data")
         if validation is not None:
             validation = (_features(model, validation[0]), *validation[1:])
