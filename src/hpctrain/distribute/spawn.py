@@ -197,12 +197,15 @@ def _train_in_replicas(model, devices, timeout_seconds, arguments: dict, strateg
             arguments["validation_data"] = tuple(_share(part, blocks, name) for part, name in
                                                  zip(arguments["validation_data"], ("x_val", "y_val", "weights")))
         with tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-") as folder:
-            # The replicas continue this process's torch RNG: the same shuffle order and dropout masks
-            # as training here would draw.
-            job = {"model": model, "arguments": arguments, "devices": [str(d) for d in devices],
+            # The replicas continue this process's torch RNG: the shuffle order training here would
+            # draw; each replica draws its dropout masks from its own copy of the stream.
+            # The front end's helper first: unpickling it imports its front end (the Keras seam), which
+            # must be installed before the model is unpickled (Keras compiles the model again then;
+            # compiled without the seam, each replica would train alone on Keras's own loop).
+            job = {"front": front, "model": model, "arguments": arguments, "devices": [str(d) for d in devices],
                    "replicas": replicas, "port": free_local_port(),
                    "timeout_seconds": timeout_seconds, "folder": folder, "rng_state": torch.get_rng_state(),
-                   "strategy": strategy, "front": front}
+                   "strategy": strategy}
             with open(os.path.join(folder, "job.pickle"), "wb") as f:
                 f.write(_pickled_job(job))
             _run_and_watch(folder, replicas)
