@@ -13,6 +13,7 @@ import re
 
 import torch
 
+from hpctrain.distribute.communicator import check_sharding
 from hpctrain.distribute.runtime import DEFAULT_TIMEOUT_SECONDS, GroupSpec, group_spec_from_environment, join_group
 from hpctrain.errors import ConfigError
 from hpctrain.hardware import make_plan
@@ -41,9 +42,11 @@ class Strategy:
 
     pipelined = False  # a pipeline strategy builds each process's trainer itself
 
-    def __init__(self, devices: list[torch.device], *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS):
+    def __init__(self, devices: list[torch.device], *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+                 sharding: str | None = None):
         self.devices = devices
         self.timeout_seconds = timeout_seconds
+        self.sharding = check_sharding(sharding)
         self.group: GroupSpec | None = group_spec_from_environment()
         self._plan: Plan | None = None
 
@@ -77,7 +80,7 @@ class Strategy:
         """Train ``model`` in spawned local replicas; the weights and History come back into it."""
         from hpctrain.distribute.spawn import fit_in_replicas
 
-        return fit_in_replicas(model, self.devices, self.timeout_seconds, fit_arguments)
+        return fit_in_replicas(model, self.devices, self.timeout_seconds, fit_arguments, sharding=self.sharding)
 
     def _resolve_plan(self) -> Plan:
         if self.group is None:
@@ -89,7 +92,7 @@ class Strategy:
             return make_plan(device=self.devices[0])
         device = self._replica_device(self.group.local_rank)
         base = make_plan(device=device)
-        communicator = join_group(self.group, device, self.timeout_seconds)
+        communicator = join_group(self.group, device, self.timeout_seconds, sharding=self.sharding)
         threads = max(1, base.threads // self.group.local_world_size)
         plan = dataclasses.replace(base, world_size=self.group.world_size, rank=self.group.rank,
                                    communicator=communicator, threads=threads,
@@ -117,17 +120,19 @@ class MirroredStrategy(Strategy):
     """Synchronous data parallelism over ``devices`` (default: every visible GPU, else one CPU).
 
     Several ``cpu:N`` entries mean several CPU worker processes. Under a launcher (torchrun,
-    Slurm, MPI) each launched process is one replica.
+    Slurm, MPI) each launched process is one replica. ``sharding="fsdp"``: each replica holds only
+    a share of the weights, gradients and optimizer state (FSDP2), for a model too big for one device.
     """
 
-    def __init__(self, devices=None, cross_device_ops=None, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS):
+    def __init__(self, devices=None, cross_device_ops=None, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+                 sharding: str | None = None):
         parsed = [parse_device(d) for d in devices] if devices else _default_devices()
-        super().__init__(parsed, timeout_seconds=timeout_seconds)
+        super().__init__(parsed, timeout_seconds=timeout_seconds, sharding=sharding)
 
 
 class MultiWorkerMirroredStrategy(Strategy):
     """One replica per launched process, across machines (torchrun, Slurm or MPI started them)."""
 
     def __init__(self, cluster_resolver=None, communication_options=None,
-                 timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS):
-        super().__init__(_default_devices()[:1], timeout_seconds=timeout_seconds)
+                 timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, sharding: str | None = None):
+        super().__init__(_default_devices()[:1], timeout_seconds=timeout_seconds, sharding=sharding)
