@@ -53,6 +53,13 @@ def shard(module: torch.nn.Module, group=None, optimizer=None) -> torch.nn.Modul
     return module
 
 
+def plan_for_sharding(plan):
+    """``plan`` with the autograd executor and no ``torch.compile``: the module FSDP shards is the
+    one the autograd step runs (the static executor and a compiled forward keep whole weights)."""
+    reason = "sharding='fsdp' shards the module that the autograd executor runs"
+    return plan.with_choice("executor", "autograd", reason).with_choice("compile", False, reason)
+
+
 def _units(module: torch.nn.Module) -> list[torch.nn.Module]:
     """The submodules that hold trainable parameters themselves, each innermost one before the
     modules around it: each is gathered alone, so only one layer's whole weights exist at a time."""

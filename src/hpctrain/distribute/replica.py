@@ -43,6 +43,10 @@ def _replica_plan(rank: int, device: torch.device, replicas: int, port: int, tim
     plan = dataclasses.replace(base, world_size=replicas, rank=rank, communicator=communicator, threads=threads,
                                tune_threads=False)
     plan = plan.with_choice("threads", threads, f"the physical cores shared by {replicas} local replicas")
+    if sharding == "fsdp":
+        from hpctrain.distribute.fsdp import plan_for_sharding
+
+        plan = plan_for_sharding(plan)
     return plan.with_choice("world_size", replicas, f"rank {rank} of {replicas} processes spawned at fit")
 
 

@@ -100,6 +100,10 @@ class Strategy:
                                    tune_threads=False)
         plan = plan.with_choice("threads", threads, f"the node's physical cores shared by "
                                 f"{self.group.local_world_size} local replicas")
+        if self.sharding == "fsdp":
+            from hpctrain.distribute.fsdp import plan_for_sharding
+
+            plan = plan_for_sharding(plan)
         return plan.with_choice("world_size", self.group.world_size,
                                 f"rank {self.group.rank}, started by {self.group.launcher}; gradients averaged "
                                 f"over the global batch with {'NCCL' if device.type == 'cuda' else 'gloo'}")
