@@ -46,3 +46,26 @@ def test_two_spawned_replicas_equal_their_one_process_reference(sharding, monkey
     assert len(moving_statistics(replicated)) == 2
     assert not np.allclose(start[0], trainable_weights(replicated)[0])  # it trained
     assert not np.allclose(moving_statistics(replicated)[1], 1.0)  # the statistics moved
+
+
+def test_a_model_the_static_executor_takes_trains_sharded_on_autograd_as_one_process(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    x, y = data()
+
+    def dense_only():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(3, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        return model
+
+    with tf.distribute.MirroredStrategy(["cpu:0", "cpu:1"], sharding="fsdp").scope():
+        replicated = dense_only()
+    history = replicated.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False, callbacks=[KernelRowsHeld()])
+    single = dense_only()
+    single.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
+    assert history.history["kernel_rows_held"] == [FEATURES / WORLD] * 2
+    for got, want in zip(replicated.get_weights(), single.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for got, want in zip(replicated.optimizer.variables, single.optimizer.variables, strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5, err_msg=got.path)
