@@ -2,8 +2,9 @@
 
 Two CPU processes (gloo) train a plain ``torch.nn.Module`` through :class:`hpctrain.engine.Trainer`
 with ``sharding="fsdp"``: each holds half of every weight, and the whole weights gathered after two
-epochs equal one process's on the same global batches, to 1e-5 (Adam's fused kernel on the shards;
-SGD's foreach kernel, as its fused one takes no shards).
+fits of one epoch (the second continuing on the shards) equal one process's two epochs on the same
+global batches, to 1e-5 (Adam's fused kernel on the shards; SGD's foreach kernel, as its fused one
+takes no shards).
 """
 
 import dataclasses
@@ -28,7 +29,8 @@ def _train_sharded(plan) -> tuple[dict, dict]:
     for name, optimizer in OPTIMIZERS.items():
         trainer = Trainer(_module(), loss=torch.nn.CrossEntropyLoss(), optimizer=optimizer, metrics=["accuracy"],
                           plan=plan)
-        trainer.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        for _ in range(2):  # a second fit continues on the shards the first left
+            trainer.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
         weights[name] = fsdp.full_weights(trainer.module)
         local_rows[name] = trainer.module.body[0].weight.to_local().shape[0]
     return weights, local_rows
@@ -64,3 +66,13 @@ def test_an_unknown_sharding_is_refused_with_the_choices():
     with pytest.raises(ConfigError, match=r"sharding='zero3' is not one of None \(every replica holds the whole "
                                           r"model\) or 'fsdp'"):
         Communicator(0, 2, 2, torch.device("cpu"), sharding="zero3")
+
+
+def test_an_optimizer_that_updates_whole_weights_is_refused():
+    class WholeWeightUpdate:  # as Keras's own optimizer, applied to the variables' whole Parameters
+        param_groups = []
+
+    with pytest.raises(ConfigError, match=r"sharding='fsdp' needs a PyTorch optimizer to update the shards, but this "
+                                          r"model's updates are applied by WholeWeightUpdate to whole weights\. Use "
+                                          r"Adam, AdamW or SGD"):
+        fsdp.shard(_module(), optimizer=WholeWeightUpdate())

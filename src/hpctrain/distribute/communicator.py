@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from hpctrain.errors import ConfigError
 
@@ -35,6 +36,8 @@ class Communicator:
         return tensor
 
     def broadcast_(self, tensor: torch.Tensor, source: int = 0) -> torch.Tensor:
+        if isinstance(tensor, DTensor):
+            return tensor  # a shard (sharding="fsdp"): each replica holds its own part of one model
         dist.broadcast(tensor, group=self.group, group_src=source)
         return tensor
 

@@ -25,12 +25,19 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from hpctrain.errors import ConfigError
+
 
 def shard(module: torch.nn.Module, group=None, optimizer=None) -> torch.nn.Module:
     """``module`` sharded over ``group`` (default: every process), in place; ``optimizer``'s
     parameters and state then refer to the shards. A module sharded before is returned as it is."""
     if isinstance(module, FSDPModule):
         return module
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(
+            f"sharding='fsdp' needs a PyTorch optimizer to update the shards, but this model's updates are applied "
+            f"by {type(optimizer).__name__} to whole weights. Use Adam, AdamW or SGD (which hpctrain runs as "
+            "PyTorch's), or train without sharding.")
     frozen = {param for param in module.parameters() if not param.requires_grad}
     before = dict(module.named_parameters())
     device = next(iter(before.values())).device
@@ -68,10 +75,6 @@ def _units(module: torch.nn.Module) -> list[torch.nn.Module]:
     return list(reversed(found))
 
 
-def is_sharded(module: torch.nn.Module) -> bool:
-    return isinstance(module, FSDPModule)
-
-
 def _point_optimizer_at(optimizer, sharded: dict) -> None:
     """The optimizer's parameters become their shards; state it already holds (moments loaded
     from an earlier fit) is cut the same way."""
@@ -80,10 +83,8 @@ def _point_optimizer_at(optimizer, sharded: dict) -> None:
         if group.get("fused") and not _fused_kernel_takes_shards(optimizer):
             group["fused"], group["foreach"] = False, True  # the same update by the foreach kernels
     state = optimizer.state
-    for old_id, new in sharded.items():
-        old = next((param for param in list(state) if id(param) == old_id), None)
-        if old is None or old is new:
-            continue
+    for old in [param for param in state if id(param) in sharded]:
+        new = sharded[id(old)]
         state[new] = {key: _sharded_like(value, new) for key, value in state.pop(old).items()}
 
 
