@@ -175,9 +175,6 @@ def _fit_twice(model, x, y):
     return history, after_first, model.get_weights()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "replicas spawned at fit walk another shuffle order than one process: the first epoch's loss differs by "
-    "~0.3% (1.5084 against 1.5032 with 2 replicas); with shuffle=False they are equal to 1e-6"))
 @pytest.mark.parametrize("replicas, optimizer", [(2, "adam"), (3, "adam"), (2, "sgd")])
 def test_local_spawn_brings_weights_and_history_back_equal_to_one_process(monkeypatch, replicas, optimizer):
     for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
@@ -203,8 +200,7 @@ def test_local_spawn_brings_weights_and_history_back_equal_to_one_process(monkey
 
 
 def test_local_spawn_without_shuffling_brings_back_what_one_process_trains(monkeypatch):
-    """Weights, History, predictions and Adam's state come back equal to one process's (the
-    shuffled case is the xfail above)."""
+    """Weights, History, predictions and Adam's state come back equal to one process's."""
     for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(key, raising=False)
     x, y = _local_data()
@@ -235,7 +231,6 @@ def test_spawned_replicas_bring_back_the_rate_callbacks_set_and_the_history_para
     x, y = _local_data()
 
     def fit_twice(model):
-        # Unshuffled: spawned replicas shuffle in another order (the xfail above).
         first = model.fit(x, y, epochs=3, batch_size=20, verbose=0, shuffle=False,
                           callbacks=[ReduceLROnPlateau(monitor="loss", factor=0.1, patience=0, min_delta=10)])
         rate = float(model.optimizer.learning_rate)
@@ -297,9 +292,7 @@ def test_a_failing_spawned_replica_stops_training_and_is_named(monkeypatch, how,
     assert isinstance(caught.value, tf.errors.HpctrainError)
 
 
-@pytest.mark.parametrize("devices", ["", pytest.param('["cpu:0", "cpu:1"]', marks=pytest.mark.xfail(strict=True, reason=(
-    "in spawned replicas Keras's own loss object computes categorical_crossentropy and refuses the seed's "
-    "(N, 1) integer labels against (N, 10) outputs, which one process's engine kernel accepts")))])
+@pytest.mark.parametrize("devices", ["", '["cpu:0", "cpu:1"]'])
 def test_the_seed_mirrored_program_runs_unchanged(tmp_path, devices):
     # As written (one CPU replica here), and with two CPU worker processes from a plain start.
     program = tmp_path / "seed_mirrored.py"

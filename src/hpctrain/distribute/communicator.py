@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+from hpctrain.errors import ConfigError
 
 
 class Communicator:
@@ -11,10 +14,14 @@ class Communicator:
 
     ``group``: a subgroup (e.g. the replicas of one pipeline stage); ``rank`` and ``world_size``
     are then positions in it, and ``source`` of a broadcast is a position in it too.
+    ``sharding``: ``None`` (each replica holds the whole model) or ``"fsdp"`` (each holds a share of
+    the weights, gradients and optimizer state; see :mod:`hpctrain.distribute.fsdp`).
     """
 
-    def __init__(self, rank: int, world_size: int, local_world_size: int, device: torch.device, group=None):
+    def __init__(self, rank: int, world_size: int, local_world_size: int, device: torch.device, group=None,
+                 sharding: str | None = None):
         self.rank = rank
+        self.sharding = check_sharding(sharding)
         self.world_size = world_size
         self.local_world_size = local_world_size
         self.device = device
@@ -29,6 +36,8 @@ class Communicator:
         return tensor
 
     def broadcast_(self, tensor: torch.Tensor, source: int = 0) -> torch.Tensor:
+        if isinstance(tensor, DTensor):
+            return tensor  # a shard (sharding="fsdp"): each replica holds its own part of one model
         dist.broadcast(tensor, group=self.group, group_src=source)
         return tensor
 
@@ -47,9 +56,11 @@ class Communicator:
     def barrier(self) -> None:
         dist.barrier(group=self.group)
 
-    def data_parallel(self, module: torch.nn.Module) -> torch.nn.Module:
+    def data_parallel(self, module: torch.nn.Module, optimizer=None) -> torch.nn.Module:
         """``module`` under ``DistributedDataParallel`` over this group: its backward sums the
-        gradients over the replicas, bucketed and overlapped with the backward itself.
+        gradients over the replicas, bucketed and overlapped with the backward itself. With
+        ``sharding="fsdp"``, the module sharded in place by FSDP2 instead, ``optimizer`` then
+        updating the shards.
 
         Summed, not averaged: each replica's loss is already weighted by its share of the global
         batch. Buffers are not broadcast at each forward: each replica's batch statistics follow
@@ -59,6 +70,10 @@ class Communicator:
         """
         if not any(p.requires_grad for p in module.parameters()):
             return module  # nothing to sum (DDP refuses such a module)
+        if self.sharding == "fsdp":
+            from hpctrain.distribute.fsdp import shard
+
+            return shard(module, self.group, optimizer)
         import inspect
 
         from torch.nn.parallel import DistributedDataParallel
@@ -71,6 +86,16 @@ class Communicator:
                                              static_graph=True, **{no_buffer_sync: False})
         replicated.register_comm_hook(self.group, _summed)
         return replicated
+
+
+SHARDINGS = (None, "fsdp")
+
+
+def check_sharding(sharding):
+    if sharding not in SHARDINGS:
+        raise ConfigError(f"sharding={sharding!r} is not one of None (every replica holds the whole model) or "
+                          "'fsdp' (each replica holds a share of the weights, gradients and optimizer state).")
+    return sharding
 
 
 def _summed(group, bucket):  # no return annotation: DDP checks it, and this module's are strings

@@ -34,14 +34,19 @@ def _group_spec(rank: int, replicas: int, port: int) -> GroupSpec:
                      master_addr="127.0.0.1", master_port=port, launcher="local spawn")
 
 
-def _replica_plan(rank: int, device: torch.device, replicas: int, port: int, timeout_seconds: float):
+def _replica_plan(rank: int, device: torch.device, replicas: int, port: int, timeout_seconds: float,
+                  sharding: str | None = None):
     spec = _group_spec(rank, replicas, port)
-    communicator = join_group(spec, device, timeout_seconds)  # NCCL for a GPU, gloo for the CPU
+    communicator = join_group(spec, device, timeout_seconds, sharding)  # NCCL for a GPU, gloo for the CPU
     base = make_plan(device=device)
     threads = max(1, base.threads // replicas)
     plan = dataclasses.replace(base, world_size=replicas, rank=rank, communicator=communicator, threads=threads,
                                tune_threads=False)
     plan = plan.with_choice("threads", threads, f"the physical cores shared by {replicas} local replicas")
+    if sharding == "fsdp":
+        from hpctrain.distribute.fsdp import plan_for_sharding
+
+        plan = plan_for_sharding(plan)
     return plan.with_choice("world_size", replicas, f"rank {rank} of {replicas} processes spawned at fit")
 
 
@@ -68,7 +73,8 @@ def main(folder: str, rank: int) -> None:
     strategy = job["strategy"]  # the strategy its compile recorded
     front = job.get("front") or _ModelsOwnMethods()
     if strategy is None:
-        front.use_plan(model, _replica_plan(rank, device, job["replicas"], job["port"], job["timeout_seconds"]))
+        front.use_plan(model, _replica_plan(rank, device, job["replicas"], job["port"], job["timeout_seconds"],
+                                            job.get("sharding")))
     else:
         strategy.join_spawned_group(_group_spec(rank, job["replicas"], job["port"]))
     history = model.fit(**arguments)

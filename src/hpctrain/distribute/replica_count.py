@@ -10,6 +10,8 @@ for the numbers and the rule.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from hpctrain.engine.static_step import Activation, Dropout, Linear, static_layers_of
@@ -47,13 +49,30 @@ def measured_decision(module: torch.nn.Module, x, batch_size, *, devices: list[t
     if timings is not None:
         return decide_replicas(requested, explicit=explicit, timings=timings, cached=True)
     try:
-        timings = dp_decision.measure_replica_timings(lambda count: _training_step(module, params, rows[:count]),
-                                                      batch_size=batch_size, replicas=requested, threads=threads,
-                                                      gradient_numel=numel)
+        with _state_kept(module):
+            timings = dp_decision.measure_replica_timings(lambda count: _training_step(module, params, rows[:count]),
+                                                          batch_size=batch_size, replicas=requested,
+                                                          threads=threads, gradient_numel=numel)
     except (RuntimeError, TypeError, ValueError) as error:  # a model that cannot run a step on its own
         return unmeasured(f"the model's step could not be timed on its own ({type(error).__name__}: {error})")
     dp_decision.store_timings(key, timings, label)
     return decide_replicas(requested, explicit=explicit, timings=timings)
+
+
+@contextlib.contextmanager
+def _state_kept(module: torch.nn.Module):
+    """Every tensor the timed steps may change, put back afterwards: a training-mode call advances a
+    Keras model's dropout seed and BatchNormalization statistics (both held as parameters), and
+    torch's global RNG, all of which the replicas' fit must start from untouched."""
+    tensors = [*module.parameters(), *module.buffers()]
+    saved = [tensor.detach().clone() for tensor in tensors]
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for tensor, value in zip(tensors, saved):
+                    tensor.copy_(value)
 
 
 def _first_rows(x, count: int) -> torch.Tensor | None:

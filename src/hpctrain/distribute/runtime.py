@@ -71,9 +71,10 @@ def _reject_problems(launcher: LauncherInfo) -> None:
         raise ConfigError(f"the {launcher.name} environment is malformed: {'; '.join(launcher.problems)}.")
 
 
-def join_group(spec: GroupSpec, device: torch.device, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
-               ) -> Communicator:
-    """Initialise ``torch.distributed`` (once per process): NCCL for GPUs, gloo for CPUs."""
+def join_group(spec: GroupSpec, device: torch.device, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+               sharding: str | None = None) -> Communicator:
+    """Initialise ``torch.distributed`` (once per process): NCCL for GPUs, gloo for CPUs.
+    ``sharding``: the communicator's (see :class:`Communicator`)."""
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
@@ -92,7 +93,7 @@ def join_group(spec: GroupSpec, device: torch.device, timeout_seconds: float = D
         # Left to interpreter shutdown, the backend's threads can abort the process on exit.
         atexit.register(_leave_group)
         _watch_for_uncaught_exceptions()
-    return Communicator(spec.rank, spec.world_size, spec.local_world_size, device)
+    return Communicator(spec.rank, spec.world_size, spec.local_world_size, device, sharding=sharding)
 
 
 def _attempt_store(address: str, spec: GroupSpec, timeout: datetime.timedelta):

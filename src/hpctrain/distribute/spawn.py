@@ -161,18 +161,19 @@ def _check_shared_memory_room(needed: int) -> None:
 
 
 def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments: dict, strategy=None,
-                    front=None) -> History:
+                    front=None, sharding: str | None = None) -> History:
     """Train ``model`` in one fresh process per device; load rank 0's weights and History into it.
 
     ``strategy``: one that lays out each process's part itself (a pipeline's stages); without one,
     each process is a data-parallel replica. ``front``: the front end's picklable helper that knows
     its models (``use_plan(model, plan)``, ``optimizer_state(model)``,
-    ``load_optimizer_state(model, state)``); distribute itself knows only modules.
+    ``load_optimizer_state(model, state)``); distribute itself knows only modules. ``sharding``:
+    the data-parallel replicas' (see :class:`~hpctrain.distribute.communicator.Communicator`).
     """
     remove_stale_leftovers()
     with _released_on_sigterm():
         weights, history_dict, epochs, params, rng_state, optimizer_state, clock = _train_in_replicas(
-            model, devices, timeout_seconds, dict(fit_arguments), strategy, front)
+            model, devices, timeout_seconds, dict(fit_arguments), strategy, front, sharding)
     model.set_weights(weights)
     if front is not None:
         front.load_optimizer_state(model, optimizer_state)  # a later fit continues Adam's moments
@@ -186,7 +187,7 @@ def fit_in_replicas(model, devices: list, timeout_seconds: float, fit_arguments:
     return history
 
 
-def _train_in_replicas(model, devices, timeout_seconds, arguments: dict, strategy, front) -> tuple:
+def _train_in_replicas(model, devices, timeout_seconds, arguments: dict, strategy, front, sharding) -> tuple:
     """Rank 0's result: weights, History's dict, epochs, params, RNG state, optimizer state, clock.
     The shared blocks and the job folder are released however this ends."""
     replicas = len(devices)
@@ -197,12 +198,15 @@ def _train_in_replicas(model, devices, timeout_seconds, arguments: dict, strateg
             arguments["validation_data"] = tuple(_share(part, blocks, name) for part, name in
                                                  zip(arguments["validation_data"], ("x_val", "y_val", "weights")))
         with tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-") as folder:
-            # The replicas continue this process's torch RNG: the same shuffle order and dropout masks
-            # as training here would draw.
-            job = {"model": model, "arguments": arguments, "devices": [str(d) for d in devices],
+            # The replicas continue this process's torch RNG: the shuffle order training here would
+            # draw; each replica draws its dropout masks from its own copy of the stream.
+            # The front end's helper first: unpickling it imports its front end (the Keras seam), which
+            # must be installed before the model is unpickled (Keras compiles the model again then;
+            # compiled without the seam, each replica would train alone on Keras's own loop).
+            job = {"front": front, "model": model, "arguments": arguments, "devices": [str(d) for d in devices],
                    "replicas": replicas, "port": free_local_port(),
                    "timeout_seconds": timeout_seconds, "folder": folder, "rng_state": torch.get_rng_state(),
-                   "strategy": strategy, "front": front}
+                   "strategy": strategy, "sharding": sharding}
             with open(os.path.join(folder, "job.pickle"), "wb") as f:
                 f.write(_pickled_job(job))
             _run_and_watch(folder, replicas)

@@ -14,6 +14,7 @@ import sys
 
 import torch
 
+from hpctrain.distribute.communicator import check_sharding
 from hpctrain.distribute.runtime import DEFAULT_TIMEOUT_SECONDS, GroupSpec, group_spec_from_environment, join_group
 from hpctrain.errors import ConfigError, warn
 from hpctrain.hardware import make_plan, physical_core_count
@@ -43,13 +44,14 @@ class Strategy:
     pipelined = False  # a pipeline strategy builds each process's trainer itself
 
     def __init__(self, devices: list[torch.device], *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-                 explicit: bool = True, initial: int | None = None):
+                 explicit: bool = True, initial: int | None = None, sharding: str | None = None):
         # ``devices``: the replicas asked for (explicit) or considered (a default); until ``fit``
         # measures them, the first ``initial`` of them train.
         self.requested_devices = devices
         self.explicit = explicit
         self.devices = devices[:initial] if initial else devices
         self.timeout_seconds = timeout_seconds
+        self.sharding = check_sharding(sharding)
         self.group: GroupSpec | None = group_spec_from_environment()
         self._plan: Plan | None = None
         self.decision = None  # how many local processes train the last model fitted, and why
@@ -109,7 +111,7 @@ class Strategy:
         """Train ``model`` in spawned local replicas; the weights and History come back into it."""
         from hpctrain.distribute.spawn import fit_in_replicas
 
-        return fit_in_replicas(model, self.devices, self.timeout_seconds, fit_arguments)
+        return fit_in_replicas(model, self.devices, self.timeout_seconds, fit_arguments, sharding=self.sharding)
 
     def _resolve_plan(self) -> Plan:
         if self.group is None:
@@ -122,7 +124,7 @@ class Strategy:
             return plan if self.decision is None else plan.with_data_parallel(self.decision)
         device = self._replica_device(self.group.local_rank)
         base = make_plan(device=device)
-        communicator = join_group(self.group, device, self.timeout_seconds)
+        communicator = join_group(self.group, device, self.timeout_seconds, sharding=self.sharding)
         threads = max(1, base.threads // self.group.local_world_size)
         plan = dataclasses.replace(base, world_size=self.group.world_size, rank=self.group.rank,
                                    communicator=communicator, threads=threads,
@@ -130,6 +132,10 @@ class Strategy:
                                    tune_threads=False)
         plan = plan.with_choice("threads", threads, f"the node's physical cores shared by "
                                 f"{self.group.local_world_size} local replicas")
+        if self.sharding == "fsdp":
+            from hpctrain.distribute.fsdp import plan_for_sharding
+
+            plan = plan_for_sharding(plan)
         return plan.with_choice("world_size", self.group.world_size,
                                 f"rank {self.group.rank}, started by {self.group.launcher}; gradients averaged "
                                 f"over the global batch with {'NCCL' if device.type == 'cuda' else 'gloo'}")
@@ -153,23 +159,27 @@ class MirroredStrategy(Strategy):
     asked. Without ``devices`` on a machine without GPUs, ``fit`` measures whether one process per
     physical core would beat one process for the model and batch size, and trains in one where it
     would not. Under a launcher (torchrun, Slurm, MPI) each launched process is one replica.
+    ``sharding="fsdp"``: each replica holds only a share of the weights, gradients and optimizer
+    state (FSDP2), for a model too big for one device.
     """
 
-    def __init__(self, devices=None, cross_device_ops=None, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS):
+    def __init__(self, devices=None, cross_device_ops=None, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+                 sharding: str | None = None):
         if devices:
-            super().__init__([parse_device(d) for d in devices], timeout_seconds=timeout_seconds)
+            super().__init__([parse_device(d) for d in devices], timeout_seconds=timeout_seconds,
+                             sharding=sharding)
             return
         default = _default_devices()
         if default[0].type == "cuda":
-            super().__init__(default, timeout_seconds=timeout_seconds, explicit=False)
+            super().__init__(default, timeout_seconds=timeout_seconds, explicit=False, sharding=sharding)
         else:  # one process per physical core considered; one trains until fit measures them
             super().__init__(default * physical_core_count(), timeout_seconds=timeout_seconds, explicit=False,
-                             initial=1)
+                             initial=1, sharding=sharding)
 
 
 class MultiWorkerMirroredStrategy(Strategy):
     """One replica per launched process, across machines (torchrun, Slurm or MPI started them)."""
 
     def __init__(self, cluster_resolver=None, communication_options=None,
-                 timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS):
-        super().__init__(_default_devices()[:1], timeout_seconds=timeout_seconds)
+                 timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, sharding: str | None = None):
+        super().__init__(_default_devices()[:1], timeout_seconds=timeout_seconds, sharding=sharding)

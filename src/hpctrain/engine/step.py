@@ -35,7 +35,7 @@ class AutogradStep:
         # (a torch.compile'd forward keeps the one all-reduce after backward, sum_gradients).
         self.summed_in_backward = forward is None and hasattr(communicator, "data_parallel")
         if self.summed_in_backward:
-            self.forward = communicator.data_parallel(module)
+            self.forward = communicator.data_parallel(module, optimizer)  # sharding re-points the optimizer
         self.guard = None
         self.update = optimizer.step
         self._checked_loss = None

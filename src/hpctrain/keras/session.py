@@ -21,6 +21,7 @@ from hpctrain.keras import metric_state, optimizer_map, translate
 from hpctrain.keras.callback_bridge import RateReader, StateWriter, adapt_callbacks, watches
 from hpctrain.keras.module import KerasModule
 from hpctrain.keras.progress_bridge import ProgressBars
+from hpctrain.keras.replicas import gather_shards
 
 register_callback_base(keras.callbacks.Callback)
 
@@ -139,6 +140,7 @@ class KerasSession:
         finally:
             if engine_optimizer is not None:
                 optimizer_map.write_back(model.optimizer, engine_optimizer)
+        gather_shards(model, trainer)  # a sharded fit's whole weights into the variables
         history.history, history.epoch = engine_history.history, engine_history.epoch  # a resumed run's too
         model.history = history
         _leave_last_pass_in_metrics(model, history.history, len(x), validation, arguments["validation_split"])
@@ -152,7 +154,7 @@ class KerasSession:
         if any(value is not None and value != "raise" for value in options.values()):
             raise TypeError("plan, checkpoint and on_nonfinite are set per replica by the strategy; remove them.")
         engine_history = fit_in_replicas(self.model, strategy.devices, strategy.timeout_seconds, arguments,
-                                         front=KerasReplicas())
+                                         front=KerasReplicas(), sharding=getattr(strategy, "sharding", None))
         history = keras.callbacks.History()
         history.set_model(self.model)
         history.set_params(engine_history.params)
