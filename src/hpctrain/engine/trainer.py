@@ -16,7 +16,7 @@ import os
 import numpy as np
 import torch
 
-from hpctrain.engine import autotune, fit_options, native, native_checks, tuning
+from hpctrain.engine import autotune, fit_options, native_checks, tuning
 from hpctrain.engine.callbacks import Callback, CallbackList, History
 from hpctrain.engine.checkpoint import CheckpointConfig
 from hpctrain.engine.data import LoaderData
@@ -115,7 +115,6 @@ class Trainer(Inference):
         self._graphed = None  # the CUDA graph of the last static step made, where one is chosen
         self._compiled = None
         self._session: FitSession | None = None  # the last fit's
-        self._build_step_loop_after_fit = False
         # Replicas of a data-parallel strategy share work through this; None in a single process.
         self.communicator = plan.communicator if plan.world_size > 1 else None
         # Thread counts to move between while training, where the plan leaves the count to hpctrain.
@@ -272,8 +271,7 @@ class Trainer(Inference):
         session.hooks.call("on_train_end", logs)
         if session.saver is not None:
             session.saver.finish()
-        if self._build_step_loop_after_fit:
-            native.build_in_background()
+        session.executor.finish_fit()
         session.run = session.saver = None
         self.history = session.history
         return session.history

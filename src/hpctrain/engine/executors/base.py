@@ -62,7 +62,7 @@ class Executor:
 
     ``prepare(context)``: what runs around the steps, once per fit. ``run(span, progress)``: the
     span's steps, with the progress bar told after each. ``reset_metrics()``/``results()``: the
-    epoch's loss and metrics. ``end_epoch()``: after an epoch's steps. ``state_dict()`` /
+    epoch's loss and metrics. ``end_epoch()``: after an epoch's steps; ``finish_fit()``: after the last. ``state_dict()`` /
     ``load_state_dict()``: what it holds beyond the module's and optimizer's tensors, which it
     trains in place (so a checkpoint of those resumes it).
     """
@@ -91,6 +91,9 @@ class Executor:
         sync_gradients = getattr(self.step, "sync_gradients", None)
         if sync_gradients is not None:
             sync_gradients()
+
+    def finish_fit(self) -> None:
+        """After the fit's last epoch."""
 
     def state_dict(self) -> dict:
         """Nothing beyond the module's and optimizer's tensors, which every executor here trains in

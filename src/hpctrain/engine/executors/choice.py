@@ -72,28 +72,29 @@ def _guard_step(trainer, step) -> None:
 
 def choose_executor(trainer, step, metrics, hooks) -> Executor:
     """How the settled ``step`` runs: its CUDA graph where one was made, the C++ loop for a static
-    step on a CPU where nothing must run in Python between steps, else one Python call per step.
-    Where the C++ loop is not built yet, ``trainer._build_step_loop_after_fit`` says to build it."""
+    step on a CPU where nothing must run in Python between steps, else one Python call per step."""
     if trainer._graphed is not None:
         return CudaGraphExecutor(step, metrics, trainer._graphed)
-    if _choose_step_loop(trainer, step, hooks):
+    native_loop, build_after_fit = _choose_step_loop(trainer, step, hooks)
+    if native_loop:
         return NativeLoopExecutor(step, metrics)
     if isinstance(getattr(step, "step", step), StaticStep):  # the guard's SkippingStep wraps a step
-        return StaticExecutor(step, metrics)
+        return StaticExecutor(step, metrics, build_step_loop_after_fit=build_after_fit)
     return AutogradExecutor(step, metrics)
 
 
-def _choose_step_loop(trainer, step, hooks) -> bool:
-    trainer._build_step_loop_after_fit = False
+def _choose_step_loop(trainer, step, hooks) -> tuple[bool, bool]:
+    """Whether the C++ loop runs the steps, and whether it is to be built after this fit (it would
+    have run them but is not built yet)."""
     if not isinstance(step, StaticStep) or trainer.plan.device.type != "cpu":
-        return False
+        return False, False
     reason = why_each_step_needs_python(trainer, step, hooks, native_loop=True) or step.why_not_native()
-    if reason is None and native.step_loop() is None:
+    build_after_fit = reason is None and native.step_loop() is None
+    if build_after_fit:
         reason = native.status()
-        trainer._build_step_loop_after_fit = True
     trainer.plan = trainer.plan.with_reason("step_loop", "C++ (each run of gathered batches is one call)"
                                             if reason is None else f"Python ({reason})")
-    return reason is None
+    return reason is None, build_after_fit
 
 
 def _graph_steps(trainer, step, data, batch_size: int, hooks):
