@@ -34,7 +34,6 @@ from hpctrain.errors import ConfigError, InputError
 from hpctrain.hardware import host_memory
 
 # Names other modules of hpctrain import from here.
-_PreparedData = PreparedData
 _resolve_verbose = resolve_verbose
 _unprefixed = unprefixed
 
@@ -91,6 +90,9 @@ class Trainer(Inference):
     non-finite step.
     """
 
+    # Shuffles the rows of each epoch: ``fn(device, communicator)`` -> a ``permutation(n)`` provider.
+    shuffler_factory = _Shuffler
+
     def __init__(self, module: torch.nn.Module, *, loss, optimizer, metrics=(), output_activation=None,
                  penalty=None, plan=None, inference_batch_size: int = INFERENCE_BATCH, statistics=None):
         if plan is None:
@@ -120,9 +122,6 @@ class Trainer(Inference):
         # Thread counts to move between while training, where the plan leaves the count to hpctrain.
         self._thread_candidates = tuning.thread_candidates(plan.threads) if plan.tune_threads else None
         self._retuner = self._kept_retuner = None  # the one this fit uses; the one kept across fits
-
-    # Shuffles the rows of each epoch: ``fn(device, communicator)`` -> a ``permutation(n)`` provider.
-    shuffler_factory = _Shuffler
 
     @property
     def stop_training(self) -> bool:
