@@ -390,7 +390,7 @@ class PipelineTrainer(Trainer):
             with torch.no_grad():
                 metrics.update(self.loss(output, y), ModelOutput(output, self.output_activation), y)
 
-    def _run_epoch(self, step, data, batch_size, shuffler, metrics, hooks, progress, stream=None):
+    def _run_epoch(self, executor, data, batch_size, shuffler, metrics, hooks, progress, stream=None):
         if stream is not None:
             raise ConfigError("steps_per_epoch is not supported with PipelineStrategy yet; every epoch is one "
                               "pass over the data. Leave steps_per_epoch out.")
@@ -401,7 +401,7 @@ class PipelineTrainer(Trainer):
         for done, (xb, yb, global_rows) in enumerate(batches, start=1):
             if hooks.wants_train_batch_begin:
                 hooks.train_batch_begin(done - 1)
-            step(xb, yb, metrics, global_rows)
+            executor.step(xb, yb, metrics, global_rows)
             if hooks.wants_train_batch_logs:
                 hooks.train_batch_end(done - 1, self._logs_of_last_stage(metrics))  # a collective per batch
             progress.step(done, dict)  # the logs live on the last stage; rank 0 prints them at the epoch's end
