@@ -98,6 +98,10 @@ class Trainer:
     non-finite step.
     """
 
+    # What shuffles fit's epochs: fn(device, communicator) -> ``permutation(n)`` and a ``generator``
+    # whose state checkpoints keep. A front end may give its own order (the Keras seam gives Keras's).
+    shuffler_factory = staticmethod(lambda device, communicator: _Shuffler(device, communicator))
+
     def __init__(self, module: torch.nn.Module, *, loss, optimizer, metrics=(), output_activation=None,
                  penalty=None, plan=None, inference_batch_size: int = INFERENCE_BATCH, statistics=None):
         if plan is None:
@@ -216,7 +220,7 @@ class Trainer:
         steps = params["steps"] = steps_per_epoch or _steps_per_epoch(data.train, batch_size)
         self._before_update = scheduled_rate(self.optimizer)
         self._retuner = self._thread_retuner(data.train)
-        shuffler = _Shuffler(self.plan.device, self.communicator) if shuffle else None
+        shuffler = self.shuffler_factory(self.plan.device, self.communicator) if shuffle else None
         train_stream = None if steps_per_epoch is None else fit_options.BatchStream(
             lambda: self._pass_batches(data.train, batch_size, shuffler), steps_per_epoch,
             _steps_per_epoch(data.train, batch_size))
