@@ -199,10 +199,12 @@ def _train_in_replicas(model, devices, timeout_seconds, arguments: dict, strateg
         with tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-") as folder:
             # The replicas continue this process's torch RNG: the same shuffle order and dropout masks
             # as training here would draw.
-            job = {"model": model, "arguments": arguments, "devices": [str(d) for d in devices],
+            # The front end first: unpickling it sets up what the model's own unpickling needs (the
+            # Keras seam, whose compile marks the model for the engine).
+            job = {"front": front, "model": model, "arguments": arguments, "devices": [str(d) for d in devices],
                    "replicas": replicas, "port": free_local_port(),
                    "timeout_seconds": timeout_seconds, "folder": folder, "rng_state": torch.get_rng_state(),
-                   "strategy": strategy, "front": front}
+                   "strategy": strategy}
             with open(os.path.join(folder, "job.pickle"), "wb") as f:
                 f.write(_pickled_job(job))
             _run_and_watch(folder, replicas)
