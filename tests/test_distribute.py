@@ -175,9 +175,6 @@ def _fit_twice(model, x, y):
     return history, after_first, model.get_weights()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "replicas spawned at fit walk another shuffle order than one process: the first epoch's loss differs by "
-    "~0.3% (1.5084 against 1.5032 with 2 replicas); with shuffle=False they are equal to 1e-6"))
 @pytest.mark.parametrize("replicas, optimizer", [(2, "adam"), (3, "adam"), (2, "sgd")])
 def test_local_spawn_brings_weights_and_history_back_equal_to_one_process(monkeypatch, replicas, optimizer):
     for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
