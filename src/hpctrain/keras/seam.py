@@ -119,7 +119,6 @@ def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbac
     reason = routing.why_keras_fits(self, x, y, validation_data, callbacks) if engine_enabled() else "the engine is off"
     if reason is None:
         from hpctrain.keras.session import build_for_training
-
         from hpctrain.keras.shuffle_order import builds_on_first_batch
 
         options["keras_builds_first"] = builds_on_first_batch(self)  # asked before the build below

@@ -28,9 +28,6 @@ import torch
 
 from hpctrain.engine.fit_options import validates_after
 
-_STATE_BYTES = torch.Generator().get_state().numel()  # torch's CPU generator: Mersenne Twister
-
-
 @dataclasses.dataclass(frozen=True)
 class KerasDraws:
     """What in one Keras ``fit`` draws from torch's global RNG."""
