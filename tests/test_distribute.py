@@ -294,9 +294,7 @@ def test_a_failing_spawned_replica_stops_training_and_is_named(monkeypatch, how,
     assert isinstance(caught.value, tf.errors.HpctrainError)
 
 
-@pytest.mark.parametrize("devices", ["", pytest.param('["cpu:0", "cpu:1"]', marks=pytest.mark.xfail(strict=True, reason=(
-    "in spawned replicas Keras's own loss object computes categorical_crossentropy and refuses the seed's "
-    "(N, 1) integer labels against (N, 10) outputs, which one process's engine kernel accepts")))])
+@pytest.mark.parametrize("devices", ["", '["cpu:0", "cpu:1"]'])
 def test_the_seed_mirrored_program_runs_unchanged(tmp_path, devices):
     # As written (one CPU replica here), and with two CPU worker processes from a plain start.
     program = tmp_path / "seed_mirrored.py"
