@@ -240,9 +240,7 @@ def _two_replicas_against_one_process(monkeypatch, rng, metrics, shuffle=False):
     return history
 
 
-@pytest.mark.parametrize("shuffle", [False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
-    "with shuffle=True, two spawned replicas of a Keras model train on batches in another order than one "
-    "process does (the losses differ from the first epoch; shuffle=False matches)")))])
+@pytest.mark.parametrize("shuffle", [False, True])
 def test_two_replicas_train_weighted_scheduled_steps_as_one_process(monkeypatch, rng, shuffle):
     history = _two_replicas_against_one_process(monkeypatch, rng, lambda: ["accuracy"], shuffle=shuffle)
     assert len(history.history["val_accuracy"]) == 3

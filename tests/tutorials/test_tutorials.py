@@ -22,21 +22,7 @@ def test_reference_covers_every_program(reference):
     assert sorted(reference["programs"]) == check.programs(), "run examples/tutorials/check.py --record"
 
 
-# Programs whose metric depends on the shuffle order: Keras on torch draws its order from torch's
-# global RNG through a DataLoader's RandomSampler, hpctrain's engine from a generator of its own,
-# so the same seed gives another order (an equally valid run). On these small data sets that
-# moves the metric by more than the tolerance.
-SHUFFLE_ORDER_SENSITIVE = {
-    "04_training_evaluation_builtin.py": "6 shuffled epochs on 2,400 MNIST digits: 0.85 on hpctrain, 0.81 on Keras",
-}
-
-
-def _marks(program):
-    reason = SHUFFLE_ORDER_SENSITIVE.get(program)
-    return [pytest.mark.xfail(reason=f"shuffle order differs from Keras's: {reason}", strict=False)] if reason else []
-
-
-@pytest.mark.parametrize("program", [pytest.param(p, marks=_marks(p)) for p in check.programs()])
+@pytest.mark.parametrize("program", check.programs())
 def test_program_matches_plain_keras(program, reference):
     expected = reference["programs"].get(program)
     assert expected is not None, f"{program} has no reference metric: run examples/tutorials/check.py --record"

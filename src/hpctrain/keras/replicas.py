@@ -15,6 +15,7 @@ class KerasReplicas:
 
         model._hpctrain_strategy = None  # this process is one replica, its plan says which
         session_of(model).use_plan(plan)
+        session_of(model).replica = True  # the spawning process drew what Keras's fit draws to build
 
     def optimizer_state(self, model) -> list[np.ndarray]:
         """Every optimizer variable (count, rate, moments), as Keras lists them."""

@@ -119,10 +119,13 @@ def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbac
     reason = routing.why_keras_fits(self, x, y, validation_data, callbacks) if engine_enabled() else "the engine is off"
     if reason is None:
         from hpctrain.keras.session import build_for_training
+        from hpctrain.keras.shuffle_order import builds_on_first_batch
 
+        options["keras_builds_first"] = builds_on_first_batch(self)  # asked before the build below
         build_for_training(self, x, y)
         reason = routing.why_keras_trains_built(self)
     if reason is not None:
+        options.pop("keras_builds_first", None)
         routing.announce(self, "fit", verbose, reason, options)
         return _KERAS_METHODS["fit"](self, **arguments)
     from hpctrain.keras.session import session_of

@@ -17,7 +17,7 @@ from hpctrain.engine import Trainer
 from hpctrain.engine.callbacks import register_callback_base
 from hpctrain.engine.trainer import INFERENCE_BATCH
 from hpctrain.hardware import make_plan
-from hpctrain.keras import metric_state, optimizer_map, translate
+from hpctrain.keras import metric_state, optimizer_map, shuffle_order, translate
 from hpctrain.keras.callback_bridge import RateReader, StateWriter, adapt_callbacks, watches
 from hpctrain.keras.module import KerasModule
 from hpctrain.keras.progress_bridge import ProgressBars
@@ -40,6 +40,7 @@ class KerasSession:
         self.model = model
         self.trainer: Trainer | None = None
         self._plan_given = None
+        self.replica = False  # a spawned data-parallel replica (see keras.replicas)
 
     # ---- the engine's parts -------------------------------------------------------------------
 
@@ -102,7 +103,8 @@ class KerasSession:
 
     # ---- the three calls ----------------------------------------------------------------------
 
-    def fit(self, arguments: dict, *, plan=None, on_nonfinite="raise", checkpoint=None):
+    def fit(self, arguments: dict, *, plan=None, on_nonfinite="raise", checkpoint=None, keras_builds_first=False):
+        """``keras_builds_first``: Keras's ``fit`` would draw a first batch to build with (asked before the seam built)."""
         model = self.model
         x, y = _features(model, arguments.pop("x")), arguments.pop("y")
         build_for_training(model, x, y)
@@ -120,9 +122,14 @@ class KerasSession:
         engine_optimizer = trainer.optimizer if isinstance(trainer.optimizer, optimizer_map.LazyOptimizer) else None
         given = arguments.pop("callbacks")
         bars = ProgressBars(given, arguments["verbose"], rank=trainer.plan.rank)
-        callbacks = [StateWriter(model, engine_optimizer), *adapt_callbacks(given), history, *bars.callbacks,
-                     RateReader(model, engine_optimizer, arguments["verbose"])]
         batch_size = arguments.pop("batch_size")
+        # Keras's order for shuffled epochs, and torch's RNG left as Keras's fit leaves it. A spawned
+        # replica's draws for the build were made by the process that spawned it.
+        keras_draws = shuffle_order.keras_draws(trainer, arguments, rows=len(x), validation=validation,
+                                                batch_size=32 if batch_size is None else batch_size,
+                                                builds_first=keras_builds_first and not self.replica)
+        callbacks = [StateWriter(model, engine_optimizer), keras_draws, *adapt_callbacks(given), history,
+                     *bars.callbacks, RateReader(model, engine_optimizer, arguments["verbose"])]
         model.stop_training = False
         if engine_optimizer is not None:  # Keras's rate, before the plan rescales it for its batch size
             optimizer_map.set_rate(model.optimizer, engine_optimizer)
