@@ -51,7 +51,8 @@ def reference_fit(model, x, y) -> None:
     kept = [_values(statistics) for _ in range(WORLD)]
     loss = keras.losses.SparseCategoricalCrossentropy()
     inputs, labels = torch.from_numpy(x), torch.from_numpy(y)
-    for _ in range(EPOCHS):
+    for epoch in range(EPOCHS):
+        streams = _after_loader_draws(streams, LOADER_DRAWS_BEFORE_FIRST_EPOCH if epoch == 0 else LOADER_DRAWS_BETWEEN_EPOCHS)
         for start in range(0, ROWS, BATCH):
             rows = min(BATCH, ROWS - start)
             for rank in range(WORLD):
@@ -68,6 +69,23 @@ def reference_fit(model, x, y) -> None:
         mean = [sum(parts) / WORLD for parts in zip(*kept)]
         kept = [[m.clone() for m in mean] for _ in range(WORLD)]
         _assign(statistics, mean)
+
+
+# Keras's own data pipeline on torch draws from torch's RNG as it starts its DataLoaders, and
+# hpctrain walks the same stream (keras/shuffle_order.py): even unshuffled, each replica's dropout
+# masks come after those draws (two before the first epoch's batches, two between epochs).
+LOADER_DRAWS_BEFORE_FIRST_EPOCH = 2
+LOADER_DRAWS_BETWEEN_EPOCHS = 2
+
+
+def _after_loader_draws(streams: list[torch.Tensor], count: int) -> list[torch.Tensor]:
+    advanced = []
+    for state in streams:
+        torch.set_rng_state(state)
+        for _ in range(count):
+            torch.empty((), dtype=torch.int64).random_()
+        advanced.append(torch.get_rng_state())
+    return advanced
 
 
 def _values(variables) -> list[torch.Tensor]:
