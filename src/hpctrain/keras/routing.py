@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from hpctrain.keras.callback_bridge import watches
+from hpctrain.keras.batch_data import holds_batches
 from hpctrain.keras.optimizer_map import why_not_mapped  # noqa: F401  (explained by the plan)
 
 _STEP_METHODS = ("train_step", "test_step", "predict_step", "compute_loss", "compute_metrics")
@@ -18,6 +19,17 @@ _STEP_METHODS = ("train_step", "test_step", "predict_step", "compute_loss", "com
 
 def _overridden(model, names) -> list[str]:
     return [name for name in names if getattr(type(model), name) is not getattr(keras.Model, name)]
+
+
+def overridden_steps(model) -> list[str]:
+    """The step functions the model defines itself (its fit and evaluate then run them)."""
+    return _overridden(model, _STEP_METHODS[:2] + _STEP_METHODS[3:])
+
+
+def reads_batches(model, x, validation_data=None) -> bool:
+    """Whether the call reads its data through Keras's epoch iterator (:mod:`hpctrain.keras.loops`):
+    data that is not arrays, or a model with its own steps."""
+    return holds_batches(x) or holds_batches(validation_data) or bool(overridden_steps(model))
 
 
 def _is_array(value) -> bool:
@@ -45,11 +57,10 @@ def _finite(value) -> bool:
 
 
 def _model_reason(model) -> str | None:
+    if overridden_steps(model):
+        return _own_steps_reason(model)
     if not getattr(model, "compiled", False) or getattr(model, "_compile_loss", None) is None:
         return "the model is not compiled with a loss (Keras says so)"
-    overridden = _overridden(model, _STEP_METHODS)
-    if overridden:
-        return f"the model defines its own {', '.join(overridden)}"
     config = getattr(model, "_hpctrain_compile", None)
     if config is None:
         return "the model was compiled before hpctrain's seam was installed"
@@ -72,6 +83,28 @@ def _model_reason(model) -> str | None:
     return None
 
 
+def _own_steps_reason(model) -> str | None:
+    """A model with its own steps: they compute loss and metrics, so the compiled loss may be anything."""
+    if not getattr(model, "compiled", False):
+        return "the model is not compiled (Keras says so)"
+    if len(getattr(model, "outputs", None) or [None]) > 1 or len(getattr(model, "inputs", None) or [None]) > 1:
+        return "the model has several inputs or outputs"
+    if getattr(model, "_hpctrain_strategy", None) is not None:
+        return "a model with its own steps trains under a strategy on Keras's loop"
+    return None
+
+
+def _batches_reason(model, x, y, validation_split) -> str | None:
+    """Data read batch by batch: Keras's own checks where it refuses the arguments."""
+    if y is not None:
+        return f"y is given beside a {type(x).__name__}, which holds the targets (Keras says so)"
+    if validation_split:
+        return f"validation_split needs arrays, not a {type(x).__name__} (Keras says so)"
+    if getattr(model, "_hpctrain_strategy", None) is not None:
+        return "a strategy's replicas take arrays"
+    return None
+
+
 def _training_reason(model, callbacks) -> str | None:
     if model.built and not model.trainable_variables:
         return "the model has no trainable weights"
@@ -80,10 +113,15 @@ def _training_reason(model, callbacks) -> str | None:
     return None
 
 
-def why_keras_fits(model, x, y, validation_data, callbacks=None) -> str | None:
-    reason = _model_reason(model) or _data_reason(x, y) or _training_reason(model, callbacks)
+def why_keras_fits(model, x, y, validation_data, callbacks=None, validation_split=0.0) -> str | None:
+    reason = _model_reason(model) or _training_reason(model, callbacks)
+    if reason is None and holds_batches(x):
+        return _batches_reason(model, x, y, validation_split)
+    reason = reason or _data_reason(x, y)
     if reason is None and y is None:
         reason = "fit was given no targets"
+    if reason is None and holds_batches(validation_data):
+        return None
     if reason is None and validation_data is not None:
         if not isinstance(validation_data, (list, tuple)) or len(validation_data) not in (2, 3):
             reason = "validation_data is not (x, y) or (x, y, sample_weight)"
@@ -98,8 +136,12 @@ def why_keras_trains_built(model) -> str | None:
 
 
 def why_keras_evaluates(model, x, y, steps, extra) -> str | None:
-    if steps is not None or extra:
-        return "steps or other arguments are given"
+    if extra:
+        return "arguments other than Keras's are given"
+    if holds_batches(x):
+        return _model_reason(model) or _batches_reason(model, x, y, 0.0)
+    if steps is not None:
+        return "steps is given with arrays"
     return _model_reason(model) or _data_reason(x, y) or ("evaluate was given no targets" if y is None else None)
 
 
@@ -115,6 +157,15 @@ def why_keras_predicts(model, x, steps, callbacks=None) -> str | None:
     if model.dtype_policy.name != "float32":
         return f"the {model.dtype_policy.name} dtype policy runs in Keras's loop"
     return _data_reason(x, None)
+
+
+def announce_engine(model, method: str, verbose, how: str) -> None:
+    """One line, once per model and way, saying that the engine runs the call and how."""
+    said = model.__dict__.setdefault("_hpctrain_said", set())
+    line = f"hpctrain: {method} runs on the engine: {how}"
+    if verbose not in (0, False) and line not in said:
+        said.add(line)
+        print(line)
 
 
 def announce(model, method: str, verbose, reason: str, options: dict) -> None:

@@ -1,0 +1,101 @@
+"""``fit``/``evaluate`` on the engine for data Keras reads batch by batch, and for models with their
+own step functions (both read through Keras's epoch iterator, see :mod:`hpctrain.keras.batch_data`).
+
+A model whose steps are Keras's trains with the session's trainer (the engine's loss, metrics and
+optimizer, on its loader path); a model with its own ``train_step`` (or ``test_step``,
+``compute_loss``, ``compute_metrics``) with :class:`~hpctrain.keras.user_steps.KerasStepTrainer`.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras.src.trainers.data_adapters import array_slicing
+
+from hpctrain.keras import batch_data, metric_state, optimizer_map, routing, user_steps
+from hpctrain.keras.callback_bridge import RateReader, StateWriter, adapt_callbacks
+from hpctrain.keras.session import session_of
+
+
+def own_steps(model) -> bool:
+    return bool(routing.overridden_steps(model))
+
+
+def _trainer(model, plan=None):
+    session = session_of(model)
+    if own_steps(model):
+        if plan is not None:
+            session.step_trainer = user_steps.KerasStepTrainer(model, plan)
+        return user_steps.trainer_of(session)
+    return session._trainer_for(None, plan)
+
+
+def _how(model) -> str:
+    if own_steps(model):
+        return f"{user_steps.REASON} (the model defines its own {', '.join(routing.overridden_steps(model))})"
+    return "batches read by Keras's epoch iterator, on the engine's loader path"
+
+
+def _split_for_validation(arguments: dict) -> None:
+    """Keras's ``validation_split``: the last rows of the arrays, before any shuffle."""
+    if arguments["validation_split"] and arguments["validation_data"] is None:
+        (x, y, weights), validation = array_slicing.train_validation_split(
+            (arguments["x"], arguments["y"], arguments["sample_weight"]),
+            validation_split=arguments["validation_split"])
+        arguments.update(x=x, y=y, sample_weight=weights, validation_data=validation)
+    arguments["validation_split"] = 0.0
+
+
+def fit(model, arguments: dict, *, plan=None, on_nonfinite="raise", checkpoint=None):
+    _split_for_validation(arguments)
+    iterator = batch_data.epoch_iterator(model, arguments["x"], arguments["y"], arguments["sample_weight"],
+                                       arguments["batch_size"], arguments["steps_per_epoch"], arguments["shuffle"],
+                                       arguments["class_weight"])
+    train, validation = batch_data.loader(iterator), batch_data.validation_loader(model, arguments)
+    trainer = _trainer(model, plan)
+    routing.announce_engine(model, "fit", arguments["verbose"], _how(model))
+    history = keras.callbacks.History()
+    engine_optimizer = trainer.optimizer if isinstance(trainer.optimizer, optimizer_map.LazyOptimizer) else None
+    callbacks = [StateWriter(model, engine_optimizer), *adapt_callbacks(arguments["callbacks"]), history,
+                 RateReader(model, engine_optimizer, 0)]
+    model.stop_training = False
+    if engine_optimizer is not None:
+        optimizer_map.set_rate(model.optimizer, engine_optimizer)
+    try:
+        engine_history = trainer.fit(
+            train, None, epochs=arguments["epochs"], verbose=arguments["verbose"], callbacks=callbacks,
+            validation_data=validation, shuffle=False, initial_epoch=arguments["initial_epoch"],
+            callback_model=model, validation_freq=arguments["validation_freq"], checkpoint=checkpoint,
+            on_nonfinite=on_nonfinite)
+    finally:
+        if engine_optimizer is not None:
+            optimizer_map.write_back(model.optimizer, engine_optimizer)
+    history.history, history.epoch = engine_history.history, engine_history.epoch
+    model.history = history
+    if own_steps(model):
+        if arguments["epochs"] > 0 and isinstance(model.optimizer, keras.optimizers.Optimizer):
+            model.optimizer.finalize_variable_values(model.trainable_weights)  # as Keras's fit ends
+    else:
+        _leave_last_pass_in_metrics(model, history.history, train, validation)
+    return history
+
+
+def _leave_last_pass_in_metrics(model, history: dict, train, validation) -> None:
+    last = {name: values[-1] for name, values in history.items() if values}
+    if "val_loss" in last:
+        metric_state.write_results(model, last, batch_data.rows_of(validation), prefix="val_")
+    else:
+        metric_state.write_results(model, last, batch_data.rows_of(train))
+
+
+def evaluate(model, arguments: dict):
+    iterator = batch_data.epoch_iterator(model, arguments["x"], arguments["y"], arguments["sample_weight"],
+                                       arguments["batch_size"], arguments["steps"])
+    data = batch_data.loader(iterator)
+    trainer = _trainer(model)
+    logs = trainer.evaluate(data, None, verbose=arguments["verbose"], return_dict=True,
+                            callbacks=adapt_callbacks(arguments["callbacks"]), callback_model=model)
+    if not own_steps(model):
+        metric_state.write_results(model, logs, batch_data.rows_of(data))
+    if arguments["return_dict"]:
+        return logs
+    return model._flatten_metrics_in_order(logs)
