@@ -116,7 +116,12 @@ def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbac
                      steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
                      validation_batch_size=validation_batch_size, validation_freq=validation_freq)
     _check_options(options, "fit")
-    reason = routing.why_keras_fits(self, x, y, validation_data, callbacks) if engine_enabled() else "the engine is off"
+    reason = (routing.why_keras_fits(self, x, y, validation_data, callbacks, validation_split) if engine_enabled()
+              else "the engine is off")
+    if reason is None and routing.reads_batches(self, x, validation_data):
+        from hpctrain.keras import loops
+
+        return loops.fit(self, arguments, **options)
     if reason is None:
         from hpctrain.keras.session import build_for_training
 
@@ -137,6 +142,10 @@ def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weigh
     reason = routing.why_keras_evaluates(self, x, y, steps, kwargs) if engine_enabled() else "the engine is off"
     if reason is not None:
         return _KERAS_METHODS["evaluate"](self, **arguments)
+    if routing.reads_batches(self, x):
+        from hpctrain.keras import loops
+
+        return loops.evaluate(self, arguments)
     from hpctrain.keras.session import session_of
 
     return session_of(self).evaluate(arguments)
