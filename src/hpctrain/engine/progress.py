@@ -39,9 +39,11 @@ class Progress:
         self.live = verbose == 1 and self.stream.isatty()
         self.start = time.perf_counter()
         self.last_refresh = self.start
+        self.done = 0  # steps so far: the total of a pass whose length was not known beforehand
 
     def step(self, done: int, read_logs) -> None:
         """Called after each step; ``read_logs()`` syncs, so it is called only on refresh."""
+        self.done = done
         if not self.live:
             return
         now = time.perf_counter()
@@ -54,7 +56,7 @@ class Progress:
     def finish(self, done: int, logs: dict[str, float]) -> None:
         if self.verbose == 0:
             return
-        line = self._line(done, logs, time.perf_counter())
+        line = self._line(self.done if done is None else done, logs, time.perf_counter())
         self.stream.write(("\r" + line + "\x1b[K\n") if self.live else line + "\n")
         self.stream.flush()
 
