@@ -79,8 +79,10 @@ def _rows(x) -> int:
 
 def loader(iterator: TorchEpochIterator, batch=unpacked, fresh_each_pass: bool = False):
     """Keras's epoch iterator as a ``DataLoader`` of whole batches (the engine's loader input)."""
+    # A generator of its own: a DataLoader draws a seed as each pass begins, which must not move
+    # torch's global RNG (a shuffled DataLoader read by Keras's iterator draws its order from it).
     return torch.utils.data.DataLoader(KerasEpochs(iterator, batch, fresh_each_pass), batch_size=None,
-                                       collate_fn=_as_given)
+                                       collate_fn=_as_given, generator=torch.Generator())
 
 
 def _as_given(batch):
