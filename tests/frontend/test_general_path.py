@@ -262,3 +262,37 @@ def test_routing_sends_batch_data_and_own_steps_to_the_engine(classification):
     assert routing.why_keras_fits(_mlp(), _WeightedBatches(x, y), None, None) is None
     assert routing.why_keras_fits(_mlp(), _WeightedBatches(x, y), y, None) == (
         "y is given beside a _WeightedBatches, which holds the targets (Keras says so)")
+
+
+# ---- one batch at a time -----------------------------------------------------------------------
+
+
+def test_train_test_and_predict_on_batch_equal_keras(classification):
+    x, y = classification
+    weights = np.linspace(0.5, 1.5, len(x)).astype("float32")
+    keras.utils.set_random_seed(7)
+    ours = _mlp()
+    keras.utils.set_random_seed(7)
+    reference = _mlp()
+    for start in range(0, len(x), 32):
+        rows = slice(start, start + 32)
+        logs = ours.train_on_batch(x[rows], y[rows], sample_weight=weights[rows])
+        with keras_own_loop():
+            reference_logs = reference.train_on_batch(x[rows], y[rows], sample_weight=weights[rows])
+        np.testing.assert_allclose(logs, reference_logs, rtol=1e-5)
+    assert ours.train_on_batch(x[:8], y[:8], return_dict=True).keys() == {"loss", "accuracy"}
+    with keras_own_loop():
+        reference.train_on_batch(x[:8], y[:8], return_dict=True)
+    assert max_difference(ours.get_weights(), reference.get_weights()) < 1e-5
+    assert max_difference(optimizer_values(ours), optimizer_values(reference)) < 1e-5
+    assert int(ours.optimizer.iterations.numpy()) == 4
+    test_logs = ours.test_on_batch(x[:40], y[:40], return_dict=True)
+    with keras_own_loop():
+        reference_test_logs = reference.test_on_batch(x[:40], y[:40], return_dict=True)
+    _assert_same_history(test_logs, reference_test_logs)
+    _assert_same_history(ours.get_metrics_result(), reference.get_metrics_result())
+    with keras_own_loop():
+        reference_predictions = reference.predict_on_batch(x[:10])
+    np.testing.assert_allclose(ours.predict_on_batch(x[:10]), reference_predictions, atol=1e-6)
+    assert routing.why_keras_trains_on_batch(ours, x[:4], y[:4], None, None) is None
+    assert routing.why_keras_tests_on_batch(ours, x[:4], y[:4]) is None

@@ -145,6 +145,30 @@ def why_keras_evaluates(model, x, y, steps, extra) -> str | None:
     return _model_reason(model) or _data_reason(x, y) or ("evaluate was given no targets" if y is None else None)
 
 
+def why_keras_trains_on_batch(model, x, y, sample_weight, class_weight) -> str | None:
+    if overridden_steps(model):
+        return f"the model's own {', '.join(overridden_steps(model))} runs as Keras's train_on_batch runs it"
+    if sample_weight is not None and class_weight is not None:
+        return "sample_weight and class_weight are both given (Keras says so)"
+    if getattr(model, "_hpctrain_strategy", None) is not None:
+        return "a model under a strategy trains on one batch in Keras's loop"
+    reason = _model_reason(model) or _data_reason(x, y) or _training_reason(model, None)
+    if reason is None and y is None:
+        return "train_on_batch was given no targets"
+    if reason is None:
+        from hpctrain.keras.session import build_for_training
+
+        build_for_training(model, x, y)
+        reason = why_keras_trains_built(model)
+    return reason
+
+
+def why_keras_tests_on_batch(model, x, y) -> str | None:
+    if overridden_steps(model):
+        return f"the model's own {', '.join(overridden_steps(model))} runs as Keras's test_on_batch runs it"
+    return why_keras_evaluates(model, x, y, None, {})
+
+
 def why_keras_predicts(model, x, steps, callbacks=None) -> str | None:
     if steps is not None:
         return "steps is given"
