@@ -46,7 +46,9 @@ def install() -> None:
     # Keras's callbacks are callbacks to the native API's Trainer too, from the moment Keras is in.
     register_callback_base(keras.callbacks.Callback)
     call_output.install()
-    for name, replacement in (("compile", compile), ("fit", fit), ("evaluate", evaluate), ("predict", predict)):
+    for name, replacement in (("compile", compile), ("fit", fit), ("evaluate", evaluate), ("predict", predict),
+                              ("train_on_batch", train_on_batch), ("test_on_batch", test_on_batch),
+                              ("predict_on_batch", predict_on_batch)):
         # Replaced on the class that defines it (Keras's trainer classes), so that Keras's own
         # checks of whether a model overrides compile still see Keras's method.
         owner = next(klass for klass in keras.Model.__mro__ if name in vars(klass))
@@ -159,6 +161,34 @@ def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None
     from hpctrain.keras.session import session_of
 
     return session_of(self).predict(arguments)
+
+
+def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
+    reason = routing.why_keras_trains_on_batch(self, x, y, sample_weight, class_weight) if engine_enabled() else "off"
+    if reason is not None:
+        return _KERAS_METHODS["train_on_batch"](self, x, y, sample_weight=sample_weight, class_weight=class_weight,
+                                                return_dict=return_dict)
+    from hpctrain.keras import on_batch
+
+    return on_batch.train_on_batch(self, x, y, sample_weight, class_weight, return_dict)
+
+
+def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
+    reason = routing.why_keras_tests_on_batch(self, x, y) if engine_enabled() else "off"
+    if reason is not None:
+        return _KERAS_METHODS["test_on_batch"](self, x, y, sample_weight=sample_weight, return_dict=return_dict)
+    from hpctrain.keras import on_batch
+
+    return on_batch.test_on_batch(self, x, y, sample_weight, return_dict)
+
+
+def predict_on_batch(self, x):
+    reason = routing.why_keras_predicts(self, x, None) if engine_enabled() else "off"
+    if reason is not None:
+        return _KERAS_METHODS["predict_on_batch"](self, x)
+    from hpctrain.keras import on_batch
+
+    return on_batch.predict_on_batch(self, x)
 
 
 def _check_options(options: dict, method: str) -> None:
