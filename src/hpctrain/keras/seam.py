@@ -1,10 +1,11 @@
-"""The seam: Keras's ``compile``/``fit``/``evaluate``/``predict`` handed to the hpctrain engine.
+"""The seam: Keras's ``compile``/``fit``/``evaluate``/``predict`` (and ``*_on_batch``) handed to the
+hpctrain engine.
 
 Installed once on ``keras.Model`` when :mod:`hpctrain.keras` is imported, so every Keras model
 (Sequential, functional, subclassed, loaded from a file) trains on the engine, including models
 made by a program that imports ``keras`` itself after hpctrain. Where the engine cannot run a
-model or an argument exactly as Keras would (a user ``train_step``, several outputs, data
-that is not arrays), the call goes to Keras's own method unchanged, and ``verbose`` says why.
+model or an argument exactly as Keras would (several outputs, ``weighted_metrics``, a user
+``predict_step``), the call goes to Keras's own method unchanged, and ``verbose`` says why.
 
 ``use_engine(False)`` (or ``HPCTRAIN_KERAS_ENGINE=0`` in the environment of a program) turns
 the seam off: Keras's own methods run everywhere.
