@@ -296,3 +296,43 @@ def test_train_test_and_predict_on_batch_equal_keras(classification):
     np.testing.assert_allclose(ours.predict_on_batch(x[:10]), reference_predictions, atol=1e-6)
     assert routing.why_keras_trains_on_batch(ours, x[:4], y[:4], None, None) is None
     assert routing.why_keras_tests_on_batch(ours, x[:4], y[:4]) is None
+
+
+# ---- several inputs and outputs: Keras's own steps in the engine's loop ------------------------
+
+
+def _two_in_two_out():
+    first, second = keras.Input((12,), name="first"), keras.Input((4,), name="second")
+    hidden = keras.layers.Dense(16, activation="relu")(keras.layers.Concatenate()([first, second]))
+    classes = keras.layers.Dense(3, activation="softmax", name="classes")(hidden)
+    value = keras.layers.Dense(1, name="value")(hidden)
+    model = keras.Model({"first": first, "second": second}, {"classes": classes, "value": value})
+    model.compile(optimizer="adam", loss={"classes": "sparse_categorical_crossentropy", "value": "mse"},
+                  loss_weights={"classes": 1.0, "value": 0.5}, metrics={"classes": ["accuracy"]},
+                  weighted_metrics={"value": ["mae"]})
+    return model
+
+
+def test_several_inputs_and_outputs_with_per_output_losses_equal_keras(classification, capsys):
+    x, y = classification
+    extra = np.random.default_rng(5).normal(size=(len(x), 4)).astype("float32")
+    inputs, targets = {"first": x, "second": extra}, {"classes": y, "value": extra[:, :1] * 2.0}
+    weights = {"classes": np.ones(len(x), "float32"), "value": np.linspace(0.5, 1.5, len(x)).astype("float32")}
+    keras.utils.set_random_seed(7)
+    ours = _two_in_two_out()
+    history = ours.fit(inputs, targets, sample_weight=weights, epochs=2, batch_size=16, validation_split=0.25,
+                       shuffle=False, verbose=1)
+    printed = capsys.readouterr().out
+    keras.utils.set_random_seed(7)
+    reference = _two_in_two_out()
+    with keras_own_loop():
+        reference_history = reference.fit(inputs, targets, sample_weight=weights, epochs=2, batch_size=16,
+                                          validation_split=0.25, shuffle=False, verbose=0)
+    assert ("fit runs on the engine: Keras's own step functions in the engine's loop (the model has several "
+            "inputs or outputs)") in printed
+    assert max_difference(ours.get_weights(), reference.get_weights()) < 1e-5
+    _assert_same_history(history.history, reference_history.history)
+    logs = ours.evaluate(inputs, targets, verbose=0, return_dict=True)
+    with keras_own_loop():
+        reference_logs = reference.evaluate(inputs, targets, verbose=0, return_dict=True)
+    _assert_same_history(logs, reference_logs)

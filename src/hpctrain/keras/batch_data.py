@@ -32,6 +32,26 @@ def unpacked(data) -> tuple:
     return (x, y) if sample_weight is None else (x, y, sample_weight)
 
 
+class Parcel(torch.Tensor):
+    """A one-element tensor that carries a whole Keras batch (any structure: several inputs, dicts,
+    no targets) unchanged through the engine's loader path to a step that runs Keras's own
+    ``train_step``: the loader's conversions leave a tensor of the right dtype and device as it is."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+    batch = None
+
+
+def parcels(device: torch.device):
+    """A batch function for :class:`KerasEpochs`: each batch as ``(parcel, parcel)``."""
+
+    def pack(data) -> tuple:
+        parcel = torch.zeros(1, dtype=torch.int64, device=device).as_subclass(Parcel)
+        parcel.batch = data
+        return parcel, parcel
+
+    return pack
+
+
 class KerasEpochs(torch.utils.data.IterableDataset):
     """Each pass: one epoch of a Keras ``TorchEpochIterator``, batch by batch."""
 
@@ -68,7 +88,7 @@ class KerasEpochs(torch.utils.data.IterableDataset):
             self.iterator.reset()
         for _, _, data in self.iterator:
             batch = self.batch(data[0])
-            self.rows += _rows(batch[0])
+            self.rows += _rows(data[0])
             yield batch
 
 
@@ -105,7 +125,7 @@ def epoch_iterator(model, x, y=None, sample_weight=None, batch_size=None, steps=
     return iterator
 
 
-def validation_loader(model, arguments: dict):
+def validation_loader(model, arguments: dict, batch=unpacked):
     """``validation_data`` read as Keras's ``fit`` reads it each epoch, or ``None``."""
     validation = arguments["validation_data"]
     if validation is None:
@@ -117,4 +137,4 @@ def validation_loader(model, arguments: dict):
     iterator = TorchEpochIterator(x=x, y=y, sample_weight=sample_weight,
                                   batch_size=arguments["validation_batch_size"] or arguments["batch_size"],
                                   steps_per_epoch=arguments["validation_steps"], shuffle=False, steps_per_execution=1)
-    return loader(iterator, fresh_each_pass=True)
+    return loader(iterator, batch, fresh_each_pass=True)

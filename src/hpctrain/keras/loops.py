@@ -1,9 +1,10 @@
 """``fit``/``evaluate`` on the engine for data Keras reads batch by batch, and for models with their
 own step functions (both read through Keras's epoch iterator, see :mod:`hpctrain.keras.batch_data`).
 
-A model whose steps are Keras's trains with the session's trainer (the engine's loss, metrics and
-optimizer, on its loader path); a model with its own ``train_step`` (or ``test_step``,
-``compute_loss``, ``compute_metrics``) with :class:`~hpctrain.keras.user_steps.KerasStepTrainer`.
+A model the engine's own step can train runs with the session's trainer (the engine's loss,
+metrics and optimizer, on its loader path); any other (its own ``train_step``, ``test_step``,
+``compute_loss`` or ``compute_metrics``, several inputs or outputs, per-output losses, ...) with
+:class:`~hpctrain.keras.user_steps.KerasStepTrainer`, which runs Keras's own steps in the engine's loop.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from hpctrain.keras.callback_bridge import RateReader, StateWriter, adapt_callba
 from hpctrain.keras.session import session_of
 
 
-def own_steps(model) -> bool:
-    return bool(routing.overridden_steps(model))
+def keras_steps(model) -> bool:
+    return routing.steps_reason(model) is not None
 
 
 def _trainer(model, plan=None):
     session = session_of(model)
-    if own_steps(model):
+    if keras_steps(model):
         if plan is not None:
             session.step_trainer = user_steps.KerasStepTrainer(model, plan)
         return user_steps.trainer_of(session)
@@ -30,8 +31,8 @@ def _trainer(model, plan=None):
 
 
 def _how(model) -> str:
-    if own_steps(model):
-        return f"{user_steps.REASON} (the model defines its own {', '.join(routing.overridden_steps(model))})"
+    if keras_steps(model):
+        return f"{user_steps.REASON} ({routing.steps_reason(model)})"
     return "batches read by Keras's epoch iterator, on the engine's loader path"
 
 
@@ -50,8 +51,9 @@ def fit(model, arguments: dict, *, plan=None, on_nonfinite="raise", checkpoint=N
     iterator = batch_data.epoch_iterator(model, arguments["x"], arguments["y"], arguments["sample_weight"],
                                        arguments["batch_size"], arguments["steps_per_epoch"], arguments["shuffle"],
                                        arguments["class_weight"])
-    train, validation = batch_data.loader(iterator), batch_data.validation_loader(model, arguments)
     trainer = _trainer(model, plan)
+    batch = batch_data.parcels(trainer.plan.device) if keras_steps(model) else batch_data.unpacked
+    train, validation = batch_data.loader(iterator, batch), batch_data.validation_loader(model, arguments, batch)
     routing.announce_engine(model, "fit", arguments["verbose"], _how(model))
     history = keras.callbacks.History()
     engine_optimizer = trainer.optimizer if isinstance(trainer.optimizer, optimizer_map.LazyOptimizer) else None
@@ -71,7 +73,7 @@ def fit(model, arguments: dict, *, plan=None, on_nonfinite="raise", checkpoint=N
             optimizer_map.write_back(model.optimizer, engine_optimizer)
     history.history, history.epoch = engine_history.history, engine_history.epoch
     model.history = history
-    if own_steps(model):
+    if keras_steps(model):
         if arguments["epochs"] > 0 and isinstance(model.optimizer, keras.optimizers.Optimizer):
             model.optimizer.finalize_variable_values(model.trainable_weights)  # as Keras's fit ends
     else:
@@ -90,11 +92,12 @@ def _leave_last_pass_in_metrics(model, history: dict, train, validation) -> None
 def evaluate(model, arguments: dict):
     iterator = batch_data.epoch_iterator(model, arguments["x"], arguments["y"], arguments["sample_weight"],
                                        arguments["batch_size"], arguments["steps"])
-    data = batch_data.loader(iterator)
     trainer = _trainer(model)
+    data = batch_data.loader(iterator, batch_data.parcels(trainer.plan.device) if keras_steps(model)
+                             else batch_data.unpacked)
     logs = trainer.evaluate(data, None, verbose=arguments["verbose"], return_dict=True,
                             callbacks=adapt_callbacks(arguments["callbacks"]), callback_model=model)
-    if not own_steps(model):
+    if not keras_steps(model):
         metric_state.write_results(model, logs, batch_data.rows_of(data))
     if arguments["return_dict"]:
         return logs

@@ -28,8 +28,8 @@ def overridden_steps(model) -> list[str]:
 
 def reads_batches(model, x, validation_data=None) -> bool:
     """Whether the call reads its data through Keras's epoch iterator (:mod:`hpctrain.keras.loops`):
-    data that is not arrays, or a model with its own steps."""
-    return holds_batches(x) or holds_batches(validation_data) or bool(overridden_steps(model))
+    data that is not arrays, or a model whose fit runs Keras's own steps (:func:`steps_reason`)."""
+    return holds_batches(x) or holds_batches(validation_data) or steps_reason(model) is not None
 
 
 def _is_array(value) -> bool:
@@ -57,40 +57,45 @@ def _finite(value) -> bool:
 
 
 def _model_reason(model) -> str | None:
-    if overridden_steps(model):
-        return _own_steps_reason(model)
-    if not getattr(model, "compiled", False) or getattr(model, "_compile_loss", None) is None:
+    """Why Keras's own loop runs the model's ``fit``/``evaluate``, or ``None``."""
+    keras_steps = steps_reason(model)
+    if not getattr(model, "compiled", False):
+        return "the model is not compiled (Keras says so)"
+    if getattr(model, "_compile_loss", None) is None and not overridden_steps(model):
         return "the model is not compiled with a loss (Keras says so)"
+    if keras_steps is None and getattr(model, "_hpctrain_compile", None) is None:
+        return "the model was compiled before hpctrain's seam was installed"
+    strategy = getattr(model, "_hpctrain_strategy", None)
+    if getattr(strategy, "pipelined", False):
+        return "pipeline strategies do not take Keras models yet"
+    if keras_steps is not None and strategy is not None:
+        return f"under a strategy, a model whose fit runs Keras's own steps ({keras_steps}) trains on Keras's loop"
+    return None
+
+
+def steps_reason(model) -> str | None:
+    """Why the model's ``fit``/``evaluate`` run Keras's own step functions in the engine's loop
+    (:mod:`hpctrain.keras.user_steps`) instead of the engine's step, or ``None``."""
+    own = overridden_steps(model)
+    if own:
+        return f"the model defines its own {', '.join(own)}"
+    if len(getattr(model, "outputs", None) or [None]) > 1 or len(getattr(model, "inputs", None) or [None]) > 1:
+        return "the model has several inputs or outputs"
     config = getattr(model, "_hpctrain_compile", None)
     if config is None:
-        return "the model was compiled before hpctrain's seam was installed"
+        return None
     if isinstance(config["loss"], (dict, list, tuple)) or config["loss_weights"] is not None:
         return "the loss is given per output"
     if isinstance(config["loss"], str) and config["loss"].lower() in ("crossentropy", "ce"):
         return f"Keras picks the cross-entropy that loss={config['loss']!r} means from the targets' shapes"
     if config["weighted_metrics"]:
-        return "weighted_metrics are computed by Keras"
+        return "weighted_metrics are computed by Keras's step"
     if isinstance(config["metrics"], dict) or any(isinstance(m, (list, tuple, dict)) for m in config["metrics"] or []):
         return "the metrics are given per output"
-    if len(getattr(model, "outputs", None) or [None]) > 1 or len(getattr(model, "inputs", None) or [None]) > 1:
-        return "the model has several inputs or outputs"
     if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
-        return "a loss-scale optimizer runs in Keras's loop"
+        return "a loss-scale optimizer scales the loss in Keras's step"
     if model.dtype_policy.name != "float32":
-        return f"the {model.dtype_policy.name} dtype policy runs in Keras's loop"
-    if getattr(getattr(model, "_hpctrain_strategy", None), "pipelined", False):
-        return "pipeline strategies do not take Keras models yet"
-    return None
-
-
-def _own_steps_reason(model) -> str | None:
-    """A model with its own steps: they compute loss and metrics, so the compiled loss may be anything."""
-    if not getattr(model, "compiled", False):
-        return "the model is not compiled (Keras says so)"
-    if len(getattr(model, "outputs", None) or [None]) > 1 or len(getattr(model, "inputs", None) or [None]) > 1:
-        return "the model has several inputs or outputs"
-    if getattr(model, "_hpctrain_strategy", None) is not None:
-        return "a model with its own steps trains under a strategy on Keras's loop"
+        return f"the {model.dtype_policy.name} dtype policy runs in Keras's step"
     return None
 
 
@@ -117,6 +122,8 @@ def why_keras_fits(model, x, y, validation_data, callbacks=None, validation_spli
     reason = _model_reason(model) or _training_reason(model, callbacks)
     if reason is None and holds_batches(x):
         return _batches_reason(model, x, y, validation_split)
+    if reason is None and steps_reason(model) is not None:
+        return None  # Keras's own iterator reads the data, of any structure, and checks it as Keras does
     reason = reason or _data_reason(x, y)
     if reason is None and y is None:
         reason = "fit was given no targets"
@@ -140,14 +147,16 @@ def why_keras_evaluates(model, x, y, steps, extra) -> str | None:
         return "arguments other than Keras's are given"
     if holds_batches(x):
         return _model_reason(model) or _batches_reason(model, x, y, 0.0)
+    if steps_reason(model) is not None:
+        return _model_reason(model)
     if steps is not None:
         return "steps is given with arrays"
     return _model_reason(model) or _data_reason(x, y) or ("evaluate was given no targets" if y is None else None)
 
 
 def why_keras_trains_on_batch(model, x, y, sample_weight, class_weight) -> str | None:
-    if overridden_steps(model):
-        return f"the model's own {', '.join(overridden_steps(model))} runs as Keras's train_on_batch runs it"
+    if steps_reason(model) is not None:
+        return f"{steps_reason(model)}: Keras's train_on_batch runs its step"
     if sample_weight is not None and class_weight is not None:
         return "sample_weight and class_weight are both given (Keras says so)"
     if getattr(model, "_hpctrain_strategy", None) is not None:
@@ -164,8 +173,8 @@ def why_keras_trains_on_batch(model, x, y, sample_weight, class_weight) -> str |
 
 
 def why_keras_tests_on_batch(model, x, y) -> str | None:
-    if overridden_steps(model):
-        return f"the model's own {', '.join(overridden_steps(model))} runs as Keras's test_on_batch runs it"
+    if steps_reason(model) is not None:
+        return f"{steps_reason(model)}: Keras's test_on_batch runs its step"
     return why_keras_evaluates(model, x, y, None, {})
 
 

@@ -20,6 +20,7 @@ from hpctrain.engine import losses as engine_losses
 from hpctrain.engine.callbacks import CallbackList
 from hpctrain.engine.data import split_weights
 from hpctrain.engine.trainer import INFERENCE_BATCH
+from hpctrain.keras.batch_data import Parcel
 from hpctrain.keras.module import KerasModule
 from hpctrain.keras.optimizer_map import KerasApply
 
@@ -61,8 +62,11 @@ class KerasTrainStep:
         metrics.record(self.model.train_step(keras_batch(x, y)))
 
 
-def keras_batch(x, y) -> tuple:
-    """``(x, y)`` or ``(x, y, sample_weight)``, as Keras's steps unpack a batch."""
+def keras_batch(x, y):
+    """The batch as Keras's iterator made it (carried by a parcel), else ``(x, y)`` or
+    ``(x, y, sample_weight)``."""
+    if isinstance(x, Parcel):
+        return x.batch
     targets, weights = split_weights(y)
     return (x, targets) if weights is None else (x, targets, weights)
 
@@ -88,6 +92,9 @@ class KerasStepTrainer(Trainer):
     def _make_step(self, data, batch_size: int, hooks: CallbackList):
         self.plan = self.plan.with_choice("executor", "autograd", REASON)
         return KerasTrainStep(self.keras_model), self._metric_set(data.output_shape)
+
+    def _loader_output_shape(self, loader) -> tuple:
+        return ()  # the model's own steps read its outputs; the engine's metrics, which would, are not used
 
     def _metric_set(self, output_shape, prefix: str = "") -> KerasStepLogs:
         return KerasStepLogs(self.keras_model, prefix)
