@@ -336,3 +336,12 @@ def test_several_inputs_and_outputs_with_per_output_losses_equal_keras(classific
     with keras_own_loop():
         reference_logs = reference.evaluate(inputs, targets, verbose=0, return_dict=True)
     _assert_same_history(logs, reference_logs)
+
+
+def test_options_the_general_path_cannot_honour_are_refused(classification):
+    x, y = classification
+    with pytest.raises(TypeError, match=r"on_nonfinite='skip_step' skips the engine's update, but this model's fit "
+                                        r"runs Keras's own steps \(the model defines its own train_step, test_step\)"):
+        _clipped().fit(x, y, verbose=0, on_nonfinite="skip_step")
+    with pytest.raises(TypeError, match="checkpoint= resumes mid-epoch, which needs arrays"):
+        _mlp().fit(_WeightedBatches(x, y), verbose=0, checkpoint=object())

@@ -47,6 +47,7 @@ def _split_for_validation(arguments: dict) -> None:
 
 
 def fit(model, arguments: dict, *, plan=None, on_nonfinite="raise", checkpoint=None):
+    _refuse_options(model, on_nonfinite, checkpoint)
     _split_for_validation(arguments)
     iterator = batch_data.epoch_iterator(model, arguments["x"], arguments["y"], arguments["sample_weight"],
                                        arguments["batch_size"], arguments["steps_per_epoch"], arguments["shuffle"],
@@ -79,6 +80,16 @@ def fit(model, arguments: dict, *, plan=None, on_nonfinite="raise", checkpoint=N
     else:
         _leave_last_pass_in_metrics(model, history.history, train, validation)
     return history
+
+
+def _refuse_options(model, on_nonfinite, checkpoint) -> None:
+    if checkpoint is not None:
+        raise TypeError("checkpoint= resumes mid-epoch, which needs arrays: this fit reads its data through Keras's "
+                        "epoch iterator, which cannot be replayed to the middle of an epoch. Remove checkpoint=, or "
+                        "use keras.callbacks.BackupAndRestore(save_freq='epoch').")
+    if on_nonfinite != "raise" and keras_steps(model):
+        raise TypeError(f"on_nonfinite={on_nonfinite!r} skips the engine's update, but this model's fit runs Keras's "
+                        f"own steps ({routing.steps_reason(model)}), which update inside the step; remove it.")
 
 
 def _leave_last_pass_in_metrics(model, history: dict, train, validation) -> None:
