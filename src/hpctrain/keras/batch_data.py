@@ -13,7 +13,6 @@ import types
 
 import keras
 import torch
-from keras.src.backend.torch.trainer import TorchEpochIterator  # no public name for Keras's reader
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 # Batches an epoch may have handed out before it is left (the engine reads the first batch to learn
@@ -55,7 +54,7 @@ def parcels(device: torch.device):
 class KerasEpochs(torch.utils.data.IterableDataset):
     """Each pass: one epoch of a Keras ``TorchEpochIterator``, batch by batch."""
 
-    def __init__(self, iterator: TorchEpochIterator, batch=unpacked, fresh_each_pass: bool = False):
+    def __init__(self, iterator, batch=unpacked, fresh_each_pass: bool = False):
         super().__init__()
         self.iterator = iterator
         self.batch = batch
@@ -97,7 +96,7 @@ def _rows(x) -> int:
     return int(first.shape[0])
 
 
-def loader(iterator: TorchEpochIterator, batch=unpacked, fresh_each_pass: bool = False):
+def loader(iterator, batch=unpacked, fresh_each_pass: bool = False):
     """Keras's epoch iterator as a ``DataLoader`` of whole batches (the engine's loader input)."""
     # A generator of its own: a DataLoader draws a seed as each pass begins, which must not move
     # torch's global RNG (a shuffled DataLoader read by Keras's iterator draws its order from it).
@@ -113,13 +112,19 @@ def rows_of(data_loader) -> int:
     return data_loader.dataset.rows
 
 
+def _epoch_iterator_class():
+    from keras.src.backend.torch.trainer import TorchEpochIterator  # no public name for Keras's reader
+
+    return TorchEpochIterator
+
+
 def epoch_iterator(model, x, y=None, sample_weight=None, batch_size=None, steps=None, shuffle=False,
-                   class_weight=None) -> TorchEpochIterator:
+                   class_weight=None):
     """Keras's reader of ``x`` as its ``fit``/``evaluate`` makes it: the model built from its first
     batch, then reset (a ``PyDataset``'s ``on_epoch_end`` runs once before the first epoch, as in Keras)."""
-    iterator = TorchEpochIterator(x=x, y=y, sample_weight=sample_weight, batch_size=batch_size,
-                                  steps_per_epoch=steps, shuffle=shuffle, class_weight=class_weight,
-                                  steps_per_execution=1)
+    iterator = _epoch_iterator_class()(x=x, y=y, sample_weight=sample_weight, batch_size=batch_size,
+                                       steps_per_epoch=steps, shuffle=shuffle, class_weight=class_weight,
+                                       steps_per_execution=1)
     model._symbolic_build(iterator=iterator)
     iterator.reset()
     return iterator
@@ -134,7 +139,8 @@ def validation_loader(model, arguments: dict, batch=unpacked):
         x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(tuple(validation))
     else:
         x, y, sample_weight = validation, None, None
-    iterator = TorchEpochIterator(x=x, y=y, sample_weight=sample_weight,
-                                  batch_size=arguments["validation_batch_size"] or arguments["batch_size"],
-                                  steps_per_epoch=arguments["validation_steps"], shuffle=False, steps_per_execution=1)
+    iterator = _epoch_iterator_class()(x=x, y=y, sample_weight=sample_weight,
+                                       batch_size=arguments["validation_batch_size"] or arguments["batch_size"],
+                                       steps_per_epoch=arguments["validation_steps"], shuffle=False,
+                                       steps_per_execution=1)
     return loader(iterator, batch, fresh_each_pass=True)
