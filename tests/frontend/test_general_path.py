@@ -6,11 +6,11 @@ engine ran."""
 import numpy as np
 import pytest
 import torch
+from twins import classification_data, keras_own_loop, max_difference, optimizer_values
 
 from hpctrain import keras
 from hpctrain.keras import routing
 from hpctrain.tfcompat import data as tf_data
-from twins import classification_data, keras_own_loop, max_difference, optimizer_values
 
 ENGINE_LINE = "hpctrain: fit runs on the engine"
 

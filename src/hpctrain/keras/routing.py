@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import torch
 
-from hpctrain.keras.callback_bridge import watches
 from hpctrain.keras.batch_data import holds_batches
+from hpctrain.keras.callback_bridge import watches
 from hpctrain.keras.optimizer_map import why_not_mapped  # noqa: F401  (explained by the plan)
 
 _STEP_METHODS = ("train_step", "test_step", "predict_step", "compute_loss", "compute_metrics")
