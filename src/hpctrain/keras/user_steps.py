@@ -10,8 +10,6 @@ Keras's ``fit`` reads them (the model's metrics where the step returns their nam
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from keras.src.utils.python_utils import pythonify_logs
 
@@ -85,7 +83,7 @@ class KerasStepTrainer(Trainer):
 
     def __init__(self, model, plan):
         self.keras_model = model
-        plan = dataclasses.replace(plan.with_choice("executor", "autograd", REASON), tune_threads=False)
+        plan = plan.with_choice("executor", "autograd", REASON)
         super().__init__(KerasModule(model), loss=_NoLoss(), plan=plan, inference_batch_size=INFERENCE_BATCH,
                          optimizer=lambda _params, _device: KerasApply(model.optimizer, model.trainable_variables))
 
