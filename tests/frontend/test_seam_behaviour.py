@@ -110,7 +110,8 @@ def test_a_custom_train_step_is_honoured_and_announced(classification, capsys):
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x, y, epochs=1, batch_size=32, verbose=1)
     assert len(calls) == 3
-    assert "hpctrain: fit runs on Keras's own loop: the model defines its own train_step." in capsys.readouterr().out
+    assert ("hpctrain: fit runs on the engine: Keras's own step functions in the engine's loop (the model defines "
+            "its own train_step)") in capsys.readouterr().out
 
 
 def test_verbose_fit_says_which_executor_runs(classification, capsys):

@@ -81,9 +81,11 @@ class Progress:
         else:  # as Keras's bar does, the first step shows at once
             self.live = self.display.refreshes
             self.refresh_seconds, self.last_refresh = self.display.refresh_seconds, -math.inf
+        self.done = 0  # steps so far: the total of a pass whose length was not known beforehand
 
     def step(self, done: int, read_logs) -> None:
         """Called after each step (or run of steps); ``read_logs()`` syncs, so it is called only on refresh."""
+        self.done = done
         if not self.live:
             return
         now = time.perf_counter()
@@ -100,7 +102,7 @@ class Progress:
         """The pass's last line; a front end's display prints its own, from its callbacks."""
         if self.verbose == 0 or self.display is not None:
             return
-        line = self._line(done, logs, time.perf_counter())
+        line = self._line(self.done if done is None else done, logs, time.perf_counter())
         self.stream.write(("\r" + line + "\x1b[K\n") if self.live else line + "\n")
         self.stream.flush()
 

@@ -1,10 +1,11 @@
-"""The seam: Keras's ``compile``/``fit``/``evaluate``/``predict`` handed to the hpctrain engine.
+"""The seam: Keras's ``compile``/``fit``/``evaluate``/``predict`` (and ``*_on_batch``) handed to the
+hpctrain engine.
 
 Installed once on ``keras.Model`` when :mod:`hpctrain.keras` is imported, so every Keras model
 (Sequential, functional, subclassed, loaded from a file) trains on the engine, including models
 made by a program that imports ``keras`` itself after hpctrain. Where the engine cannot run a
-model or an argument exactly as Keras would (a user ``train_step``, several outputs, data
-that is not arrays), the call goes to Keras's own method unchanged, and ``verbose`` says why.
+model or an argument exactly as Keras would (several outputs, ``weighted_metrics``, a user
+``predict_step``), the call goes to Keras's own method unchanged, and ``verbose`` says why.
 
 ``use_engine(False)`` (or ``HPCTRAIN_KERAS_ENGINE=0`` in the environment of a program) turns
 the seam off: Keras's own methods run everywhere.
@@ -46,7 +47,9 @@ def install() -> None:
     # Keras's callbacks are callbacks to the native API's Trainer too, from the moment Keras is in.
     register_callback_base(keras.callbacks.Callback)
     call_output.install()
-    for name, replacement in (("compile", compile), ("fit", fit), ("evaluate", evaluate), ("predict", predict)):
+    for name, replacement in (("compile", compile), ("fit", fit), ("evaluate", evaluate), ("predict", predict),
+                              ("train_on_batch", train_on_batch), ("test_on_batch", test_on_batch),
+                              ("predict_on_batch", predict_on_batch)):
         # Replaced on the class that defines it (Keras's trainer classes), so that Keras's own
         # checks of whether a model overrides compile still see Keras's method.
         owner = next(klass for klass in keras.Model.__mro__ if name in vars(klass))
@@ -116,7 +119,12 @@ def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbac
                      steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
                      validation_batch_size=validation_batch_size, validation_freq=validation_freq)
     _check_options(options, "fit")
-    reason = routing.why_keras_fits(self, x, y, validation_data, callbacks) if engine_enabled() else "the engine is off"
+    reason = (routing.why_keras_fits(self, x, y, validation_data, callbacks, validation_split) if engine_enabled()
+              else "the engine is off")
+    if reason is None and routing.reads_batches(self, x, validation_data):
+        from hpctrain.keras import loops
+
+        return loops.fit(self, arguments, **options)
     if reason is None:
         from hpctrain.keras.session import build_for_training
         from hpctrain.keras.shuffle_order import builds_on_first_batch
@@ -140,6 +148,10 @@ def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weigh
     reason = routing.why_keras_evaluates(self, x, y, steps, kwargs) if engine_enabled() else "the engine is off"
     if reason is not None:
         return _KERAS_METHODS["evaluate"](self, **arguments)
+    if routing.reads_batches(self, x):
+        from hpctrain.keras import loops
+
+        return loops.evaluate(self, arguments)
     from hpctrain.keras.session import session_of
 
     return session_of(self).evaluate(arguments)
@@ -153,6 +165,34 @@ def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None
     from hpctrain.keras.session import session_of
 
     return session_of(self).predict(arguments)
+
+
+def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
+    reason = routing.why_keras_trains_on_batch(self, x, y, sample_weight, class_weight) if engine_enabled() else "off"
+    if reason is not None:
+        return _KERAS_METHODS["train_on_batch"](self, x, y, sample_weight=sample_weight, class_weight=class_weight,
+                                                return_dict=return_dict)
+    from hpctrain.keras import on_batch
+
+    return on_batch.train_on_batch(self, x, y, sample_weight, class_weight, return_dict)
+
+
+def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
+    reason = routing.why_keras_tests_on_batch(self, x, y) if engine_enabled() else "off"
+    if reason is not None:
+        return _KERAS_METHODS["test_on_batch"](self, x, y, sample_weight=sample_weight, return_dict=return_dict)
+    from hpctrain.keras import on_batch
+
+    return on_batch.test_on_batch(self, x, y, sample_weight, return_dict)
+
+
+def predict_on_batch(self, x):
+    reason = routing.why_keras_predicts(self, x, None) if engine_enabled() else "off"
+    if reason is not None:
+        return _KERAS_METHODS["predict_on_batch"](self, x)
+    from hpctrain.keras import on_batch
+
+    return on_batch.predict_on_batch(self, x)
 
 
 def _check_options(options: dict, method: str) -> None:
