@@ -9,8 +9,8 @@ engine off), and Keras on TensorFlow (default fit, steps_per_execution=32, jit_c
 benchmarks/.venv-tf, made by setup_tf_env.sh); beside them hand-tuned PyTorch (channels-last
 images, fused Adam), the same with torch.compile, and the GEMM-only limit for the dense models.
 Every implementation runs in its own fresh process, one at a time, rounds interleaved
-(bench_seed.py's harness). Then bench_end_to_end.py's harness times `python seed.py` for hpctrain,
-Keras/torch and Keras/TF, and startup_probe.py itemizes the start-up.
+(bench_seed.py's harness). First, bench_end_to_end.py's harness times `python seed.py` for
+hpctrain, Keras/torch and Keras/TF, and startup_probe.py itemizes the start-up.
 
 Writes <out>/<model>.json per model, <out>/end_to_end.json, and prints Markdown tables.
 """
@@ -165,10 +165,11 @@ def main(argv=None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     machine = machine_info(args.python, args.tf_python, REPO_DIR)
     machine.update(cpu_vector_extensions=vector_extensions(), keras_torch_version=package_version(args.python, "keras"))
-    for model in args.models:
-        run_model(model, args, machine)
+    # The short end-to-end part first; each model's JSON is written as soon as its runs end.
     if not args.skip_end_to_end:
         run_end_to_end(args, machine)
+    for model in args.models:
+        run_model(model, args, machine)
     log(f"\nWrote {args.output_dir}/ in {time.monotonic() - started:.0f} s")
     return 0
 
