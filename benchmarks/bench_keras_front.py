@@ -94,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="one round of tiny epochs: checks the harness, gives no numbers to compare")
     parser.add_argument("--repeats", type=int, default=2, help="fresh processes per implementation and model")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated models to run ('': none)")
+    parser.add_argument("--only", default=",".join(impl.name for impl in IMPLEMENTATIONS),
+                        help="comma-separated implementations to run on the models")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--end-to-end-repeats", type=int, default=3, help="runs of each whole program")
     add_process_arguments(parser, timeout_s=600)
@@ -104,6 +106,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = sorted(set(args.models) - set(MODELS))
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    args.only = [name for name in args.only.split(",") if name]
+    unknown = sorted(set(args.only) - {impl.name for impl in IMPLEMENTATIONS})
+    if unknown:
+        parser.error(f"unknown implementation(s) {unknown}; choose from {[impl.name for impl in IMPLEMENTATIONS]}")
     if args.quick:
         args.repeats, args.end_to_end_repeats = 1, 1
     return args
@@ -138,7 +144,7 @@ def model_table(results: dict[str, dict]) -> str:
 def run_model(model: str, args, machine: dict) -> None:
     margs = model_args(args, model)
     log(f"\n=== {model}: {margs.samples} samples, 1 warm-up + {margs.epochs} timed epochs, {margs.repeats} rounds")
-    results = run_all(list(IMPLEMENTATIONS), margs)
+    results = run_all([impl for impl in IMPLEMENTATIONS if impl.name in args.only], margs)
     add_keras_torch_ratio(results)
     report = build_report(margs, machine, results)
     report["benchmark"] = "Keras front end: " + report["benchmark"]
