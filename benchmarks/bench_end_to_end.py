@@ -170,10 +170,10 @@ def add_ratios(results: dict[str, dict]) -> None:
             result[key] = result[measure] / reference[measure] if reference else None
 
 
-def available_programs(args) -> tuple[list[Program], dict[str, dict]]:
-    """Splits PROGRAMS into runnable ones and skip records for the rest."""
+def available_programs(args, programs=PROGRAMS) -> tuple[list[Program], dict[str, dict]]:
+    """Splits the programs into runnable ones and skip records for the rest."""
     runnable, skipped = [], {}
-    for program in PROGRAMS:
+    for program in programs:
         python = interpreter_for(program, args)
         if module_is_available(python, program.required_module):
             runnable.append(program)
@@ -184,9 +184,9 @@ def available_programs(args) -> tuple[list[Program], dict[str, dict]]:
     return runnable, skipped
 
 
-def run_all(args) -> dict[str, dict]:
+def run_all(args, programs=PROGRAMS) -> dict[str, dict]:
     """Every available program once per round, one process at a time, as in bench_seed.py."""
-    runnable, skipped = available_programs(args)
+    runnable, skipped = available_programs(args, programs)
     runs = {program.name: [] for program in runnable}
     discarded = {program.name: [] for program in runnable}
     for round_number in range(1, args.repeats + 1):
@@ -196,7 +196,7 @@ def run_all(args) -> dict[str, dict]:
             runs[program.name].append(run)
             discarded[program.name] += contended_runs
     results = {}
-    for program in PROGRAMS:
+    for program in programs:
         if program.name in skipped:
             results[program.name] = skipped[program.name]
             continue

@@ -166,7 +166,7 @@ def add_process_arguments(parser: argparse.ArgumentParser, timeout_s: float) -> 
     parser.add_argument(
         "--tf-python", type=interpreter_path, default=str(DEFAULT_TF_PYTHON), help="interpreter of the TensorFlow venv"
     )
-    parser.add_argument("--output-dir", type=Path, default=BENCH_DIR / "results")
+    parser.add_argument("--output-dir", "--out", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--timeout", type=float, default=timeout_s, help="seconds before a child run is abandoned")
     parser.add_argument(
         "--wait-idle",

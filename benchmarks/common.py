@@ -25,7 +25,9 @@ RESULT_PREFIX = "BENCH_RESULT "
 @dataclass(frozen=True)
 class Workload:
     """A classifier: by default dense (input -> hidden ReLU layers -> softmax classes); with
-    ``model="convnet"`` the classic Keras MNIST convnet on ``input_shape`` images."""
+    ``model="convnet"`` the classic Keras MNIST convnet on ``input_shape`` images; with
+    ``model="residual"`` a Dense ReLU layer of ``hidden_units[0]`` followed by one user-written
+    residual layer (``x + relu(x @ W + b)``) per further entry of ``hidden_units`` (all equal)."""
 
     name: str
     hidden_units: tuple[int, ...]
@@ -57,6 +59,9 @@ class Workload:
     def label(self) -> str:
         if self.model == "convnet":
             return "x".join(map(str, self.input_shape)) + " convnet (Conv32-Pool-Conv64-Pool-Dropout-Dense)"
+        if self.model == "residual":
+            width, blocks = self.hidden_units[0], len(self.hidden_units) - 1
+            return f"{self.input_dim}-{width}-{blocks}x(custom residual {width})-{self.num_classes}"
         return "-".join(map(str, self.layer_sizes))
 
 
@@ -83,6 +88,14 @@ WORKLOADS: dict[str, Workload] = {
         validation_split=0.1,
         description="the Keras MNIST convnet (Conv2D 32, MaxPool, Conv2D 64, MaxPool, Flatten, Dropout 0.5, "
         "Dense 10 softmax), batch 128, 10,000 images, validation_split=0.1: convolution-bound",
+    ),
+    "custom_layer": Workload(
+        name="custom_layer",
+        hidden_units=(256, 256, 256),
+        batch_size=64,
+        model="residual",
+        description="Dense 784-256 ReLU, two user-written residual layers x + relu(x @ W + b) of width 256 "
+        "(a keras.layers.Layer subclass whose call uses keras.ops), Dense 10 softmax, batch 64",
     ),
 }
 

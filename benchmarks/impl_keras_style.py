@@ -6,7 +6,7 @@ hpctrain's Keras-compatible API: user code ports by changing one import word.
 
     python impl_keras_style.py --frontend hpctrain
     python impl_keras_style.py --frontend keras_torch    # the real Keras on torch, hpctrain's engine off
-    python impl_keras_style.py --frontend keras [--steps-per-execution 32]
+    python impl_keras_style.py --frontend keras [--steps-per-execution 32] [--jit-compile]
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def import_frontend(frontend: str):
     Sequential = importlib.import_module(f"{keras_package}.models").Sequential
     Adam = importlib.import_module(f"{keras_package}.optimizers").Adam
     Callback = importlib.import_module(f"{keras_package}.callbacks").Callback
-    return tf, Sequential, importlib.import_module(f"{keras_package}.layers"), Adam, Callback
+    layers = importlib.import_module(f"{keras_package}.layers")
+    return tf, Sequential, layers, importlib.import_module(f"{keras_package}.ops"), Adam, Callback
 
 
 def make_epoch_timer_class(Callback):
@@ -74,9 +75,38 @@ def build_convnet(workload, Sequential, layers):
     ])
 
 
-def build_model(workload, Sequential, layers):
+def residual_layer_class(layers, ops):
+    """A layer as a user writes it: its own weights, and a call in keras.ops that no built-in
+    layer matches (so hpctrain trains it on its autograd path)."""
+
+    class ResidualDense(layers.Layer):
+        def build(self, input_shape):
+            width = input_shape[-1]
+            self.kernel = self.add_weight(shape=(width, width), initializer="glorot_uniform", name="kernel")
+            self.bias = self.add_weight(shape=(width,), initializer="zeros", name="bias")
+
+        def call(self, inputs):
+            return inputs + ops.relu(ops.matmul(inputs, self.kernel) + self.bias)
+
+    return ResidualDense
+
+
+def build_residual(workload, Sequential, layers, ops):
+    width, *blocks = workload.hidden_units
+    ResidualDense = residual_layer_class(layers, ops)
+    return Sequential([
+        layers.Input(shape=(workload.input_dim,)),
+        layers.Dense(width, activation="relu"),
+        *(ResidualDense() for _ in blocks),
+        layers.Dense(workload.num_classes, activation="softmax"),
+    ])
+
+
+def build_model(workload, Sequential, layers, ops):
     if workload.model == "convnet":
         return build_convnet(workload, Sequential, layers)
+    if workload.model == "residual":
+        return build_residual(workload, Sequential, layers, ops)
     Dense = layers.Dense
     hidden = workload.hidden_units
     layers = [Dense(hidden[0], activation="relu", input_dim=workload.input_dim)]
@@ -98,18 +128,21 @@ def main() -> None:
         default=None,
         help="passed to compile() only when given, so the default run uses the frontend default",
     )
+    parser.add_argument("--jit-compile", action="store_true", help="compile(jit_compile=True): XLA on TensorFlow")
     parser.add_argument("--name", default=None, help="implementation name in the result")
     args = parser.parse_args()
     workload = selected_workload(args)
 
-    tf, Sequential, layers, Adam, Callback = import_frontend(args.frontend)
+    tf, Sequential, layers, ops, Adam, Callback = import_frontend(args.frontend)
     EpochTimer = make_epoch_timer_class(Callback)
     x, _labels, y_onehot = make_dataset(workload)
 
-    model = build_model(workload, Sequential, layers)
+    model = build_model(workload, Sequential, layers, ops)
     compile_options = {}
     if args.steps_per_execution is not None:
         compile_options["steps_per_execution"] = args.steps_per_execution
+    if args.jit_compile:
+        compile_options["jit_compile"] = True
     model.compile(
         optimizer=Adam(learning_rate=workload.learning_rate),
         loss="categorical_crossentropy",

@@ -37,8 +37,29 @@ def build_convnet(workload: Workload) -> nn.Sequential:
     )
 
 
+class ResidualLinear(nn.Module):
+    """x + relu(x @ W + b): the residual layer of the "residual" workloads."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, x):
+        return x + torch.relu(self.linear(x))
+
+
+def build_residual(workload: Workload) -> nn.Sequential:
+    width, *blocks = workload.hidden_units
+    return nn.Sequential(
+        nn.Linear(workload.input_dim, width), nn.ReLU(),
+        *(ResidualLinear(width) for _ in blocks),
+        nn.Linear(width, workload.num_classes),
+    )
+
+
 def build_model(workload: Workload) -> nn.Sequential:
-    return build_convnet(workload) if workload.model == "convnet" else build_mlp(workload)
+    builders = {"convnet": build_convnet, "residual": build_residual, "mlp": build_mlp}
+    return builders[workload.model](workload)
 
 
 def torch_details(threads: int) -> dict:
