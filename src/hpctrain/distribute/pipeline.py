@@ -23,7 +23,7 @@ from hpctrain.distribute.strategy import Strategy, parse_device
 from hpctrain.engine.callbacks import CallbackList
 from hpctrain.engine.data import ResidentData, to_tensor
 from hpctrain.engine.metrics import MetricSet, ModelOutput
-from hpctrain.engine.optim import as_torch_optimizer
+from hpctrain.engine.optim import as_torch_optimizer, scheduled_rate
 from hpctrain.engine.progress import Progress
 from hpctrain.engine.step import sum_gradients
 from hpctrain.engine.trainer import INFERENCE_BATCH, Trainer, _build_optimizer, _resolve_verbose, _unprefixed
@@ -309,6 +309,7 @@ class PipelineTrainer(Trainer):
         self.optimizer = self._stage_optimizer(optimizer, module)
         self._schedules: dict = {}
         self._global_rows = 1
+        self._before_update = None
 
     def fit(self, *args, on_nonfinite: str = "raise", checkpoint=None, callbacks=None, **kwargs):
         _refuse_skip_steps(on_nonfinite)
@@ -370,6 +371,8 @@ class PipelineTrainer(Trainer):
             raise ConfigError("batch_size='auto' is not supported with PipelineStrategy yet; give a number that "
                               f"divides into {self.config.data_parallel * self.config.microbatches} equal parts.")
         self.config.check_batch(batch_size)
+        # A scheduled rate, and Keras's Adam epsilon, set before each update as a single process sets them.
+        self._before_update = scheduled_rate(self.optimizer) if self.optimizer is not None else None
         return batch_size, self._train_step, self._metric_set(data.output_shape)
 
     def _train_step(self, x, y, metrics: MetricSet, global_rows: int) -> None:
@@ -382,6 +385,8 @@ class PipelineTrainer(Trainer):
         if self.optimizer is not None:
             if self.groups.stage_replicas is not None:
                 sum_gradients(list(self.stage_module.parameters()), self.groups.stage_replicas)
+            if self._before_update is not None:
+                self._before_update()
             optimizer = as_torch_optimizer(self.optimizer)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
