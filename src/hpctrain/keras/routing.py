@@ -67,9 +67,7 @@ def _model_reason(model) -> str | None:
         return "a loss-scale optimizer runs in Keras's loop"
     if model.dtype_policy.name != "float32":
         return f"the {model.dtype_policy.name} dtype policy runs in Keras's loop"
-    if getattr(getattr(model, "_hpctrain_strategy", None), "pipelined", False):
-        return "pipeline strategies do not take Keras models yet"
-    return None
+    return None  # a pipeline strategy takes the model's chain of layers, or refuses it (keras.pipeline_layers)
 
 
 def _training_reason(model, callbacks) -> str | None:
