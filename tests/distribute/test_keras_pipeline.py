@@ -6,7 +6,7 @@ import pytest
 import hpctrain as tf
 from hpctrain.errors import ConfigError
 from pipeline_case import CLASSES, FEATURES, KERAS_FIT, compile_keras, data, keras_model
-from test_pipeline import assert_same_history, assert_same_weights, load_rank, run_launched
+from test_pipeline import assert_same_history, assert_same_weights, load_rank, plain_start, run_launched  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +95,7 @@ def _subclassed():
 @pytest.mark.parametrize("make, why", [
     (_branching, r"its graph branches: layer 'dense(_\d+)?' \(Dense\) does not take the previous layer's output alone"),
     (_subclassed, r"TwoDense is a subclassed model: its call\(\) is code, not a graph of layers to cut")])
-def test_a_model_that_is_not_a_chain_is_refused_with_what_to_do(monkeypatch, make, why):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+def test_a_model_that_is_not_a_chain_is_refused_with_what_to_do(plain_start, make, why):
     x, y = data()
     strategy = tf.distribute.PipelineStrategy(stages=2, microbatches=2)
     with strategy.scope():
@@ -106,4 +104,29 @@ def test_a_model_that_is_not_a_chain_is_refused_with_what_to_do(monkeypatch, mak
     with pytest.raises(ConfigError, match=r"PipelineStrategy cuts a chain of layers into stages, but " + why +
                        r"\. Express the model as a keras.Sequential or a functional chain .*or train it with "
                        r"MirroredStrategy \(data parallel\), which takes any model\."):
+        model.fit(x, y, batch_size=16, verbose=0)
+
+
+def test_a_regularized_keras_model_is_refused_rather_than_trained_without_its_penalty(plain_start):
+    from hpctrain import keras
+
+    x, y = data()
+    strategy = tf.distribute.PipelineStrategy(stages=2, microbatches=2)
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(8, kernel_regularizer="l2"),
+                                  keras.layers.Dense(CLASSES)])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    with pytest.raises(ConfigError, match="weight regularizers are not supported with PipelineStrategy yet"):
+        model.fit(x, y, batch_size=16, verbose=0)
+
+
+def test_an_optimizer_without_a_kernel_equal_to_keras_is_refused(plain_start):
+    x, y = data()
+    strategy = tf.distribute.PipelineStrategy(stages=2, microbatches=2)
+    with strategy.scope():
+        model = keras_model("sequential")
+        model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy")
+    with pytest.raises(ConfigError, match=r"PipelineStrategy builds each stage's optimizer as a PyTorch kernel equal "
+                                          r"to Keras's, but .*\. Compile with keras.optimizers.Adam or SGD, or use "
+                                          r"MirroredStrategy\."):
         model.fit(x, y, batch_size=16, verbose=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import keras
 import torch
 
+from hpctrain.distribute.pipeline_config import refuse_penalty
 from hpctrain.errors import ConfigError
 from hpctrain.keras import optimizer_map, translate
 from hpctrain.keras.callback_bridge import adapt_callbacks
@@ -84,13 +85,13 @@ def _stage_optimizer(model):
     return build
 
 
-def stage_trainer(model, strategy):
+def stage_trainer(model, strategy, optimizer):
     """This launched process's stage of ``model``: cut from its chain of layers, rank 0's cut for all."""
     layers = pipeline_layers(model)
     strategy.on_compile(model, layers=layers, sample_shape=sample_shape(model))
     config = model._hpctrain_compile
     loss = translate.engine_loss(config["loss"]) or translate.KerasLoss(config["loss"])
-    return strategy.trainer(model, loss=loss, optimizer=_stage_optimizer(model),
+    return strategy.trainer(model, loss=loss, optimizer=optimizer,
                             metrics=translate.engine_metrics(config["metrics"]))
 
 
@@ -98,10 +99,13 @@ def fit_stage(model, strategy, x, y, arguments: dict, callbacks):
     """Trains this process's stage; after it every process's variables hold the whole trained model
     (each stage's weights are broadcast at every epoch's end). The stage's trainer and its History."""
     pipeline_layers(model)  # refused here, before any process would start, if it is not a chain
+    if model.losses:  # the stages add no regularization or add_loss terms: refused, not dropped
+        refuse_penalty()
+    optimizer = _stage_optimizer(model)
     if strategy.spawns_locally:
         raise ConfigError(f"a Keras model on PipelineStrategy trains in launched processes, one per stage: start the "
                           f"script with hpctrain launch --nproc-per-node={strategy.config.world_size} (or torchrun).")
-    trainer = stage_trainer(model, strategy)
+    trainer = stage_trainer(model, strategy, optimizer)
     batch_size = arguments.pop("batch_size")
     history = trainer.fit(x, y, batch_size=32 if batch_size is None else batch_size,
                           callbacks=adapt_callbacks(callbacks), callback_model=model, **arguments)
