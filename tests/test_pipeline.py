@@ -49,29 +49,26 @@ def plain_start(monkeypatch):
         monkeypatch.delenv(key, raising=False)
 
 
-def test_a_keras_model_in_a_pipeline_scope_trains_on_keras_own_loop_and_says_why(plain_start, capsys):
+def test_a_keras_model_in_a_pipeline_scope_from_a_plain_start_says_how_to_launch(plain_start):
     from hpctrain.keras import Input, Sequential, layers
 
     x, y = data()
     strategy = tf.distribute.PipelineStrategy(stages=2, microbatches=4)
     with strategy.scope():
-        tf.keras.utils.set_random_seed(0)
         model = Sequential([Input((12,)), layers.Dense(8, activation="tanh"), layers.Dense(4, activation="softmax")])
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    history = model.fit(x, y, epochs=2, batch_size=16, verbose=2)
-    assert ("hpctrain: fit runs on Keras's own loop: pipeline strategies do not take Keras models yet."
-            in capsys.readouterr().out)
-    assert len(history.history["loss"]) == 2 and strategy.last_trainer is None  # no stage trained it
-    with pytest.raises(TypeError, match=r"on_nonfinite apply to hpctrain's engine, but this fit runs on Keras's own "
-                                        r"loop because pipeline strategies do not take Keras models yet; remove them"):
-        model.fit(x, y, batch_size=16, verbose=0, on_nonfinite="skip_step")
+    with pytest.raises(ConfigError, match=r"a Keras model on PipelineStrategy trains in launched processes, one per "
+                                          r"stage: start the script with hpctrain launch --nproc-per-node=2"):
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert strategy.last_trainer is None  # no stage trained it
 
 
-def run_launched(tmp_path, stages, replicas, microbatches, schedules):
+def run_launched(tmp_path, stages, replicas, microbatches, schedules, keras_kind=None):
+    """``keras_kind``: train pipeline_case's Keras model of that kind instead of the native network."""
     out = str(tmp_path / "pp")
     command = [sys.executable, "-m", "hpctrain.cli", "launch", f"--nproc-per-node={stages * replicas}",
                f"--master-port={free_local_port()}", PROGRAM, out, str(stages), str(replicas), str(microbatches),
-               ",".join(schedules)]
+               ",".join(schedules), *([keras_kind] if keras_kind else [])]
     env = _clean_env()
     env["PYTHONPATH"] = os.path.join(REPO, "tests") + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)

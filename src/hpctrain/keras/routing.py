@@ -66,8 +66,6 @@ def _model_reason(model) -> str | None:
     if keras_steps is None and getattr(model, "_hpctrain_compile", None) is None:
         return "the model was compiled before hpctrain's seam was installed"
     strategy = getattr(model, "_hpctrain_strategy", None)
-    if getattr(strategy, "pipelined", False):
-        return "pipeline strategies do not take Keras models yet"
     if keras_steps is not None and strategy is not None:
         return f"under a strategy, a model whose fit runs Keras's own steps ({keras_steps}) trains on Keras's loop"
     return None

@@ -108,6 +108,8 @@ class KerasSession:
         model = self.model
         x, y = _features(model, arguments.pop("x")), arguments.pop("y")
         build_for_training(model, x, y)
+        if getattr(getattr(model, "_hpctrain_strategy", None), "pipelined", False):
+            return self._fit_pipelined(x, y, arguments)
         trainer = self._trainer_for(x, plan)
         strategy = getattr(model, "_hpctrain_strategy", None)
         if strategy is not None and plan is None:  # measured once: do more local processes pay for this model?
@@ -165,6 +167,22 @@ class KerasSession:
         history = keras.callbacks.History()
         history.set_model(self.model)
         history.set_params(engine_history.params)
+        history.history, history.epoch = engine_history.history, engine_history.epoch
+        self.model.history = history
+        return history
+
+    def _fit_pipelined(self, x, y, arguments: dict):
+        """This launched process's stage trains; its trainer then runs evaluate and predict too."""
+        from hpctrain.keras.pipeline_layers import fit_stage
+
+        validation = arguments.pop("validation_data")
+        if validation is not None:
+            validation = (_features(self.model, validation[0]), *validation[1:])
+        given = arguments.pop("callbacks")
+        self.trainer, engine_history = fit_stage(self.model, self.model._hpctrain_strategy, x, y,
+                                                 dict(arguments, validation_data=validation), given)
+        history = keras.callbacks.History()
+        history.set_model(self.model)
         history.history, history.epoch = engine_history.history, engine_history.epoch
         self.model.history = history
         return history
