@@ -76,7 +76,7 @@ class PlanSettling:
                                         tune_threads=False)
         self._apply_plan()
 
-    def _thread_retuner(self, data) -> "tuning.ThreadRetuner | None":
+    def _thread_retuner(self, data) -> tuning.ThreadRetuner | None:
         """Re-measures the thread count while training, where hpctrain chose it and one process
         trains on the CPU (replicas must keep in step; a GPU step does not run on these threads)
         without checkpoints."""

@@ -141,7 +141,7 @@ class Plan:
         """Every decision's ``(key, reason)``: the hardware's, the engine's, then the process group's."""
         return self.hardware.reasons + self.engine.reasons + self.group.reasons
 
-    def with_choice(self, key: str, value, reason: str) -> "Plan":
+    def with_choice(self, key: str, value, reason: str) -> Plan:
         """A copy with one more decision made, and the reason recorded for ``explain``."""
         name = part_of(key)
         part = getattr(self, name)
@@ -149,13 +149,13 @@ class Plan:
                                       **({key: value} if key in _FIELD_PARTS else {}))
         return dataclasses.replace(self, **{name: changed})
 
-    def with_reason(self, key: str, text: str) -> "Plan":
+    def with_reason(self, key: str, text: str) -> Plan:
         """A copy that explains ``key``, a choice made outside the plan's fields (e.g. the learning rate)."""
         name = part_of(key)
         part = getattr(self, name)
         return dataclasses.replace(self, **{name: dataclasses.replace(part, reasons=_with_reason(part.reasons, key, text))})
 
-    def with_data_parallel(self, decision) -> "Plan":
+    def with_data_parallel(self, decision) -> Plan:
         """A copy recording how many local processes train and the measurement that settled it."""
         group = self.with_reason("workers", f"{decision.replicas} ({decision.reason()})").group
         return dataclasses.replace(self, group=dataclasses.replace(group, data_parallel=decision))
