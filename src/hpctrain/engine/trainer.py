@@ -295,7 +295,7 @@ class Trainer(PlanSettling, Inference):
     def get_weights(self) -> list[np.ndarray]:
         """Every tensor of the module's state in ``state_dict`` order: parameters and buffers (batch
         norm's running statistics), as Keras's list holds non-trainable weights too."""
-        return [tensor.detach().cpu().numpy().copy() for tensor in self._state_tensors()]
+        return [host_array(tensor) for tensor in self._state_tensors()]
 
     def save_weights(self, filepath) -> None:
         """The module's ``state_dict`` by ``torch.save``, written under a temporary name then renamed
@@ -420,6 +420,18 @@ class Trainer(PlanSettling, Inference):
         return MetricSet(self._resolve_metrics(output_shape), self.plan.device, prefix=prefix,
                          communicator=self.communicator)
 
+
+
+def host_array(tensor: torch.Tensor) -> np.ndarray:
+    """A host copy of ``tensor``; a DTensor (a parameter FSDP2 sharded) is gathered whole first, a
+    collective every rank of its mesh must call, as each rank's ``get_weights`` does."""
+    tensor = tensor.detach()
+    if torch.distributed.is_available():
+        from torch.distributed.tensor import DTensor
+
+        if isinstance(tensor, DTensor):
+            tensor = tensor.full_tensor()
+    return tensor.cpu().numpy().copy()
 
 
 def _build_optimizer(optimizer, module: torch.nn.Module, device: torch.device):
