@@ -92,7 +92,7 @@ class FitSession:
                            should_stop=lambda: trainer.stop_training, note_choice=self._note_choice)
 
     def _note_choice(self, key: str, value, reason: str) -> None:
-        self.trainer.plan = self.trainer.plan.with_choice(key, value, reason)
+        self.trainer.revise_plan(key, value, reason)
 
     # --- the epochs -----------------------------------------------------------------------------
 

@@ -115,18 +115,17 @@ class DataPreparation:
 
     def _validation_batches(self, data, validation_steps: int | None, batch_size: int, *, per_batch: bool = False):
         """A function giving each validation pass's batches: all of them, or with ``validation_steps``
-        the next that many batches of ``batch_size`` (Keras carries on where the last pass stopped).
-        ``None`` lets validation take the inference batch size, except where a callback watches
-        each validation batch (``per_batch``): it then sees Keras's batches of ``batch_size``."""
+        the first that many batches of ``batch_size`` (as Keras 3, each pass starts again at the
+        first batch). ``None`` lets validation take the inference batch size, except where a callback
+        watches each validation batch (``per_batch``): it then sees Keras's batches of ``batch_size``."""
         if data is None or validation_steps is None and not per_batch:
             return lambda: None
         data = self._share_of(data)
-        if validation_steps is None:
-            return data.batches if isinstance(data, LoaderData) else lambda: data.batches(batch_size)
         new_pass = data.batches if isinstance(data, LoaderData) else lambda: data.batches(batch_size)
-        stream = fit_options.BatchStream(new_pass, validation_steps, steps_per_epoch(data, batch_size),
-                                         what="validation")
-        return stream.epoch
+        if validation_steps is None:
+            return new_pass
+        batches_per_pass = steps_per_epoch(data, batch_size)
+        return lambda: fit_options.BatchStream(new_pass, validation_steps, batches_per_pass, what="validation").epoch()
 
     def _share_of(self, data):
         if self.communicator is not None and isinstance(data, ResidentData):

@@ -9,7 +9,6 @@ re-detects anything.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import os
 
@@ -26,6 +25,7 @@ from hpctrain.engine.guard import NonFiniteGuard, SkippingStep
 from hpctrain.engine.inference import INFERENCE_BATCH, Inference, unprefixed
 from hpctrain.engine.metrics import Metric, MetricSet, resolve_metric
 from hpctrain.engine.optim import build_optimizer, optimizer_class_by_name, scheduled_rate
+from hpctrain.engine.plan_settling import PlanSettling
 from hpctrain.engine.preparation import PreparedData, steps_per_epoch
 from hpctrain.engine.progress import Progress
 from hpctrain.engine.run_state import FitRun, RunCheckpointer
@@ -73,7 +73,7 @@ class _Shuffler:
 
 
 
-class Trainer(Inference):
+class Trainer(PlanSettling, Inference):
     """Trains any ``torch.nn.Module``.
 
     ``loss``: an :class:`~hpctrain.engine.losses.Loss` or any ``fn(prediction, target)``.
@@ -212,10 +212,11 @@ class Trainer(Inference):
         session = self._open_session(data, settings, callbacks, callback_model, checkpoint)
         self._settle_executor(session)
         self._lay_out_epochs(session, shuffle)
-        self._begin_training(session, callback_model, initial_epoch)
-        with _objects_so_far_skipped_by_gc():
-            logs = session.run_epochs()
-        return self._finish_training(session, logs)
+        with self.plan_held_still():  # settled: the same plan object until fit returns
+            self._begin_training(session, callback_model, initial_epoch)
+            with _objects_so_far_skipped_by_gc():
+                logs = session.run_epochs()
+            return self._finish_training(session, logs)
 
     def _open_session(self, data, settings: FitSettings, callbacks, callback_model, checkpoint) -> FitSession:
         """The callbacks (the History last), the checkpointer and the non-finite guard of this fit."""
@@ -294,7 +295,7 @@ class Trainer(Inference):
     def get_weights(self) -> list[np.ndarray]:
         """Every tensor of the module's state in ``state_dict`` order: parameters and buffers (batch
         norm's running statistics), as Keras's list holds non-trainable weights too."""
-        return [tensor.detach().cpu().numpy().copy() for tensor in self._state_tensors()]
+        return [host_array(tensor) for tensor in self._state_tensors()]
 
     def save_weights(self, filepath) -> None:
         """The module's ``state_dict`` by ``torch.save``, written under a temporary name then renamed
@@ -395,51 +396,6 @@ class Trainer(Inference):
         :func:`~hpctrain.engine.executors.choice.make_step`); measuring trials make theirs here too."""
         return make_step(self, data, batch_size, hooks)
 
-    def _tune_threads(self, step, data, batch_size: int, metrics) -> None:
-        """Measure the thread counts up to the physical cores on real steps; keep the fastest.
-
-        Small layers lose more to the fork/join of every parallel region than they gain from a
-        second core, so the rule "one thread per core" is only the upper bound.
-        """
-        if not self.plan.tune_threads or isinstance(data, LoaderData):
-            return
-        batches = tuning.trial_batches(data, batch_size)
-        if len(batches) <= tuning.WARMUP_STEPS:
-            self.plan = dataclasses.replace(self.plan.with_choice(
-                "threads", self.plan.threads, "one per physical core; an epoch has too few batches to measure fewer"),
-                tune_threads=False)
-            return
-        self.module.train()
-        best, measured = tuning.fastest_thread_count(step, batches, metrics, self.module, self.optimizer,
-                                                     tuning.thread_candidates(self.plan.threads))
-        timings = ", ".join(f"{threads} → {seconds * 1e6:.0f} us/step" for threads, seconds in measured.items())
-        self.plan = dataclasses.replace(self.plan.with_choice("threads", best, f"measured on this model: {timings}"),
-                                        tune_threads=False)
-        self._apply_plan()
-
-    def _thread_retuner(self, data) -> "tuning.ThreadRetuner | None":
-        """Re-measures the thread count while training, where hpctrain chose it and one process
-        trains on the CPU (replicas must keep in step; a GPU step does not run on these threads)
-        without checkpoints."""
-        candidates = self._thread_candidates
-        if (candidates is None or len(candidates) < 2 or self.plan.device.type != "cpu"
-                or self.communicator is not None or isinstance(data, LoaderData)):
-            return None
-        if self._saver is not None:
-            # Exact resume replays the same kernels on the same thread count; a reduction split
-            # over another count of threads may round differently.
-            return None
-        if self._kept_retuner is None:
-            self._kept_retuner = tuning.ThreadRetuner(candidates, torch.get_num_threads(),
-                                                      on_switch=self._threads_switched)
-        self._kept_retuner.follow(torch.get_num_threads())
-        return self._kept_retuner
-
-    def _threads_switched(self, threads: int, measured: dict[int, float]) -> None:
-        timings = ", ".join(f"{count} → {seconds * 1e6:.0f} us/step" for count, seconds in sorted(measured.items()))
-        where = f"epoch {self._run.epoch + 1}, step {self._run.step}" if self._run is not None else "training"
-        self.plan = self.plan.with_choice("threads", threads, f"re-measured while training ({where}): {timings}")
-
     def _compiled_forward(self):
         """torch.compile of the module where the plan says so; built once, it keeps its compiled code."""
         if self.plan.compile is not True:
@@ -464,6 +420,18 @@ class Trainer(Inference):
         return MetricSet(self._resolve_metrics(output_shape), self.plan.device, prefix=prefix,
                          communicator=self.communicator)
 
+
+
+def host_array(tensor: torch.Tensor) -> np.ndarray:
+    """A host copy of ``tensor``; a DTensor (a parameter FSDP2 sharded) is gathered whole first, a
+    collective every rank of its mesh must call, as each rank's ``get_weights`` does."""
+    tensor = tensor.detach()
+    if torch.distributed.is_available():
+        from torch.distributed.tensor import DTensor
+
+        if isinstance(tensor, DTensor):
+            tensor = tensor.full_tensor()
+    return tensor.cpu().numpy().copy()
 
 
 def _build_optimizer(optimizer, module: torch.nn.Module, device: torch.device):

@@ -143,7 +143,7 @@ def diagnosis_as_dict(diagnosis: Diagnosis) -> dict:
 
 
 def plan_as_dict(plan: Plan) -> dict:
-    fields = {field.name: getattr(plan, field.name) for field in dataclasses.fields(plan) if field.name != "reasons"}
+    fields = plan.field_values()
     decision = plan.data_parallel
     if decision is not None:
         fields["data_parallel"] = {"requested": decision.requested, "replicas": decision.replicas,

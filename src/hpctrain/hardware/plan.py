@@ -1,4 +1,16 @@
-"""The resolved plan: every hardware decision made once, before training, with its reason."""
+"""The resolved plan: every decision made once, before training, with its reason.
+
+A :class:`Plan` is three frozen parts, each settled by whoever decides it:
+
+- :class:`HardwarePlan`: what the machine decides (device, threads, precision, host memory,
+  CUDA graphs), resolved by :func:`make_plan`;
+- :class:`EngineChoices`: what the engine decides for a model at ``fit`` (executor, step loop,
+  compile, batch size, learning-rate scaling), settled before the first training step;
+- :class:`ProcessGroupFacts`: the processes that train together (world size, rank, the
+  communicator, the data-parallel decision), fixed when the group is joined.
+
+Each part keeps the reasons for its own decisions; ``plan.explain()`` lists them part by part.
+"""
 
 from __future__ import annotations
 
@@ -12,21 +24,56 @@ from hpctrain.hardware import host_memory
 from hpctrain.hardware.inventory import CPU_FEATURE_LABELS
 from hpctrain.hardware.machine import Machine, inspect_machine
 
+Reasons = tuple[tuple[str, str], ...]
+
+
+def _with_reason(reasons: Reasons, key: str, text: str) -> Reasons:
+    """``reasons`` with ``key`` explained by ``text``, last (a decision made again moves to the end)."""
+    return tuple(item for item in reasons if item[0] != key) + ((key, text),)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Plan:
-    """What one training process runs on. Made by :func:`make_plan`; read-only below it."""
+class HardwarePlan:
+    """What the machine decides: where and on how many threads the steps run, in which precision."""
 
     device: torch.device
     threads: int
-    executor: str = "auto"  # "static", "autograd", or "auto": static where the model allows it
     tune_threads: bool = False  # threads came from a rule; fit may measure a better count
-    batch_size: int | None = None  # set when fit(batch_size="auto") has chosen one
     cuda_graph: bool = False  # on a GPU, replay groups of static steps as one CUDA graph (opt-in for now)
     precision: str = "float32"  # "float32", "bfloat16" (autocast), or "auto": fit measures both
+    keep_host_memory: bool = False  # glibc's malloc keeps freed blocks between steps (hardware.host_memory)
+    reasons: Reasons = ()
+
+    def __post_init__(self):
+        if self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}.")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EngineChoices:
+    """What the engine decides for one model at ``fit``: how its steps run and on which batches."""
+
+    executor: str = "auto"  # "static", "autograd", or "auto": static where the model allows it
+    batch_size: int | None = None  # set when fit(batch_size="auto") has chosen one
     compile: bool | str = False  # torch.compile the module's forward; "auto": fit decides from measurements
     lr_scaling: str | None = None  # with batch_size="auto": "linear" or "sqrt" rescaling from REFERENCE_BATCH
-    keep_host_memory: bool = False  # glibc's malloc keeps freed blocks between steps (hardware.host_memory)
+    reasons: Reasons = ()
+
+    def __post_init__(self):
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}; got {self.executor!r}.")
+        if self.compile not in (True, False, "auto"):
+            raise ConfigError(f"compile must be True, False or 'auto'; got {self.compile!r}.")
+        if self.lr_scaling not in LR_SCALING_RULES:
+            raise ConfigError(f"lr_scaling must be None, 'linear' or 'sqrt'; got {self.lr_scaling!r}.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProcessGroupFacts:
+    """The processes that train together, as they were when the group was joined."""
+
     world_size: int = 1
     rank: int = 0
     # The distribute layer's collectives (sum, broadcast, gather) when world_size > 1.
@@ -34,35 +81,92 @@ class Plan:
     # How many local processes a data-parallel strategy runs, measured on the model
     # (a hardware.dp_decision.ReplicaDecision); None where no strategy asked.
     data_parallel: object = dataclasses.field(default=None, compare=False)
-    reasons: tuple[tuple[str, str], ...] = ()
+    reasons: Reasons = ()
 
-    def __post_init__(self):
-        if self.threads < 1:
-            raise ConfigError(f"threads must be at least 1, got {self.threads}.")
-        if self.executor not in EXECUTORS:
-            raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}; got {self.executor!r}.")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
-        if self.compile not in (True, False, "auto"):
-            raise ConfigError(f"compile must be True, False or 'auto'; got {self.compile!r}.")
-        if self.lr_scaling not in LR_SCALING_RULES:
-            raise ConfigError(f"lr_scaling must be None, 'linear' or 'sqrt'; got {self.lr_scaling!r}.")
 
-    def with_choice(self, key: str, value, reason: str) -> "Plan":
+PARTS = {"hardware": HardwarePlan, "engine": EngineChoices, "group": ProcessGroupFacts}
+PART_TITLES = {"hardware": "[hardware]", "engine": "[engine: settled at fit]", "group": "[process group]"}
+# Decisions explained without a field of their own, by the part that makes them; any other key the engine's.
+_REASON_PARTS = {"device": "hardware", "threads": "hardware", "data": "hardware", "precision": "hardware",
+                 "cuda_graph": "hardware", "host memory": "hardware", "workers": "group", "world_size": "group"}
+_FIELD_PARTS = {field.name: part for part, cls in PARTS.items() for field in dataclasses.fields(cls)
+                if field.name != "reasons"}
+
+
+def part_of(key: str) -> str:
+    """The name of the part (``hardware``, ``engine``, ``group``) that decides ``key``."""
+    return _FIELD_PARTS.get(key) or _REASON_PARTS.get(key, "engine")
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class Plan:
+    """What one training process runs on: its hardware, the engine's choices and its process group.
+    Made by :func:`make_plan`; read-only below it. Every field of the parts reads as the plan's own
+    (``plan.device``, ``plan.executor``, ``plan.world_size``...).
+
+    ``Plan(device=..., threads=...)`` builds the parts from their fields; ``dataclasses.replace(plan,
+    world_size=2)`` changes a field of whichever part holds it.
+    """
+
+    hardware: HardwarePlan
+    engine: EngineChoices
+    group: ProcessGroupFacts
+
+    def __init__(self, *, hardware: HardwarePlan | None = None, engine: EngineChoices | None = None,
+                 group: ProcessGroupFacts | None = None, reasons: Reasons | None = None, **fields):
+        unknown = sorted(set(fields) - set(_FIELD_PARTS))
+        if unknown:
+            raise TypeError(f"Plan got unknown fields {unknown}; its fields are {sorted(_FIELD_PARTS)}.")
+        given = {"hardware": hardware, "engine": engine, "group": group}
+        for name, cls in PARTS.items():
+            own = {key: value for key, value in fields.items() if _FIELD_PARTS[key] == name}
+            if reasons is not None:
+                own["reasons"] = tuple(item for item in reasons if part_of(item[0]) == name)
+            part = given[name]
+            part = cls(**own) if part is None else dataclasses.replace(part, **own) if own else part
+            object.__setattr__(self, name, part)
+
+    def __getattr__(self, name: str):
+        part = _FIELD_PARTS.get(name)
+        if part is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(object.__getattribute__(self, part), name)
+
+    def field_values(self) -> dict:
+        """Every field of the parts by name (the reasons apart), as the plan reads them."""
+        return {name: getattr(self, name) for name in _FIELD_PARTS}
+
+    @property
+    def reasons(self) -> Reasons:
+        """Every decision's ``(key, reason)``: the hardware's, the engine's, then the process group's."""
+        return self.hardware.reasons + self.engine.reasons + self.group.reasons
+
+    def with_choice(self, key: str, value, reason: str) -> Plan:
         """A copy with one more decision made, and the reason recorded for ``explain``."""
-        return dataclasses.replace(self.with_reason(key, f"{value} ({reason})"), **{key: value})
+        name = part_of(key)
+        part = getattr(self, name)
+        changed = dataclasses.replace(part, reasons=_with_reason(part.reasons, key, f"{value} ({reason})"),
+                                      **({key: value} if key in _FIELD_PARTS else {}))
+        return dataclasses.replace(self, **{name: changed})
 
-    def with_reason(self, key: str, text: str) -> "Plan":
+    def with_reason(self, key: str, text: str) -> Plan:
         """A copy that explains ``key``, a choice made outside the plan's fields (e.g. the learning rate)."""
-        return dataclasses.replace(self, reasons=tuple(item for item in self.reasons if item[0] != key) + ((key, text),))
+        name = part_of(key)
+        part = getattr(self, name)
+        return dataclasses.replace(self, **{name: dataclasses.replace(part, reasons=_with_reason(part.reasons, key, text))})
 
-    def with_data_parallel(self, decision) -> "Plan":
+    def with_data_parallel(self, decision) -> Plan:
         """A copy recording how many local processes train and the measurement that settled it."""
-        return dataclasses.replace(self.with_reason("workers", f"{decision.replicas} ({decision.reason()})"),
-                                   data_parallel=decision)
+        group = self.with_reason("workers", f"{decision.replicas} ({decision.reason()})").group
+        return dataclasses.replace(self, group=dataclasses.replace(group, data_parallel=decision))
 
     def explain(self) -> str:
-        lines = [f"{key}: {value}" for key, value in self.reasons]
+        """Every decision with its reason, part by part under the part's title."""
+        lines = []
+        for name, title in PART_TITLES.items():
+            reasons = getattr(self, name).reasons
+            if reasons:
+                lines += [title, *(f"{key}: {value}" for key, value in reasons)]
         return "\n".join(lines)
 
 
