@@ -127,10 +127,11 @@ class KerasSession:
         batch_size = arguments.pop("batch_size")
         # Keras's order for shuffled epochs, and torch's RNG left as Keras's fit leaves it. A spawned
         # replica's draws for the build were made by the process that spawned it.
-        keras_draws = shuffle_order.keras_draws(trainer, arguments, rows=len(x), validation=validation,
-                                                batch_size=32 if batch_size is None else batch_size,
-                                                builds_first=keras_builds_first and not self.replica)
-        callbacks = [StateWriter(model, engine_optimizer), keras_draws, *adapt_callbacks(given), history,
+        # batch_size="auto" is hpctrain's own (Keras has no order for it): the engine's shuffle then.
+        keras_draws = [] if batch_size == "auto" else [shuffle_order.keras_draws(
+            trainer, arguments, rows=len(x), validation=validation, batch_size=32 if batch_size is None else batch_size,
+            builds_first=keras_builds_first and not self.replica)]
+        callbacks = [StateWriter(model, engine_optimizer), *keras_draws, *adapt_callbacks(given), history,
                      *bars.callbacks, RateReader(model, engine_optimizer, arguments["verbose"])]
         model.stop_training = False
         if engine_optimizer is not None:  # Keras's rate, before the plan rescales it for its batch size
