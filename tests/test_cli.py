@@ -22,7 +22,9 @@ def test_help_lists_the_commands():
 def test_plan_command_prints_the_plan():
     result = _run("plan")
     assert result.returncode == 0
-    assert result.stdout.startswith("device: ") and "threads: " in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0] == "[hardware]" and lines[1].startswith("device: ")
+    assert any(line.startswith("threads: ") for line in lines)
 
 
 def test_launch_help_names_its_torchrun_options():
