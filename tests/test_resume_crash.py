@@ -87,7 +87,8 @@ def _assert_equal_runs(out: str, reference) -> None:
     assert meta["history"] == reference_meta["history"]  # every epoch's logs, bit for bit
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+# Two workers: the group's restart and every worker's resume; one process resumes in tests/test_checkpoint.py.
+@pytest.mark.parametrize("workers", [2])
 def test_sigkilled_three_times_and_resumed_equals_the_uninterrupted_run(tmp_path, workers, uninterrupted):
     reference = uninterrupted(workers)
 
