@@ -125,3 +125,20 @@ def test_model_checkpoint_pointed_at_an_existing_folder_is_refused_when_made(tmp
     with pytest.raises(ConfigError, match=re.escape(f"ModelCheckpoint filepath {str(tmp_path / 'epoch-1')!r} is an "
                                                     "existing folder")):
         _trainer().fit(x, y, epochs=1, verbose=0, callbacks=[checkpoint])
+
+
+def test_read_only_arrays_train_without_a_warning_and_are_left_unchanged():
+    import warnings
+
+    rng = np.random.default_rng(0)
+    x = np.frombuffer(rng.normal(size=(64, 4)).astype("float32").tobytes(), dtype="float32").reshape(64, 4)
+    y = np.frombuffer(rng.integers(0, 3, 64).astype("uint8").tobytes(), dtype="uint8")
+    assert not x.flags.writeable and not y.flags.writeable
+    kept = x.copy()
+    torch.manual_seed(0)
+    trainer = hpctrain.Trainer(torch.nn.Linear(4, 3), loss="cross_entropy", optimizer="adam")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        history = trainer.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert len(history.history["loss"]) == 2
+    np.testing.assert_array_equal(x, kept)

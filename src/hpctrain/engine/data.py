@@ -162,7 +162,9 @@ def _as_numeric_numpy(array, *, name: str) -> np.ndarray:
         )
     if result.ndim == 0:
         raise InputError(f"{name} is a single number; expected an array with one row per sample.")
-    return result
+    # torch.from_numpy shares the buffer and warns on a read-only one (np.frombuffer, a memory
+    # map): one copy of the user's array, made once per fit, instead of a warning.
+    return result if result.flags.writeable else result.copy()
 
 
 def _describe_kind(dtype: np.dtype) -> str:
