@@ -14,7 +14,7 @@ def _model():
     return model
 
 
-def test_two_spawned_replicas_equal_one_process():
+def test_two_spawned_replicas_equal_one_process(capfd):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, 12)).astype("float32")
     y = (x @ rng.normal(size=(12, 3))).argmax(1)
@@ -22,7 +22,8 @@ def test_two_spawned_replicas_equal_one_process():
     keras.utils.set_random_seed(0)
     with strategy.scope():
         replicated = _model()
-    history = replicated.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
+    history = replicated.fit(x, y, epochs=2, batch_size=32, verbose=2, shuffle=False)
+    printed = capfd.readouterr().out
     keras.utils.set_random_seed(0)
     single = _model()
     reference = single.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
@@ -31,3 +32,6 @@ def test_two_spawned_replicas_equal_one_process():
     assert int(replicated.optimizer.iterations.numpy()) == 16
     np.testing.assert_allclose(history.history["loss"], reference.history["loss"], rtol=1e-5)
     assert history.history["accuracy"] == reference.history["accuracy"]
+    # What runs is said once, and each epoch's line printed once: by the first replica alone.
+    assert printed.count("hpctrain: fit runs on the engine") == 1
+    assert printed.count("Epoch 2/2") == 1

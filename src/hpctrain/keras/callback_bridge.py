@@ -61,6 +61,20 @@ def watches(callbacks, *hooks: str) -> bool:
                for c in callbacks or [] if not isinstance(c, keras.callbacks.ProgbarLogger) for hook in hooks)
 
 
+class UserVerbose(keras.callbacks.Callback):
+    """First in the list: every callback is told, in ``params["verbose"]``, the verbose of the
+    user's call, as Keras's loops tell them. The engine itself runs with verbose=0 while Keras's
+    own bar prints, and the callbacks of one call share one params dict."""
+
+    def __init__(self, verbose):
+        super().__init__()
+        self.verbose = verbose
+
+    def set_params(self, params):
+        params["verbose"] = self.verbose
+        super().set_params(params)
+
+
 def adapt_callbacks(callbacks) -> list:
     """The callbacks as the engine calls them; a ``ProgbarLogger`` is left out, since
     :class:`~hpctrain.keras.progress_bridge.ProgressBars` shows it."""
@@ -104,7 +118,7 @@ class RateReader(keras.callbacks.Callback):
         said = self.keras_model.__dict__.setdefault("_hpctrain_said", set())
         plan = self.keras_model._hpctrain_session.plan
         line = f"hpctrain: fit runs on the engine: {dict(plan.reasons).get('executor', plan.executor)}"
-        if self.verbose not in (0, False) and line not in said:
+        if self.verbose not in (0, False) and plan.rank == 0 and line not in said:  # once, not per replica
             said.add(line)
             print(line)
 

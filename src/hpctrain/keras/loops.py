@@ -15,7 +15,7 @@ import keras
 from keras.src.trainers.data_adapters import array_slicing
 
 from hpctrain.keras import batch_data, metric_state, optimizer_map, routing, user_steps
-from hpctrain.keras.callback_bridge import RateReader, StateWriter, adapt_callbacks
+from hpctrain.keras.callback_bridge import RateReader, StateWriter, UserVerbose, adapt_callbacks
 from hpctrain.keras.session import session_of
 
 
@@ -75,7 +75,8 @@ def fit(model, arguments: dict, *, plan=None, on_nonfinite="raise", checkpoint=N
     routing.announce_engine(model, "fit", arguments["verbose"], _how(model))
     history = keras.callbacks.History()
     engine_optimizer = trainer.optimizer if isinstance(trainer.optimizer, optimizer_map.LazyOptimizer) else None
-    callbacks = [StateWriter(model, engine_optimizer), *adapt_callbacks(arguments["callbacks"]), history,
+    callbacks = [UserVerbose(arguments["verbose"]), StateWriter(model, engine_optimizer),
+                 *adapt_callbacks(arguments["callbacks"]), history,
                  RateReader(model, engine_optimizer, 0)]
     model.stop_training = False
     if engine_optimizer is not None:

@@ -18,7 +18,7 @@ from hpctrain.engine.callbacks import register_callback_base
 from hpctrain.engine.trainer import INFERENCE_BATCH
 from hpctrain.hardware import make_plan
 from hpctrain.keras import metric_state, optimizer_map, shuffle_order, translate
-from hpctrain.keras.callback_bridge import RateReader, StateWriter, adapt_callbacks, watches
+from hpctrain.keras.callback_bridge import RateReader, StateWriter, UserVerbose, adapt_callbacks, watches
 from hpctrain.keras.module import KerasModule
 from hpctrain.keras.progress_bridge import ProgressBars
 from hpctrain.keras.replicas import gather_shards
@@ -131,7 +131,8 @@ class KerasSession:
         keras_draws = [] if batch_size == "auto" else [shuffle_order.keras_draws(
             trainer, arguments, rows=len(x), validation=validation, batch_size=32 if batch_size is None else batch_size,
             builds_first=keras_builds_first and not self.replica)]
-        callbacks = [StateWriter(model, engine_optimizer), *keras_draws, *adapt_callbacks(given), history,
+        callbacks = [UserVerbose(arguments["verbose"]), StateWriter(model, engine_optimizer), *keras_draws,
+                     *adapt_callbacks(given), history,
                      *bars.callbacks, RateReader(model, engine_optimizer, arguments["verbose"])]
         model.stop_training = False
         if engine_optimizer is not None:  # Keras's rate, before the plan rescales it for its batch size
@@ -197,7 +198,7 @@ class KerasSession:
         with bars.feeding():
             logs = trainer.evaluate(x, arguments["y"], batch_size=_batch_size(arguments, "on_test_batch"),
                                     verbose=0, return_dict=True, sample_weight=arguments["sample_weight"],
-                                    callbacks=[*adapt_callbacks(arguments["callbacks"]), *bars.callbacks],
+                                    callbacks=[*_user_callbacks(arguments), *bars.callbacks],
                                     callback_model=model)
         metric_state.write_results(model, logs, len(x))
         if arguments["return_dict"]:
@@ -215,8 +216,13 @@ class KerasSession:
         bars = ProgressBars(arguments["callbacks"], arguments["verbose"], rank=trainer.plan.rank)
         with bars.feeding():
             return trainer.predict(x, batch_size=arguments["batch_size"], verbose=0,
-                                   callbacks=[*adapt_callbacks(arguments["callbacks"]), *bars.callbacks],
+                                   callbacks=[*_user_callbacks(arguments), *bars.callbacks],
                                    callback_model=model)
+
+
+def _user_callbacks(arguments: dict) -> list:
+    """The user's callbacks as the engine calls them, told the verbose of the call."""
+    return [UserVerbose(arguments["verbose"]), *adapt_callbacks(arguments["callbacks"])]
 
 
 def _batch_size(arguments: dict, hooks: str):
