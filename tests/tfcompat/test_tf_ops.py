@@ -177,3 +177,16 @@ def test_config_device_queries_come_from_torch():
         tf.config.set_logical_device_configuration
     assert str(error.value) == ("hpctrain has no tf.config.set_logical_device_configuration; use keras.config, or torch "
                                 "(torch.set_num_threads, torch.cuda) for device settings.")
+
+
+def test_tf_ops_on_a_model_output_give_numpy_and_keep_the_graph():
+    """``tf.nn.softmax(model(x)).numpy()`` works as on TensorFlow; inside a tape the graph is kept."""
+    model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])
+    x = np.ones((4, 3), dtype="float32")
+    probabilities = tf.nn.softmax(model(x)).numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), np.ones(4), rtol=1e-6)
+    assert float(tf.reduce_mean(tf.cast(model(x), "float32")).numpy()) == pytest.approx(float(model(x).numpy().mean()))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.nn.relu(model(x)) + 1.0)
+    gradients = tape.gradient(loss, model.trainable_weights)
+    assert all(g is not None for g in gradients)

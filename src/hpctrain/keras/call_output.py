@@ -38,6 +38,18 @@ def _numpy_friendly(value):
     return value
 
 
+def eager_result(function):
+    """``function``'s result as TensorFlow's eager ops give it: ``.numpy()`` works even where the
+    result is part of an autograd graph (a model's output run through ``tf.nn.softmax``). The
+    graph is kept, so the ``tf.*`` names still work inside a ``GradientTape``."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        return _numpy_friendly(function(*args, **kwargs))
+
+    return run
+
+
 _installed: list = []
 
 

@@ -3,52 +3,64 @@
 from __future__ import annotations
 
 from hpctrain.keras import ops
+from hpctrain.keras.call_output import eager_result
 
 
+@eager_result
 def relu(features, name=None):
     return ops.relu(features)
 
 
+@eager_result
 def sigmoid(x, name=None):
     return ops.sigmoid(x)
 
 
+@eager_result
 def tanh(x, name=None):
     return ops.tanh(x)
 
 
+@eager_result
 def softmax(logits, axis=None, name=None):
     """As ``tf.nn.softmax``: over the last axis unless ``axis`` says."""
     return ops.softmax(logits, axis=-1 if axis is None else axis)
 
 
+@eager_result
 def log_softmax(logits, axis=None, name=None):
     return ops.log_softmax(logits, axis=-1 if axis is None else axis)
 
 
+@eager_result
 def gelu(features, approximate=False, name=None):
     """As ``tf.nn.gelu``: the exact (erf) form unless ``approximate=True`` (``keras.ops.gelu``'s
     default is the tanh approximation)."""
     return ops.gelu(features, approximate=approximate)
 
 
+@eager_result
 def elu(features, name=None):
     return ops.elu(features)
 
 
+@eager_result
 def selu(features, name=None):
     return ops.selu(features)
 
 
+@eager_result
 def softplus(features, name=None):
     return ops.softplus(features)
 
 
+@eager_result
 def leaky_relu(features, alpha=0.2, name=None):
     """As ``tf.nn.leaky_relu``: slope ``alpha`` (default 0.2) below zero."""
     return ops.leaky_relu(features, negative_slope=alpha)
 
 
+@eager_result
 def silu(features, beta=1.0, name=None):
     """As ``tf.nn.silu``: ``features * sigmoid(beta * features)``."""
     if beta == 1.0:

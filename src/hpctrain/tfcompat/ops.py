@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from hpctrain.keras import ops
+from hpctrain.keras.call_output import eager_result
 from hpctrain.tfcompat.dtypes import DType, as_dtype, int32, int64
 
 
@@ -36,6 +37,7 @@ def constant(value, dtype=None, shape=None, name=None):
     return ops.reshape(tensor, shape)
 
 
+@eager_result
 def cast(x, dtype, name=None):
     """As ``tf.cast``: floats to integers truncate toward zero; to bool is ``x != 0``."""
     return ops.cast(x, _dtype_name(dtype))
@@ -81,12 +83,14 @@ def _reduce_axis(axis):
     return None if axis is None else int(axis)
 
 
+@eager_result
 def reduce_sum(input_tensor, axis=None, keepdims=False, name=None):
     """As ``tf.reduce_sum``; an integer tensor's sum keeps its dtype."""
     x = ops.convert_to_tensor(input_tensor)
     return ops.cast(ops.sum(x, axis=_reduce_axis(axis), keepdims=keepdims), x.dtype)
 
 
+@eager_result
 def reduce_mean(input_tensor, axis=None, keepdims=False, name=None):
     """As ``tf.reduce_mean``; an integer tensor's mean is integer too (truncated, as TensorFlow's)."""
     x = ops.convert_to_tensor(input_tensor)
@@ -96,11 +100,13 @@ def reduce_mean(input_tensor, axis=None, keepdims=False, name=None):
     return mean
 
 
+@eager_result
 def reduce_max(input_tensor, axis=None, keepdims=False, name=None):
     """As ``tf.reduce_max``."""
     return ops.max(ops.convert_to_tensor(input_tensor), axis=_reduce_axis(axis), keepdims=keepdims)
 
 
+@eager_result
 def reduce_min(input_tensor, axis=None, keepdims=False, name=None):
     """As ``tf.reduce_min``."""
     return ops.min(ops.convert_to_tensor(input_tensor), axis=_reduce_axis(axis), keepdims=keepdims)
