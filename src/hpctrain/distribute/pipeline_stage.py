@@ -14,8 +14,7 @@ import torch.distributed as dist
 
 from hpctrain.distribute.communicator import Communicator
 from hpctrain.distribute.partition import Split, input_shape_of
-from hpctrain.distribute.pipeline_config import (PipelineConfig, microbatches_for, refuse_checkpoints,
-                                                 refuse_skip_steps)
+from hpctrain.distribute.pipeline_config import PipelineConfig, microbatches_for, refuse_checkpoints, refuse_skip_steps
 from hpctrain.distribute.pipeline_executor import PipelineExecutor
 from hpctrain.engine.data import ResidentData
 from hpctrain.engine.inference import unprefixed
@@ -118,7 +117,8 @@ class PipelineStage(ModelPart):
         key = (rows, training)
         if key not in self._schedules:
             # Imported here: torch.distributed.pipelining takes seconds to import, paid only by pipelines.
-            from torch.distributed.pipelining import PipelineStage as TorchStage, Schedule1F1B, ScheduleGPipe
+            from torch.distributed.pipelining import PipelineStage as TorchStage
+            from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe
 
             microbatches = microbatches_for(rows, self.config.microbatches)
             stage = TorchStage(self.stage_module, self.groups.stage, self.config.stages, self.device,
