@@ -48,4 +48,4 @@ for schedule in schedules:
     np.savez(f"{out}.{schedule}.rank{rank}.npz", **arrays)
     with open(f"{out}.{schedule}.rank{rank}.json", "w") as f:
         json.dump({"history": history.history, "evaluate": evaluation, "world_size": trainer.plan.world_size,
-                   "cut": list(trainer.split.cut_points), "weights": len(weights)}, f)
+                   "cut": list(strategy.last_stage.split.cut_points), "weights": len(weights)}, f)

@@ -8,7 +8,9 @@ micro-batches; each micro-batch's loss is weighted by its share of the global ba
 summed gradient is that of the mean loss over the global batch, as in one process.
 
 The layout and its refusals live in :mod:`pipeline_config`, one process's stage in
-:mod:`pipeline_trainer`; this module holds the strategy that ties them to a model.
+:mod:`pipeline_stage` (trained by a plain :class:`~hpctrain.engine.trainer.Trainer` through its
+model-parallel hooks) and its steps in :mod:`pipeline_executor`; this module holds the strategy
+that ties them to a model.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import torch.distributed as dist
 from hpctrain.distribute.partition import Split, input_shape_of, optimizer_slots, split_model, stack_layers
 from hpctrain.distribute.pipeline_config import (SCHEDULES, PipelineConfig, microbatches_for, refuse_checkpoints,
                                                  refuse_penalty, refuse_skip_steps)
-from hpctrain.distribute.pipeline_trainer import PipelineTrainer, make_groups
+from hpctrain.distribute.pipeline_executor import PipelineExecutor
+from hpctrain.distribute.pipeline_stage import PipelineStage, make_groups
 from hpctrain.distribute.runtime import DEFAULT_TIMEOUT_SECONDS, GroupSpec
 from hpctrain.distribute.strategy import Strategy, parse_device
 from hpctrain.errors import ConfigError
 
-__all__ = ["SCHEDULES", "PipelineConfig", "PipelineStrategy", "PipelineTrainer", "microbatches_for"]
+__all__ = ["SCHEDULES", "PipelineConfig", "PipelineExecutor", "PipelineStage", "PipelineStrategy", "microbatches_for"]
 
 
 class PipelineStrategy(Strategy):
@@ -53,7 +56,7 @@ class PipelineStrategy(Strategy):
         self._stack: tuple[list[torch.nn.Module], tuple[int, ...] | None] | None = None  # given at compile
         self._split: Split | None = None
         self._groups = None
-        self.last_trainer: PipelineTrainer | None = None
+        self.last_stage: PipelineStage | None = None  # this process's, as the last trainer() built it
 
     @property
     def num_replicas_in_sync(self) -> int:
@@ -141,16 +144,25 @@ class PipelineStrategy(Strategy):
             self._groups = make_groups(self.config, plan.rank, plan.device, plan.communicator)
         split = self._agreed_split(model)
         stage = f"stage {self._groups.stage} of a {self.config.schedule} pipeline"
-        plan = plan.with_choice("executor", "autograd", stage)
+        plan = plan.with_choice("executor", "autograd", f"{stage}: its steps run by the pipeline schedule")
         plan = plan.with_choice("precision", "float32", f"{stage} runs float32")
         plan = plan.with_choice("compile", False, f"{stage} runs eagerly")
         # A module other than the model is the model's logits view: the last stage ends on logits.
-        self.last_trainer = PipelineTrainer(module, layers=self.layers_of(model), split=split, config=self.config,
-                                            groups=self._groups, loss=loss, optimizer=optimizer, metrics=metrics,
-                                            output_activation=output_activation, plan=plan,
-                                            logits_at_end=module is not model,
-                                            sample_shape=self.sample_shape_of(model))
-        return self.last_trainer
+        self.last_stage = PipelineStage(module, layers=self.layers_of(model), split=split, config=self.config,
+                                        groups=self._groups, loss=loss, optimizer=optimizer, metrics=metrics,
+                                        output_activation=output_activation, plan=plan,
+                                        logits_at_end=module is not model, sample_shape=self.sample_shape_of(model))
+        return self.last_stage.trainer
+
+    @property
+    def last_trainer(self):
+        """The plain :class:`~hpctrain.engine.trainer.Trainer` of this process's stage, as the last
+        :meth:`trainer` call made it (``None`` before one)."""
+        return self.last_stage.trainer if self.last_stage is not None else None
+
+    def optimizer_state_by_position(self) -> list[dict]:
+        """Every stage's optimizer state after the last fit, in the model's parameter order (a collective)."""
+        return self.last_stage.optimizer_state_by_position()
 
     def _agreed_split(self, model) -> Split:
         # Measured times differ between processes: rank 0's cut is everyone's.
@@ -161,5 +173,5 @@ class PipelineStrategy(Strategy):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_plan=None, _groups=None, last_trainer=None)  # process-local: a spawned process makes its own
+        state.update(_plan=None, _groups=None, last_stage=None)  # process-local: a spawned process makes its own
         return state

@@ -80,7 +80,7 @@ def main(folder: str, rank: int) -> None:
     history = model.fit(**arguments)
     # A pipeline's stages each hold part of the optimizer state: gathered by all, written by rank 0.
     optimizer_state = (front.optimizer_state(model) if strategy is None
-                       else strategy.last_trainer.optimizer_state_by_position())
+                       else strategy.optimizer_state_by_position())
     if rank == 0:
         result = os.path.join(folder, "result.pickle")
         with open(result + ".tmp", "wb") as f:

@@ -119,7 +119,7 @@ class FitSession:
             self.retuner.interrupt()
         self.executor.end_epoch()
         self.raise_if_a_step_was_not_finite()
-        trainer._average_buffers_across_replicas()
+        trainer._sync_weights_after_epoch()
         if settings.skip_steps:
             logs["skipped_steps"] = self.guard.skipped_steps()  # a host sync per epoch
         _raise_if_not_finite(logs, epoch)
@@ -157,10 +157,9 @@ class FitSession:
         run.order = order
         if done:
             order = order[done * batch_size:]
-        trainer = self.trainer
-        if trainer.communicator is not None:
-            plan = trainer.plan
-            return EpochSpan(done=done, batches=data.shard_batches(batch_size, plan.rank, plan.world_size, order=order))
+        share = self.trainer.data_share()
+        if share is not None:
+            return EpochSpan(done=done, batches=data.shard_batches(batch_size, *share, order=order))
         return EpochSpan(done=done, data=data, order=order, batch_size=batch_size)
 
     # --- around the steps ----------------------------------------------------------------------
@@ -218,11 +217,11 @@ class FitSession:
         if self.fit_batches is None:
             return None
         data, batch_size = self.fit_batches
-        plan = self.trainer.plan
+        share = self.trainer.data_share()
         if isinstance(data, LoaderData):
             batches = data.batches()
-        elif self.trainer.communicator is not None:
-            batches = data.shard_batches(batch_size, plan.rank, plan.world_size, order=self.run.order)
+        elif share is not None:
+            batches = data.shard_batches(batch_size, *share, order=self.run.order)
         else:
             batches = data.batches(batch_size, order=self.run.order)
         return next(itertools.islice(batches, step - 1, None), None)

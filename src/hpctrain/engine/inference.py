@@ -23,7 +23,8 @@ INFERENCE_BATCH = 8192
 
 class Inference(DataPreparation):
     """Needs, besides what :class:`DataPreparation` needs, ``self.output_activation``, ``self.penalty``,
-    ``self.inference_batch_size``, ``self._apply_plan()`` and ``self._metric_set()``."""
+    ``self.inference_batch_size``, ``self._apply_plan()`` and ``self._metric_set()``. A model split
+    across processes (``self.model_parallel``) runs evaluation's and prediction's forward itself."""
 
     def evaluate(self, x, y=None, *, batch_size=None, verbose="auto", return_dict=False, sample_weight=None,
                  callbacks=None, callback_model=None):
@@ -61,10 +62,12 @@ class Inference(DataPreparation):
         hooks = CallbackList(callbacks or [], model=callback_model or self,
                              params={"verbose": verbose, "epochs": 1, "steps": steps})
         hooks.call("on_predict_begin", {})
-        if self.communicator is None:
+        if self.model_parallel is not None:  # through every part; every process gets every row
+            outputs = self._activate(self.model_parallel.predict_rows(inputs, batch_size or self.inference_batch_size))
+        elif self.communicator is None:
             outputs = self.predict_tensor(inputs, batch_size=batch_size or self.inference_batch_size)
         else:  # each replica predicts its contiguous share; the gather restores input order
-            share = ResidentData(inputs, None).shard(self.plan.rank, self.plan.world_size).x
+            share = ResidentData(inputs, None).shard(*self.data_share()).x
             outputs = self.communicator.all_gather_rows(
                 self.predict_tensor(share, batch_size=batch_size or self.inference_batch_size))
         progress.finish(steps, {})
@@ -85,6 +88,9 @@ class Inference(DataPreparation):
 
     def _evaluate_logs(self, data, batch_size: int, prefix: str = "", output_shape=None,
                        batches=None, hooks: CallbackList | None = None) -> dict[str, float]:
+        if self.model_parallel is not None:
+            return self.model_parallel.evaluate_logs(data, batch_size, prefix=prefix, output_shape=output_shape,
+                                                     batches=batches, hooks=hooks)
         metrics = self._metric_set(output_shape or self._output_shape_of(data), prefix=prefix)
         data = self._share_of(data)
         hooks = hooks or CallbackList([], model=self, params={})

@@ -1,7 +1,7 @@
 """How the trainer turns what ``fit``, ``evaluate`` and ``predict`` are given into tensors on the
 plan's device: inputs and targets checked, the targets prepared for the loss, validation held out,
-DataLoaders wrapped. A base of :class:`~hpctrain.engine.trainer.Trainer`, whose subclasses (a
-pipeline stage) change what a labelled array becomes.
+DataLoaders wrapped. A base of :class:`~hpctrain.engine.trainer.Trainer`; a model split across
+processes (:mod:`hpctrain.engine.model_parallel`) checks its inputs and knows its output shape.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ class PreparedData:
 
 
 class DataPreparation:
-    """Needs ``self.module``, ``self.loss``, ``self.plan`` and ``self.communicator``."""
+    """Needs ``self.module``, ``self.loss``, ``self.plan``, ``self.communicator``, ``self.model_parallel``
+    and ``self.data_share()``."""
 
     def _evaluation_loader(self, loader, y, sample_weight) -> LoaderData:
         if y is not None or sample_weight is not None:
@@ -85,6 +86,8 @@ class DataPreparation:
 
     def _prepare_labelled(self, x, y, *, name: str, y_name: str = "y", sample_weight=None,
                           weight_name: str = "sample_weight") -> tuple[ResidentData, tuple[int, ...]]:
+        if self.model_parallel is not None:
+            self.model_parallel.check_labelled(sample_weight=sample_weight, weight_name=weight_name)
         if y is None:
             raise InputError(f"{y_name} is missing: training and evaluation need a label for each sample of {name}.")
         validation.check_not_several_inputs(x, y, name=name)
@@ -92,7 +95,7 @@ class DataPreparation:
         targets = to_tensor(y, name=y_name, device=self.plan.device)
         validation.check_same_length(inputs, targets, x_name=name, y_name=y_name)
         validation.check_finite(targets, name=y_name)
-        output_shape = validation.probe_output_shape(self.module, inputs, name=name)
+        output_shape = self._output_shape_for(inputs, name=name)
         targets = self.loss.prepare_targets(targets, output_shape)
         targets = fit_options.with_sample_weight(targets, sample_weight, rows=inputs.shape[0], name=weight_name)
         return ResidentData(inputs, targets), output_shape
@@ -111,7 +114,14 @@ class DataPreparation:
     def _output_shape_of(self, data) -> tuple[int, ...]:
         if isinstance(data, LoaderData):
             return self._loader_output_shape(data)
-        return validation.probe_output_shape(self.module, data.x)
+        return self._output_shape_for(data.x, name="x")
+
+    def _output_shape_for(self, inputs: torch.Tensor, *, name: str) -> tuple[int, ...]:
+        """The module's output shape for ``inputs``, from one probe row; a model split across processes
+        knows it without running the parts that live elsewhere."""
+        if self.model_parallel is not None:
+            return self.model_parallel.output_shape(inputs, name=name)
+        return validation.probe_output_shape(self.module, inputs, name=name)
 
     def _validation_batches(self, data, validation_steps: int | None, batch_size: int, *, per_batch: bool = False):
         """A function giving each validation pass's batches: all of them, or with ``validation_steps``
@@ -128,8 +138,9 @@ class DataPreparation:
         return lambda: fit_options.BatchStream(new_pass, validation_steps, batches_per_pass, what="validation").epoch()
 
     def _share_of(self, data):
-        if self.communicator is not None and isinstance(data, ResidentData):
-            return data.shard(self.plan.rank, self.plan.world_size)  # sums are reduced in results()
+        share = self.data_share()
+        if share is not None and isinstance(data, ResidentData):
+            return data.shard(*share)  # sums are reduced in results()
         return data
 
 

@@ -20,9 +20,9 @@ from hpctrain.engine.callbacks import Callback, CallbackList, History
 from hpctrain.engine.checkpoint import CheckpointConfig
 from hpctrain.engine.data import LoaderData
 from hpctrain.engine.executors.choice import choose_executor, make_step
-from hpctrain.engine.fit_session import FitSession, FitSettings, resolve_verbose
+from hpctrain.engine.fit_session import FitSession, FitSettings
 from hpctrain.engine.guard import NonFiniteGuard, SkippingStep
-from hpctrain.engine.inference import INFERENCE_BATCH, Inference, unprefixed
+from hpctrain.engine.inference import INFERENCE_BATCH, Inference
 from hpctrain.engine.metrics import Metric, MetricSet, resolve_metric
 from hpctrain.engine.optim import build_optimizer, optimizer_class_by_name, scheduled_rate
 from hpctrain.engine.plan_settling import PlanSettling
@@ -32,10 +32,6 @@ from hpctrain.engine.run_state import FitRun, RunCheckpointer
 from hpctrain.engine.statistics import check_statistics, running_statistics
 from hpctrain.errors import ConfigError, InputError
 from hpctrain.hardware import host_memory
-
-# Names other modules of hpctrain import from here.
-_resolve_verbose = resolve_verbose
-_unprefixed = unprefixed
 
 
 @contextlib.contextmanager
@@ -88,13 +84,19 @@ class Trainer(PlanSettling, Inference):
     ``statistics``: tensors the forward updates besides the module's buffers (moving averages kept
     as Parameters without gradient); like the buffers, they keep their last good values through a
     non-finite step.
+    ``model_parallel``: this process's part of a model split across processes (a pipeline stage), a
+    :class:`~hpctrain.engine.model_parallel.ModelPart`: it supplies the executor, the share of each
+    batch, evaluate's and predict's forward, the weights' synchronisation and the input checks; the
+    loop stays the trainer's. ``module`` is then the whole model, left where it is (the part moved
+    its own layers to the device).
     """
 
     # Shuffles the rows of each epoch: ``fn(device, communicator)`` -> a ``permutation(n)`` provider.
     shuffler_factory = _Shuffler
 
     def __init__(self, module: torch.nn.Module, *, loss, optimizer, metrics=(), output_activation=None,
-                 penalty=None, plan=None, inference_batch_size: int = INFERENCE_BATCH, statistics=None):
+                 penalty=None, plan=None, inference_batch_size: int = INFERENCE_BATCH, statistics=None,
+                 model_parallel=None):
         if plan is None:
             from hpctrain.hardware import make_plan
 
@@ -102,9 +104,10 @@ class Trainer(PlanSettling, Inference):
         self.plan = plan
         # The plan records the executor fit settles on; what was asked for decides what may be tried.
         self.requested_executor = plan.executor
-        self.module = module.to(plan.device)
+        self.model_parallel = model_parallel
+        self.module = module if model_parallel is not None else module.to(plan.device)
         self.loss = native_checks.resolve_loss(loss)
-        self.optimizer = _build_optimizer(optimizer, self.module, plan.device)
+        self.optimizer = optimizer_for(optimizer, self.module, plan.device)
         self.metric_specs = list(metrics)
         self.output_activation = output_activation
         self.penalty = penalty
@@ -186,6 +189,12 @@ class Trainer(PlanSettling, Inference):
         return self._session.guard if self._session is not None else None
 
     @property
+    def executor(self):
+        """What ran the last ``fit``'s steps (an :class:`~hpctrain.engine.executors.base.Executor`: its
+        ``name`` says which); ``None`` before a fit."""
+        return self._session.executor if self._session is not None else None
+
+    @property
     def _fit_batches(self):
         return self._session.fit_batches if self._session is not None else None
 
@@ -200,6 +209,9 @@ class Trainer(PlanSettling, Inference):
         "Checkpoints and exact resume"); a ``BackupAndRestore`` callback does the same.
         ``on_nonfinite``: ``"raise"`` stops at a NaN/Inf loss or gradient, ``"skip_step"`` skips
         that step's update and counts it in ``history.history["skipped_steps"]`` (README, "Non-finite guard")."""
+        if self.model_parallel is not None:
+            self.model_parallel.check_fit(on_nonfinite=on_nonfinite, checkpoint=checkpoint, callbacks=callbacks,
+                                          steps_per_epoch=steps_per_epoch)
         native_checks.check_trainable(self.module)
         settings = FitSettings.checked(
             batch_size=batch_size, epochs=epochs, verbose=verbose, validation_split=validation_split,
@@ -230,7 +242,12 @@ class Trainer(PlanSettling, Inference):
         return session
 
     def _settle_executor(self, session: FitSession) -> None:
-        """The plan settled (batch size, threads, precision, compile), then the executor chosen once."""
+        """The plan settled (batch size, threads, precision, compile), then the executor chosen once;
+        a model split across processes supplies its part's executor instead."""
+        if self.model_parallel is not None:
+            session.batch_size, session.executor = self.model_parallel.settle_executor(session.data,
+                                                                                       session.settings.batch_size)
+            return
         batch_size, step, metrics = self._settle_plan(session.data, session.settings.batch_size,
                                                       session.settings.epochs, session.hooks)
         if session.settings.skip_steps:
@@ -342,9 +359,24 @@ class Trainer(PlanSettling, Inference):
         if isinstance(data, LoaderData):
             return data.batches()
         order = shuffler.permutation(len(data)) if shuffler else None
-        if self.communicator is not None:
-            return data.shard_batches(batch_size, self.plan.rank, self.plan.world_size, order=order)
+        share = self.data_share()
+        if share is not None:
+            return data.shard_batches(batch_size, *share, order=order)
         return data.batches(batch_size, order=order)
+
+    def data_share(self) -> tuple[int, int] | None:
+        """``(index, count)``: this process's share of every batch among the processes that share the
+        data (a model split across processes: the replicas of its part); ``None``: it takes every batch."""
+        if self.model_parallel is not None:
+            return self.model_parallel.data_share
+        return (self.plan.rank, self.plan.world_size) if self.communicator is not None else None
+
+    def _sync_weights_after_epoch(self) -> None:
+        """After an epoch's steps: each process's copy of the model made the same (see the two below)."""
+        if self.model_parallel is not None:
+            self.model_parallel.after_epoch()
+        else:
+            self._average_buffers_across_replicas()
 
     def _average_buffers_across_replicas(self) -> None:
         """Each replica's batch norm statistics followed its own batches; at each epoch's end they
@@ -367,6 +399,9 @@ class Trainer(PlanSettling, Inference):
 
     def _start_replicas_equal(self) -> None:
         """Every replica starts from rank 0's weights, as DDP does, whatever each one initialised."""
+        if self.model_parallel is not None:
+            self.model_parallel.start_equal()
+            return
         if self.communicator is None:
             return
         with torch.no_grad():
@@ -434,7 +469,8 @@ def host_array(tensor: torch.Tensor) -> np.ndarray:
     return tensor.cpu().numpy().copy()
 
 
-def _build_optimizer(optimizer, module: torch.nn.Module, device: torch.device):
+def optimizer_for(optimizer, module: torch.nn.Module, device: torch.device):
+    """The optimizer of ``module``'s parameters from what ``Trainer(optimizer=...)`` takes."""
     if isinstance(optimizer, torch.optim.Optimizer):
         return optimizer
     if isinstance(optimizer, str):

@@ -1,6 +1,7 @@
 """The protocol every way of running training steps follows, and the Python loop most of them share.
 
-An executor is built once per ``fit`` (:mod:`hpctrain.engine.executors.choice`) around a step (one
+An executor is built once per ``fit`` (:mod:`hpctrain.engine.executors.choice`; a model split across
+processes supplies its part's own, through :mod:`hpctrain.engine.model_parallel`) around a step (one
 batch's forward, loss, backward and update: :class:`~hpctrain.engine.step.AutogradStep`,
 :class:`~hpctrain.engine.static_step.StaticStep`) and the metric set that step writes into. The
 fit session hands it, once, what runs around the steps (:class:`StepContext`), then each epoch
