@@ -26,24 +26,26 @@ def keras_run(strategy, kind):
         compile_keras(model)
     history = model.fit(x, y, verbose=2, **KERAS_FIT)
     evaluation = model.evaluate(x, y, verbose=0, return_dict=True)
+    optimizer = {f"optimizer{i}": v.numpy() for i, v in enumerate(model.optimizer.variables)}
     return (history, evaluation, model.predict(x, verbose=0), [w for w in model.get_weights()],
-            strategy.last_trainer)
+            strategy.last_trainer, optimizer)
 
 
 def native_run(strategy):
     trainer = strategy.trainer(native_network(), **NATIVE)
     history = trainer.fit(x, y, verbose=2, **FIT)
     return (history, trainer.evaluate(x, y, verbose=0), trainer.predict(x, verbose=0),
-            [p.detach().numpy() for p in trainer.module.parameters()], trainer)
+            [p.detach().numpy() for p in trainer.module.parameters()], trainer, {})
 
 
 kind = sys.argv[6] if len(sys.argv) > 6 else None
 for schedule in schedules:
     strategy = tf.distribute.PipelineStrategy(stages=stages, microbatches=microbatches, schedule=schedule,
                                               data_parallel=replicas)
-    history, evaluation, predictions, weights, trainer = keras_run(strategy, kind) if kind else native_run(strategy)
+    history, evaluation, predictions, weights, trainer, optimizer = (keras_run(strategy, kind) if kind
+                                                                      else native_run(strategy))
     rank = strategy.plan().rank
-    arrays = {"predictions": predictions}
+    arrays = {"predictions": predictions, **optimizer}
     arrays.update({f"weight{i}": w for i, w in enumerate(weights)})
     np.savez(f"{out}.{schedule}.rank{rank}.npz", **arrays)
     with open(f"{out}.{schedule}.rank{rank}.json", "w") as f:

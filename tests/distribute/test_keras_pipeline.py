@@ -18,6 +18,7 @@ def reference():
     compile_keras(model)
     history = model.fit(x, y, verbose=0, **KERAS_FIT)
     return dict(history=history.history, weights=model.get_weights(),
+                optimizer=[v.numpy() for v in model.optimizer.variables],
                 evaluate=model.evaluate(x, y, verbose=0, return_dict=True), predictions=model.predict(x, verbose=0))
 
 
@@ -37,6 +38,9 @@ def test_launched_keras_stages_train_as_one_process(tmp_path, reference, kind, s
             for key, value in reference["evaluate"].items():
                 np.testing.assert_allclose(meta["evaluate"][key], value, atol=1e-5)
             np.testing.assert_allclose(arrays["predictions"], reference["predictions"], atol=1e-5)
+            # Keras's optimizer variables (iterations, Adam's moments) hold what the stages trained.
+            assert_same_weights([arrays[f"optimizer{i}"] for i in range(len(reference["optimizer"]))],
+                                reference["optimizer"])
 
 
 def _cut(model, stages=2):
@@ -130,3 +134,30 @@ def test_an_optimizer_without_a_kernel_equal_to_keras_is_refused(plain_start):
                                           r"to Keras's, but .*\. Compile with keras.optimizers.Adam or SGD, or use "
                                           r"MirroredStrategy\."):
         model.fit(x, y, batch_size=16, verbose=0)
+
+
+def test_a_stage_optimizer_continues_from_the_keras_moments_of_its_own_weights():
+    """A stage's engine optimizer, over part of the model, takes the Keras slots of its own weights."""
+    import torch
+
+    import hpctrain.keras as hk
+    from hpctrain.keras import optimizer_map
+
+    x, y = data()
+    model = keras_model("sequential")
+    compile_keras(model)
+    hk.use_engine(False)  # Keras's own fit leaves the moments
+    try:
+        model.fit(x, y, epochs=1, batch_size=16, verbose=0, shuffle=False)
+    finally:
+        hk.use_engine(True)
+    last = model.layers[-1]
+    engine = optimizer_map.engine_optimizer(model.optimizer, [v.value for v in last.trainable_variables],
+                                            torch.device("cpu"))
+    optimizer_map.load_into_engine(model.optimizer, engine, model.trainable_variables)
+    for variable in last.trainable_variables:
+        index = [id(v) for v in model.trainable_variables].index(id(variable))
+        state = engine.state[variable.value]
+        np.testing.assert_array_equal(state["exp_avg"].numpy(), model.optimizer._momentums[index].numpy())
+        np.testing.assert_array_equal(state["exp_avg_sq"].numpy(), model.optimizer._velocities[index].numpy())
+        assert int(state["step"]) == int(model.optimizer.iterations.numpy()) == -(-len(x) // 16)

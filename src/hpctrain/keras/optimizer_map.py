@@ -84,6 +84,12 @@ def _slots(optimizer) -> dict[str, list]:
     return {}
 
 
+def _slot_positions(optimizer) -> dict[int, int]:
+    """Each trainable variable's torch Parameter (by identity) to its position in Keras's slot
+    lists: an engine over part of the model (a pipeline stage) finds its own slots."""
+    return {id(variable.value): index for index, variable in enumerate(optimizer._trainable_variables)}
+
+
 def load_into_engine(optimizer, engine: LazyOptimizer, variables) -> None:
     """Keras's iteration count and moments (a loaded model, an earlier Keras fit) into the engine."""
     if not optimizer.built:
@@ -94,8 +100,9 @@ def load_into_engine(optimizer, engine: LazyOptimizer, variables) -> None:
     if iterations == 0:
         return
     slots, lr = _slots(optimizer), float(optimizer.learning_rate.numpy())
-    for index, param in enumerate(engine.params):
-        state = {}
+    slot_of = _slot_positions(optimizer)
+    for param in engine.params:
+        index, state = slot_of[id(param)], {}
         for key, values in slots.items():
             value = values[index].value.detach().clone()
             state[key] = value / -lr if key == "momentum_buffer" else value
@@ -120,9 +127,10 @@ def reload_if_changed(optimizer, engine: LazyOptimizer) -> None:
         return
     engine.scheduled_updates = iterations
     slots, lr = _slots(optimizer), float(optimizer.learning_rate.numpy())
+    slot_of = _slot_positions(optimizer)
     with torch.no_grad():
-        for index, param in enumerate(engine.params):
-            state = engine.state.setdefault(param, {})
+        for param in engine.params:
+            index, state = slot_of[id(param)], engine.state.setdefault(param, {})
             for key, values in slots.items():
                 value = values[index].value.detach()
                 value = value / -lr if key == "momentum_buffer" else value
@@ -143,14 +151,26 @@ def write_back(optimizer, engine: LazyOptimizer) -> None:
     engine.scheduled_updates = counted
     if counted == 0:
         return
-    slots, lr = _slots(optimizer), float(engine.param_groups[0]["lr"])
+    _write_slots(optimizer, engine.params, [engine.state.get(param, {}) for param in engine.params],
+                 float(engine.param_groups[0]["lr"]))
+
+
+def _write_slots(optimizer, params: list, states: list[dict], lr: float) -> None:
+    slots, slot_of = _slots(optimizer), _slot_positions(optimizer)
     with torch.no_grad():
-        for index, param in enumerate(engine.params):
-            state = engine.state.get(param, {})
+        for param, state in zip(params, states, strict=True):
             for key, values in slots.items():
-                if key in state:
+                if key in state and id(param) in slot_of:
                     value = state[key] * -lr if key == "momentum_buffer" else state[key]
-                    values[index].value.copy_(value)
+                    values[slot_of[id(param)]].value.copy_(value)
+
+
+def write_back_gathered(optimizer, params: list, states: list[dict], updates: int) -> None:
+    """Every stage's optimizer state, gathered in the order of ``params`` (the whole model's), into
+    Keras's variables after a pipelined fit: what Keras's own fit leaves. ``updates``: this fit's."""
+    counts = [int(state["step"]) for state in states if "step" in state]
+    optimizer.iterations.assign(max(counts) if counts else int(optimizer.iterations.numpy()) + updates)
+    _write_slots(optimizer, params, states, float(optimizer.learning_rate.numpy()))
 
 
 def set_rate(optimizer, engine: LazyOptimizer) -> None:

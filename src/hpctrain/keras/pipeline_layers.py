@@ -80,7 +80,9 @@ def _stage_optimizer(model):
                           f"{reason}. Compile with keras.optimizers.Adam or SGD, or use MirroredStrategy.")
 
     def build(params, device):
-        return optimizer_map.engine_optimizer(model.optimizer, [p for p in params if p.requires_grad], device)
+        engine = optimizer_map.engine_optimizer(model.optimizer, [p for p in params if p.requires_grad], device)
+        optimizer_map.load_into_engine(model.optimizer, engine, model.trainable_variables)  # a later fit continues
+        return engine
 
     return build
 
@@ -109,4 +111,14 @@ def fit_stage(model, strategy, x, y, arguments: dict, callbacks):
     batch_size = arguments.pop("batch_size")
     history = trainer.fit(x, y, batch_size=32 if batch_size is None else batch_size,
                           callbacks=adapt_callbacks(callbacks), callback_model=model, **arguments)
+    _write_back_optimizer(model, strategy, history)
     return trainer, history
+
+
+def _write_back_optimizer(model, strategy, history) -> None:
+    """Every stage's moments and the update count into Keras's optimizer variables in every
+    process, as Keras's fit leaves them: a saved model or a later fit continues from them."""
+    states = strategy.optimizer_state_by_position()  # a collective: every process takes part
+    params = [p for layer in pipeline_layers(model) for p in layer.parameters()]  # the stages' order
+    updates = len(history.epoch) * int((history.params or {}).get("steps") or 0)
+    optimizer_map.write_back_gathered(model.optimizer, params, states, updates)
