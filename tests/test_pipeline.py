@@ -49,20 +49,6 @@ def plain_start(monkeypatch):
         monkeypatch.delenv(key, raising=False)
 
 
-def test_a_keras_model_in_a_pipeline_scope_from_a_plain_start_says_how_to_launch(plain_start):
-    from hpctrain.keras import Input, Sequential, layers
-
-    x, y = data()
-    strategy = tf.distribute.PipelineStrategy(stages=2, microbatches=4)
-    with strategy.scope():
-        model = Sequential([Input((12,)), layers.Dense(8, activation="tanh"), layers.Dense(4, activation="softmax")])
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    with pytest.raises(ConfigError, match=r"a Keras model on PipelineStrategy trains in launched processes, one per "
-                                          r"stage: start the script with hpctrain launch --nproc-per-node=2"):
-        model.fit(x, y, epochs=2, batch_size=16, verbose=0)
-    assert strategy.last_trainer is None  # no stage trained it
-
-
 def run_launched(tmp_path, stages, replicas, microbatches, schedules, keras_kind=None):
     """``keras_kind``: train pipeline_case's Keras model of that kind instead of the native network."""
     out = str(tmp_path / "pp")

@@ -43,6 +43,23 @@ def test_launched_keras_stages_train_as_one_process(tmp_path, reference, kind, s
                                 reference["optimizer"])
 
 
+def test_a_plain_start_spawns_a_process_per_stage_and_brings_the_trained_model_back(plain_start, reference):
+    """``python script.py``: fit spawns the stages; the weights, History, Keras's optimizer variables
+    and what evaluate and predict give afterwards equal one process's fit."""
+    x, y = data()
+    strategy = tf.distribute.PipelineStrategy(stages=2, microbatches=4)
+    with strategy.scope():
+        model = keras_model("sequential")
+        compile_keras(model)
+    history = model.fit(x, y, verbose=0, **KERAS_FIT)
+    assert_same_history(history.history, reference["history"])
+    assert_same_weights(model.get_weights(), reference["weights"])
+    assert_same_weights([v.numpy() for v in model.optimizer.variables], reference["optimizer"])
+    np.testing.assert_allclose(model.predict(x, verbose=0), reference["predictions"], atol=1e-5)
+    for key, value in model.evaluate(x, y, verbose=0, return_dict=True).items():
+        np.testing.assert_allclose(value, reference["evaluate"][key], atol=1e-5)
+
+
 def _cut(model, stages=2):
     strategy = tf.distribute.PipelineStrategy(stages=stages, microbatches=2)
     from hpctrain.keras.pipeline_layers import pipeline_layers, sample_shape

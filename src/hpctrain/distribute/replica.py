@@ -77,9 +77,12 @@ def main(folder: str, rank: int) -> None:
                                             job.get("sharding")))
     else:
         strategy.join_spawned_group(_group_spec(rank, job["replicas"], job["port"]))
+        if hasattr(front, "join_stage"):
+            front.join_stage(model, strategy)
     history = model.fit(**arguments)
-    # A pipeline's stages each hold part of the optimizer state: gathered by all, written by rank 0.
-    optimizer_state = (front.optimizer_state(model) if strategy is None
+    # A pipeline's stages each hold part of the optimizer state: gathered by all, written by rank 0
+    # (a front end whose fit gathers it into the model itself reads it from there).
+    optimizer_state = (front.optimizer_state(model) if strategy is None or hasattr(front, "join_stage")
                        else strategy.optimizer_state_by_position())
     if rank == 0:
         result = os.path.join(folder, "result.pickle")

@@ -97,16 +97,26 @@ def stage_trainer(model, strategy, optimizer):
                             metrics=translate.engine_metrics(config["metrics"]))
 
 
+def check_pipelinable(model, strategy, arguments: dict) -> None:
+    """What a pipelined fit of ``model`` refuses, raised before any process starts; the cut is
+    measured here once, and the spawned processes take it with them."""
+    layers = pipeline_layers(model)  # refused if it is not a chain
+    if model.losses:  # the stages add no regularization or add_loss terms: refused, not dropped
+        refuse_penalty()
+    _stage_optimizer(model)
+    batch_size = arguments.get("batch_size")
+    strategy.config.check_batch(32 if batch_size is None else batch_size)
+    strategy.on_compile(model, layers=layers, sample_shape=sample_shape(model))
+    strategy.split(model)
+
+
 def fit_stage(model, strategy, x, y, arguments: dict, callbacks):
     """Trains this process's stage; after it every process's variables hold the whole trained model
     (each stage's weights are broadcast at every epoch's end). The stage's trainer and its History."""
-    pipeline_layers(model)  # refused here, before any process would start, if it is not a chain
+    pipeline_layers(model)  # refused if it is not a chain
     if model.losses:  # the stages add no regularization or add_loss terms: refused, not dropped
         refuse_penalty()
     optimizer = _stage_optimizer(model)
-    if strategy.spawns_locally:
-        raise ConfigError(f"a Keras model on PipelineStrategy trains in launched processes, one per stage: start the "
-                          f"script with hpctrain launch --nproc-per-node={strategy.config.world_size} (or torchrun).")
     trainer = stage_trainer(model, strategy, optimizer)
     batch_size = arguments.pop("batch_size")
     history = trainer.fit(x, y, batch_size=32 if batch_size is None else batch_size,

@@ -17,6 +17,13 @@ class KerasReplicas:
         session_of(model).use_plan(plan)
         session_of(model).replica = True  # the spawning process drew what Keras's fit draws to build
 
+    def join_stage(self, model, strategy) -> None:
+        """This process trains one stage of ``strategy``'s pipeline (its compile ran unpickling, outside the scope)."""
+        from hpctrain.keras.session import session_of
+
+        model._hpctrain_strategy = strategy
+        session_of(model).replica = True  # the spawning process drew what Keras's fit draws to build
+
     def optimizer_state(self, model) -> list[np.ndarray]:
         """Every optimizer variable (count, rate, moments), as Keras lists them."""
         return [variable.numpy() for variable in model.optimizer.variables]

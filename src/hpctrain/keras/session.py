@@ -164,8 +164,10 @@ class KerasSession:
 
         if any(value is not None and value != "raise" for value in options.values()):
             raise TypeError("plan, checkpoint and on_nonfinite are set per replica by the strategy; remove them.")
+        pipelined = getattr(strategy, "pipelined", False)  # each process then trains a stage, not a replica
         engine_history = fit_in_replicas(self.model, strategy.devices, strategy.timeout_seconds, arguments,
-                                         front=KerasReplicas(), sharding=getattr(strategy, "sharding", None))
+                                         front=KerasReplicas(), sharding=getattr(strategy, "sharding", None),
+                                         strategy=strategy if pipelined else None)
         history = keras.callbacks.History()
         history.set_model(self.model)
         history.set_params(engine_history.params)
@@ -174,13 +176,19 @@ class KerasSession:
         return history
 
     def _fit_pipelined(self, x, y, arguments: dict):
-        """This launched process's stage trains; its trainer then runs evaluate and predict too."""
-        from hpctrain.keras.pipeline_layers import fit_stage
+        """This launched process's stage trains; its trainer then runs evaluate and predict too. From a
+        plain start, one process per stage is spawned and the whole trained model comes back."""
+        from hpctrain.keras.pipeline_layers import check_pipelinable, fit_stage
 
         validation = arguments.pop("validation_data")
         if validation is not None:
             validation = (_features(self.model, validation[0]), *validation[1:])
         given = arguments.pop("callbacks")
+        strategy = self.model._hpctrain_strategy
+        if strategy.spawns_locally:
+            check_pipelinable(self.model, strategy, arguments)  # here, before any process starts
+            return self._fit_in_replicas(strategy, dict(x=x, y=y, validation_data=validation, callbacks=given,
+                                                        **arguments))
         self.trainer, engine_history = fit_stage(self.model, self.model._hpctrain_strategy, x, y,
                                                  dict(arguments, validation_data=validation), given)
         history = keras.callbacks.History()
