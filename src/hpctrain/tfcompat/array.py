@@ -13,6 +13,8 @@ from hpctrain.keras.call_output import eager_result
 from hpctrain.tfcompat.dtypes import as_dtype, float32, float64, int32, int64
 from hpctrain.tfcompat.ops import convert_to_tensor
 
+range_of = range  # the builtin, before tf.range takes its name here
+
 # x[..., tf.newaxis] adds an axis, as None does in NumPy and torch indexing.
 newaxis = None
 
@@ -127,7 +129,9 @@ def range(start, limit=None, delta=1, dtype=None, name="range"):  # noqa: A001 -
 @eager_result
 def transpose(a, perm=None, conjugate=False, name="transpose"):
     """As ``tf.transpose``: the axes reversed unless ``perm`` orders them."""
-    x = ops.transpose(convert_to_tensor(a), axes=None if perm is None else _ints(perm))
+    x = convert_to_tensor(a)
+    perm = tuple(reversed(range_of(x.ndim))) if perm is None else _ints(perm)
+    x = ops.transpose(x, axes=perm)
     return ops.conj(x) if conjugate else x
 
 
@@ -164,8 +168,25 @@ def pad(tensor, paddings, mode="CONSTANT", constant_values=0, name=None):
         raise ValueError(f"Value of argument `mode` expected to be one of \"CONSTANT\", \"REFLECT\", or "
                          f"\"SYMMETRIC\". Received `mode` = {mode.upper()}")
     widths = tuple(_ints(p) for p in (paddings.tolist() if isinstance(paddings, torch.Tensor) else paddings))
+    x = convert_to_tensor(tensor)
+    if mode == "symmetric":
+        return _symmetric_pad(x, widths)
     fill_value = constant_values if mode == "constant" else None
-    return ops.pad(convert_to_tensor(tensor), widths, mode=mode, constant_values=fill_value)
+    return ops.pad(x, widths, mode=mode, constant_values=fill_value)
+
+
+def _symmetric_pad(x, widths):
+    # Keras's torch backend pads "symmetric" as "replicate" (edge values); TensorFlow mirrors the
+    # edge, including it: [1 2 3] padded by 2 is [2 1 1 2 3 3 2].
+    for axis, (before, after) in enumerate(widths):
+        length = x.shape[axis]
+        if before > length or after > length:
+            raise ValueError(f"Paddings must be no greater than the dimension size: {before}, {after} "
+                             f"greater than {length}")
+        head = torch.flip(x.narrow(axis, 0, before), dims=(axis,))
+        tail = torch.flip(x.narrow(axis, length - after, after), dims=(axis,))
+        x = torch.cat([head, x, tail], dim=axis)
+    return x
 
 
 @eager_result

@@ -71,8 +71,21 @@ def round(x, name=None):  # noqa: A001 - TensorFlow's name
     return ops.round(convert_to_tensor(x))
 
 
+def _like(value, other):
+    """``value`` as a tensor; a Python number or list takes the dtype of the tensor ``other`` where
+    both are integers or both floating point, as TensorFlow converts an operator's Python operand."""
+    tensor = convert_to_tensor(value)
+    if isinstance(value, torch.Tensor) or hasattr(value, "dtype") or not isinstance(other, torch.Tensor):
+        return tensor
+    same_kind = tensor.dtype.is_floating_point == other.dtype.is_floating_point
+    if same_kind and torch.bool not in (tensor.dtype, other.dtype):
+        return ops.cast(tensor, other.dtype)
+    return tensor
+
+
 def _true_divide(x, y):
-    x, y = convert_to_tensor(x), convert_to_tensor(y)
+    x = _like(x, y)
+    y = _like(y, x)
     if x.dtype.is_floating_point or y.dtype.is_floating_point or x.dtype.is_complex or y.dtype.is_complex:
         return ops.divide(x, y)
     # TensorFlow's truediv of integers: 8- and 16-bit give float32, 32- and 64-bit float64.
