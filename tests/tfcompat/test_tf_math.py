@@ -465,3 +465,13 @@ def test_advanced_quickstart_style_program_trains(capsys):
     printed = capsys.readouterr().out.splitlines()
     assert printed[1] == (f"Epoch 2, Loss: {loss2:0.2f}, Accuracy: {acc2 * 100:0.2f}, "
                           f"Test Loss: {test_loss2:0.2f}, Test Accuracy: {test_acc2 * 100:0.2f}")
+
+
+def test_nn_top_k_l2_normalize_and_random_shuffle():
+    assert values(tf.nn.top_k([1, 4, 2], k=2).indices) == [1, 2]
+    assert close(tf.nn.l2_normalize([3.0, 4.0]), [0.6, 0.8])
+    assert close(tf.math.l2_normalize([[3.0, 4.0], [1.0, 0.0]], axis=1), [[0.6, 0.8], [1.0, 0.0]])
+    tf.random.set_seed(3)
+    rows = tf.random.shuffle(tf.reshape(tf.range(12), [6, 2]))
+    assert rows.dtype == torch.int32 and rows.shape == (6, 2)
+    assert sorted(values(rows)) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11]]  # whole rows move
