@@ -475,3 +475,13 @@ def test_nn_top_k_l2_normalize_and_random_shuffle():
     rows = tf.random.shuffle(tf.reshape(tf.range(12), [6, 2]))
     assert rows.dtype == torch.int32 and rows.shape == (6, 2)
     assert sorted(values(rows)) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11]]  # whole rows move
+
+
+def test_identity_of_a_variable_is_a_snapshot():
+    v = tf.Variable([1.0, 2.0])
+    snapshot = tf.identity(v)
+    v.assign([5.0, 6.0])
+    assert snapshot.numpy().tolist() == [1.0, 2.0]
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(tf.multiply(tf.identity(v), 3.0))
+    assert values(tape.gradient(total, v)) == [3.0, 3.0]

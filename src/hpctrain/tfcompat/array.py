@@ -142,8 +142,9 @@ def broadcast_to(input, shape, name=None):  # noqa: A002
 
 @eager_result
 def identity(input, name=None):  # noqa: A002
-    """As ``tf.identity``: the value (of a variable, its current value) as a tensor."""
-    return ops.convert_to_tensor(input)
+    """As ``tf.identity``: a new tensor of the same value; of a variable, a copy of its current value
+    (which a later ``assign`` does not change). Gradients flow through it."""
+    return ops.convert_to_tensor(input).clone()
 
 
 @eager_result
