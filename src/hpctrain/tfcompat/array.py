@@ -13,7 +13,7 @@ from hpctrain.keras.call_output import eager_result
 from hpctrain.tfcompat.dtypes import as_dtype, float32, float64, int32, int64
 from hpctrain.tfcompat.ops import convert_to_tensor
 
-range_of = range  # the builtin, before tf.range takes its name here
+_builtin_range = range  # tf.range below takes the name
 
 # x[..., tf.newaxis] adds an axis, as None does in NumPy and torch indexing.
 newaxis = None
@@ -130,7 +130,7 @@ def range(start, limit=None, delta=1, dtype=None, name="range"):  # noqa: A001 -
 def transpose(a, perm=None, conjugate=False, name="transpose"):
     """As ``tf.transpose``: the axes reversed unless ``perm`` orders them."""
     x = convert_to_tensor(a)
-    perm = tuple(reversed(range_of(x.ndim))) if perm is None else _ints(perm)
+    perm = tuple(reversed(_builtin_range(x.ndim))) if perm is None else _ints(perm)
     x = ops.transpose(x, axes=perm)
     return ops.conj(x) if conjugate else x
 

@@ -13,11 +13,12 @@ import torch
 
 from hpctrain.keras import ops
 from hpctrain.keras.call_output import eager_result
+# Re-exported: tf.math.reduce_sum, tf.math.top_k ... are these functions.
 from hpctrain.tfcompat.ops import (argmax, argmin, convert_to_tensor, reduce_max, reduce_mean, reduce_min,
-                                   reduce_sum)
+                                   reduce_sum)  # noqa: F401
 from hpctrain.tfcompat.reductions import (TopKV2, add_n, confusion_matrix, count_nonzero, cumsum, reduce_all,
                                           reduce_any, reduce_logsumexp, reduce_prod, reduce_std, reduce_variance,
-                                          top_k)
+                                          top_k)  # noqa: F401
 
 
 def _unary(tf_name: str, keras_op):
