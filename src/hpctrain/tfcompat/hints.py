@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-# tf.NAME -> its equivalent. Names whose keras.ops function has the same name (tf.exp ->
-# keras.ops.exp) are found without being listed; these are the ones that differ or need more.
+# tf.NAME -> its equivalent. Names that tf.math has (tf.log1p -> tf.math.log1p) and names whose
+# keras.ops function has the same name (tf.einsum -> keras.ops.einsum) are found without being
+# listed; these are the ones that differ or need more.
 _EQUIVALENTS = {
-    "Variable": "keras.Variable (a trainable tensor), or torch.nn.Parameter",
     "Tensor": "torch.Tensor (the tensors here are torch tensors)",
     "TensorShape": "a tuple of ints (x.shape)",
-    "concat": "keras.ops.concatenate (or torch.cat)",
-    "range": "keras.ops.arange (or torch.arange)",
-    "clip_by_value": "keras.ops.clip (or torch.clamp)",
-    "gather": "keras.ops.take (or torch.index_select)",
-    "reduce_prod": "keras.ops.prod",
-    "reduce_any": "keras.ops.any",
-    "reduce_all": "keras.ops.all",
-    "reduce_std": "keras.ops.std",
-    "reduce_variance": "keras.ops.var",
-    "reduce_logsumexp": "keras.ops.logsumexp",
-    "pow": "keras.ops.power (or torch.pow)",
-    "boolean_mask": "x[mask] on a torch tensor",
-    "math": "keras.ops (its functions carry tf.math's names: keras.ops.exp, keras.ops.log ...)",
+    "reverse": "keras.ops.flip (or torch.flip)",
+    "gather_nd": "x[tuple(indices.T)] on a torch tensor",
+    "scatter_nd": "keras.ops.scatter",
+    "tensor_scatter_nd_update": "keras.ops.scatter_update",
+    "sequence_mask": "keras.ops.arange(maxlen) < keras.ops.expand_dims(lengths, -1)",
     "linalg": "keras.ops.linalg (e.g. keras.ops.inv) or torch.linalg",
     "image": "keras.ops.image, or keras.layers.Resizing and the other preprocessing layers",
     "io": "Python's open() and numpy (TFRecord and tf.io need TensorFlow itself)",
@@ -35,14 +27,17 @@ _EQUIVALENTS = {
     "Module": "keras.layers.Layer, or torch.nn.Module",
     "py_function": "a plain Python call (everything runs eagerly here)",
     "numpy_function": "a plain Python call (everything runs eagerly here)",
-    "print": "Python's print",
     "device": "torch.device, or hpctrain's plan (which picks the device)",
 }
 
-_TORCH_TWIN = {"matmul": "torch.matmul", "exp": "torch.exp", "reshape": "torch.reshape", "transpose": "torch.permute",
-               "stack": "torch.stack", "zeros": "torch.zeros", "ones": "torch.ones", "where": "torch.where",
-               "einsum": "torch.einsum", "sqrt": "torch.sqrt", "log": "torch.log", "square": "torch.square",
-               "abs": "torch.abs", "maximum": "torch.maximum", "minimum": "torch.minimum"}
+_TORCH_TWIN = {"einsum": "torch.einsum", "linspace": "torch.linspace", "meshgrid": "torch.meshgrid",
+               "norm": "torch.linalg.norm", "roll": "torch.roll", "tensordot": "torch.tensordot"}
+
+
+def _in_tf_math(name: str) -> bool:
+    from hpctrain.tfcompat import math
+
+    return name in math.__all__
 
 
 def _keras_ops_has(name: str) -> bool:
@@ -55,6 +50,8 @@ def equivalent(name: str) -> str | None:
     """What to use for ``tf.<name>``, or None where nothing is known."""
     if name in _EQUIVALENTS:
         return _EQUIVALENTS[name]
+    if _in_tf_math(name):
+        return f"tf.math.{name}"
     if _keras_ops_has(name):
         twin = _TORCH_TWIN.get(name)
         return f"keras.ops.{name}" + (f" (or {twin})" if twin else "")

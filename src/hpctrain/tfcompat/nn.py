@@ -72,6 +72,20 @@ def silu(features, beta=1.0, name=None):
 swish = silu
 
 
+def top_k(input, k=1, sorted=True, index_type="int32", name=None):  # noqa: A002 - TensorFlow's name
+    """As ``tf.nn.top_k``, which is ``tf.math.top_k``."""
+    from hpctrain.tfcompat.reductions import top_k as math_top_k
+
+    return math_top_k(input, k=k, sorted=sorted, index_type=index_type)
+
+
+def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
+    """As ``tf.nn.l2_normalize``, which is ``tf.math.l2_normalize``."""
+    from hpctrain.tfcompat.math import l2_normalize as math_l2_normalize
+
+    return math_l2_normalize(x, axis=axis, epsilon=epsilon, dim=dim)
+
+
 _EQUIVALENTS = {
     "conv1d": "keras.ops.conv", "conv2d": "keras.ops.conv", "conv3d": "keras.ops.conv",
     "dropout": "keras.random.dropout, or keras.layers.Dropout",

@@ -1,4 +1,4 @@
-"""``tf.random``: the global seed and the two samplers tutorials use, on ``keras.random``."""
+"""``tf.random``: the global seed, the samplers and the shuffle tutorials use, on ``keras.random``."""
 
 from __future__ import annotations
 
@@ -31,3 +31,10 @@ def uniform(shape, minval=0, maxval=None, dtype=float32, seed=None, name=None):
         return keras.random.randint(_shape(shape), minval=minval, maxval=maxval, dtype=str(dtype), seed=seed)
     return keras.random.uniform(_shape(shape), minval=minval, maxval=1 if maxval is None else maxval,
                                 dtype=str(dtype), seed=seed)
+
+
+def shuffle(value, seed=None, name=None):
+    """As ``tf.random.shuffle``: ``value`` with its first axis in a random order."""
+    from hpctrain.tfcompat.ops import convert_to_tensor
+
+    return keras.random.shuffle(convert_to_tensor(value), axis=0, seed=seed)
