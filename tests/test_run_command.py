@@ -20,6 +20,7 @@ from tensorflow import keras
 from tensorflow.keras import layers
 import tensorflow.keras
 import keras as plain_keras
+from tensorflow.math import reduce_mean
 
 x = np.linspace(-1, 1, 64, dtype="float32").reshape(32, 2)
 y = (x[:, 0] > 0).astype("float32")
@@ -33,7 +34,7 @@ restored = plain_keras.models.load_model(sys.argv[1])
 loss, accuracy = restored.evaluate(x, y, verbose=0)
 print(f"loss={loss:.7f} accuracy={accuracy:.4f}")
 print("modules", tf.__name__, keras.__name__, tensorflow.keras.layers is layers is plain_keras.layers,
-      plain_keras.config.backend())
+      plain_keras.config.backend(), reduce_mean is tf.math.reduce_mean)
 """
 
 PROBE_SCRIPT = """
@@ -100,7 +101,7 @@ def test_tutorial_script_trains_saves_and_loads(tmp_path):
     assert abs(float(metrics["loss"]) - loss) < 1e-6
     assert float(metrics["accuracy"]) == accuracy == 1.0
     assert abs(loss - 0.6314135) < 1e-6
-    assert lines[-1] == "modules hpctrain hpctrain.keras True torch"
+    assert lines[-1] == "modules hpctrain hpctrain.keras True torch True"
     assert (tmp_path / "model.keras").is_file()
 
 

@@ -88,7 +88,7 @@ def install_tensorflow_alias() -> None:
     for name, module in list(sys.modules.items()):
         if name.startswith("keras.") and not name.startswith(("keras.src", "keras._tf_keras")):
             aliases[_PREFIX + name] = module
-    for name in ("nn", "random", "data", "version", "dtypes", "saved_model", "distribute", "config"):
+    for name in ("nn", "math", "random", "data", "version", "dtypes", "saved_model", "distribute", "config"):
         aliases[_PREFIX + name] = hpctrain.tfcompat.lookup(name)
     sys.modules.update(aliases)
     if not any(isinstance(finder, _TensorFlowFinder) for finder in sys.meta_path):
