@@ -18,7 +18,8 @@ from hpctrain.distribute.strategy import parse_device
 from hpctrain.engine.data import ResidentData
 from hpctrain.errors import ConfigError
 
-PROGRAM = os.path.join(REPO, "tests", "dp_program.py")
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROGRAM = os.path.join(HERE, "dp_program.py")
 HPCTRAIN = [sys.executable, "-m", "hpctrain.cli"]
 
 
@@ -256,7 +257,7 @@ def test_batch_norm_statistics_are_the_replicas_mean_on_every_replica(monkeypatc
     from hpctrain.keras.models import Sequential
     from replica_callbacks import SaveWeightsPerRank
 
-    monkeypatch.setenv("PYTHONPATH", os.path.join(REPO, "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("PYTHONPATH", HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(key, raising=False)
     x, y = _local_data()
@@ -281,7 +282,7 @@ def test_a_failing_spawned_replica_stops_training_and_is_named(monkeypatch, how,
     from hpctrain.errors import ReplicaFailed
     from replica_callbacks import FailOnRank
 
-    monkeypatch.setenv("PYTHONPATH", os.path.join(REPO, "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("PYTHONPATH", HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
     x, y = _local_data()
     with tf.distribute.MirroredStrategy(devices=["cpu:0", "cpu:1"]).scope():
         model = _local_model()
