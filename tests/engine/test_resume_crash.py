@@ -11,11 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
 from hpctrain.distribute.spawn import free_local_port
 from hpctrain.engine.checkpoint import checkpoint_files, serial_of
 
-PROGRAM = os.path.join(REPO, "tests", "resume_program.py")
+PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resume_program.py")
 KILLS = 3
 
 
@@ -87,7 +86,7 @@ def _assert_equal_runs(out: str, reference) -> None:
     assert meta["history"] == reference_meta["history"]  # every epoch's logs, bit for bit
 
 
-# Two workers: the group's restart and every worker's resume; one process resumes in tests/test_checkpoint.py.
+# Two workers: the group's restart and every worker's resume; one process resumes in tests/engine/test_checkpoint.py.
 @pytest.mark.parametrize("workers", [2])
 def test_sigkilled_three_times_and_resumed_equals_the_uninterrupted_run(tmp_path, workers, uninterrupted):
     reference = uninterrupted(workers)
