@@ -3,7 +3,7 @@
 The workload's MLP (Adam, 2 threads) trains one epoch per fit, alternately with the C++ loop
 (``HPCTRAIN_NATIVE=1``) and without (``=0``), for ``--rounds`` rounds; each round's ratio
 Python / C++ is paired, so a change of the machine's phase between rounds cancels out. Both loops
-give bit-identical weights (``tests/test_native_loop.py``); only the time differs.
+give bit-identical weights (``tests/engine/test_native_loop.py``); only the time differs.
 
     .venv/bin/python benchmarks/bench_step_loop.py [--workload seed] [--rounds 8] [--output FILE]
 """

@@ -1,8 +1,10 @@
 """Keras on its JAX backend, in a process of its own (no hpctrain): what the tests in
 ``test_keras_files.py`` compare hpctrain's Keras files with.
 
-    KERAS_BACKEND=jax python jax_keras.py continue FOLDER  # load FOLDER/hpctrain.keras, fit one more epoch
-    KERAS_BACKEND=jax python jax_keras.py write FOLDER     # train and save FOLDER/jax.keras, then the same
+    KERAS_BACKEND=jax python jax_keras.py FOLDER continue write
+
+``continue``: load FOLDER/hpctrain.keras, fit one more epoch; ``write``: train and save
+FOLDER/jax.keras, then the same. The commands run in order in one process, which imports JAX once.
 
 Reads ``FOLDER/data.npz`` (x, y); writes ``FOLDER/<command>.npz`` (predictions, weights and the
 optimizer's variables of the loaded model, and the weights after one more epoch) and
@@ -59,4 +61,5 @@ def main(command: str, folder: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    for name in sys.argv[2:]:
+        main(name, sys.argv[1])

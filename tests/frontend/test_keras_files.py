@@ -30,15 +30,20 @@ def _data():
     return rng.normal(size=(SAMPLES, 6)).astype("float32"), rng.integers(0, 3, size=SAMPLES)
 
 
-def _run_jax_keras(command: str, folder) -> tuple[dict, dict]:
+def _run_jax_keras(folder, *commands: str) -> dict[str, tuple[dict, dict]]:
+    """Each command's (facts, arrays) from one Keras-on-JAX process (JAX's import and compiles are
+    the cost here, so both directions share the process)."""
     pytest.importorskip("jax")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HPCTRAIN", "PYTHONPATH"))}
     env.update(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH="")
-    done = subprocess.run([sys.executable, os.path.join(HERE, "jax_keras.py"), command, str(folder)], env=env,
+    done = subprocess.run([sys.executable, os.path.join(HERE, "jax_keras.py"), str(folder), *commands], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    with open(os.path.join(folder, f"{command}.json")) as facts:
-        return json.load(facts), dict(np.load(os.path.join(folder, f"{command}.npz")))
+    results = {}
+    for command in commands:
+        with open(os.path.join(folder, f"{command}.json")) as facts:
+            results[command] = json.load(facts), dict(np.load(os.path.join(folder, f"{command}.npz")))
+    return results
 
 
 def _trained(x, y, epochs=EPOCHS):
@@ -100,18 +105,32 @@ def test_the_keras_file_names_the_public_optimizer(tmp_path):
 # ---- (a) hpctrain's file in Keras on JAX --------------------------------------------------------
 
 
-def test_keras_on_jax_loads_and_trains_on_from_an_hpctrain_file(tmp_path):
+@pytest.fixture(scope="module")
+def round_trip(tmp_path_factory):
+    """An hpctrain-trained model saved to ``hpctrain.keras``, and one Keras-on-JAX process that
+    continues it (``continue``) and writes a file of its own (``write``)."""
+    folder = tmp_path_factory.mktemp("jax-round-trip")
     x, y = _data()
-    np.savez(tmp_path / "data.npz", x=x, y=y)
-    model = _trained(x, y)
-    assert session_of(model).trainer is not None  # trained by the engine, not Keras's loop
-    assert int(model.optimizer.iterations.numpy()) == EPOCHS * STEPS
-    model.save(str(tmp_path / "hpctrain.keras"))
-    predictions = model.predict(x, batch_size=BATCH, verbose=0)
-    weights = model.get_weights()
-    moments = [v.numpy() for v in model.optimizer.variables]
+    np.savez(folder / "data.npz", x=x, y=y)
+    with pytest.MonkeyPatch.context() as patch:  # a module fixture: set up as the function fixtures would
+        patch.setenv("HPCTRAIN_CACHE_DIR", str(tmp_path_factory.mktemp("hpctrain-cache")))
+        keras.utils.set_random_seed(1234)
+        model = _trained(x, y)
+    saved = dict(iterations=int(model.optimizer.iterations.numpy()), trained_by_engine=session_of(model).trainer
+                 is not None, predictions=model.predict(x, batch_size=BATCH, verbose=0), weights=model.get_weights(),
+                 moments=[v.numpy() for v in model.optimizer.variables])
+    model.save(str(folder / "hpctrain.keras"))
+    return dict(folder=folder, model=model, saved=saved, jax=_run_jax_keras(folder, "continue", "write"))
 
-    facts, arrays = _run_jax_keras("continue", tmp_path)
+
+def test_keras_on_jax_loads_and_trains_on_from_an_hpctrain_file(round_trip):
+    x, y = _data()
+    model, saved = round_trip["model"], round_trip["saved"]
+    assert saved["trained_by_engine"]  # trained by the engine, not Keras's loop
+    assert saved["iterations"] == EPOCHS * STEPS
+    predictions, weights, moments = saved["predictions"], saved["weights"], saved["moments"]
+
+    facts, arrays = round_trip["jax"]["continue"]
 
     assert facts["backend"] == "jax" and facts["compiled"]
     # Keras's own Adam there (not the torch-only subclass, whose update fails on JAX's arrays).
@@ -134,13 +153,16 @@ def test_keras_on_jax_loads_and_trains_on_from_an_hpctrain_file(tmp_path):
 # ---- (b) Keras on JAX's file in hpctrain --------------------------------------------------------
 
 
-def test_hpctrain_loads_and_trains_on_from_a_keras_on_jax_file(tmp_path):
+def test_hpctrain_loads_and_trains_on_from_a_keras_on_jax_file(round_trip):
     x, y = _data()
-    np.savez(tmp_path / "data.npz", x=x, y=y)
-    facts, arrays = _run_jax_keras("write", tmp_path)
+    facts, arrays = round_trip["jax"]["write"]
 
-    model = keras.models.load_model(str(tmp_path / "jax.keras"))
+    model = keras.models.load_model(str(round_trip["folder"] / "jax.keras"))
     assert model.compiled
+    # One thread: measuring thread counts would compile the step once per count (the file's
+    # jit_compile=True, Keras on JAX's "auto" as saved, is torch.compile here), and the file, not the
+    # count, is what this test checks.
+    session_of(model).use_plan(hpctrain.make_plan(threads=1))
     assert _compared(model.get_compile_config()) == _compared(facts["compile_config"])
     np.testing.assert_allclose(model.predict(x, batch_size=BATCH, verbose=0), arrays["predictions"],
                                atol=1e-5, rtol=0)
@@ -149,6 +171,7 @@ def test_hpctrain_loads_and_trains_on_from_a_keras_on_jax_file(tmp_path):
 
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
     assert session_of(model).trainer is not None
+    assert dict(model.plan.reasons)["compile"] == "True (jit_compile=True in compile)"
     assert int(model.optimizer.iterations.numpy()) == facts["continued_iterations"] == (EPOCHS + 1) * STEPS
     _assert_all_close(model.get_weights(), _numbered(arrays, "continued"), atol=1e-4)
 

@@ -6,7 +6,7 @@ graph needs, so ``steps_per_launch`` whole steps — the batch gather from the r
 included — are captured once and replayed with one call per group. The last steps of an epoch
 that do not fill a group run eagerly, on the same kernels.
 
-Opt-in (``make_plan(cuda_graph=True)``) until its equivalence tests (tests/test_cuda_graph.py) have
+Opt-in (``make_plan(cuda_graph=True)``) until its equivalence tests (tests/engine/test_cuda_graph.py) have
 run on a GPU; a capture that fails falls back to eager steps and says why in ``plan.explain()``.
 """
 

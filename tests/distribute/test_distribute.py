@@ -18,7 +18,8 @@ from hpctrain.distribute.strategy import parse_device
 from hpctrain.engine.data import ResidentData
 from hpctrain.errors import ConfigError
 
-PROGRAM = os.path.join(REPO, "tests", "dp_program.py")
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROGRAM = os.path.join(HERE, "dp_program.py")
 HPCTRAIN = [sys.executable, "-m", "hpctrain.cli"]
 
 
@@ -199,52 +200,52 @@ def test_local_spawn_brings_weights_and_history_back_equal_to_one_process(monkey
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
 
-def test_local_spawn_without_shuffling_brings_back_what_one_process_trains(monkeypatch):
-    """Weights, History, predictions and Adam's state come back equal to one process's."""
-    for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(key, raising=False)
-    x, y = _local_data()
+@pytest.fixture(scope="module")
+def without_shuffling(tmp_path_factory):
+    """One process and two spawned replicas, each fitting twice without shuffling: 3 epochs on 182
+    rows (a validation split of 0.1) under a ReduceLROnPlateau that cuts the rate after every epoch
+    but the first, then 1 epoch on all 203 rows at the reduced rate. Spawning is the cost here, so
+    the tests below share the run."""
 
     def fit_twice(model):
-        history = model.fit(x, y, epochs=2, batch_size=20, validation_split=0.1, verbose=0, shuffle=False)
-        model.fit(x, y, epochs=1, batch_size=20, verbose=0, shuffle=False)
-        return history, model.get_weights(), model.predict(x, verbose=0)
+        from hpctrain.keras.callbacks import ReduceLROnPlateau
 
-    reference_history, reference_weights, reference_predictions = fit_twice(_local_model("adam"))
-    with tf.distribute.MirroredStrategy(devices=["cpu:0", "cpu:1"]).scope():
-        model = _local_model("adam")
-    history, weights, predictions = fit_twice(model)
-    assert history.epoch == [0, 1]
-    for key, values in reference_history.history.items():
-        np.testing.assert_allclose(history.history[key], values, atol=1e-5)
-    for a, b in zip(weights, reference_weights):
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(predictions, reference_predictions, atol=1e-5)
-    assert int(model.optimizer.iterations) == 2 * 10 + 11
-
-
-def test_spawned_replicas_bring_back_the_rate_callbacks_set_and_the_history_params(monkeypatch):
-    from hpctrain.keras.callbacks import ReduceLROnPlateau
-
-    for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(key, raising=False)
-    x, y = _local_data()
-
-    def fit_twice(model):
-        first = model.fit(x, y, epochs=3, batch_size=20, verbose=0, shuffle=False,
+        first = model.fit(x, y, epochs=3, batch_size=20, validation_split=0.1, verbose=0, shuffle=False,
                           callbacks=[ReduceLROnPlateau(monitor="loss", factor=0.1, patience=0, min_delta=10)])
         rate = float(model.optimizer.learning_rate)
         model.fit(x, y, epochs=1, batch_size=20, verbose=0, shuffle=False)  # at the reduced rate, in both
-        return first, rate, model.get_weights()
+        return dict(history=first, rate=rate, weights=model.get_weights(), predictions=model.predict(x, verbose=0),
+                    iterations=int(model.optimizer.iterations))
 
-    # Adam: SGD with momentum in replicas is the xfail of test_replicas_equal_one_process.
-    reference_history, reference_rate, reference_weights = fit_twice(_local_model("adam"))
-    with tf.distribute.MirroredStrategy(devices=["cpu:0", "cpu:1"]).scope():
-        model = _local_model("adam")
-    history, rate, weights = fit_twice(model)
-    assert rate == pytest.approx(reference_rate) and reference_rate == pytest.approx(0.01 * 0.1 ** 2)
-    assert history.params == reference_history.params == {"verbose": 0, "epochs": 3, "steps": 11}
-    for a, b in zip(weights, reference_weights):
+    x, y = _local_data()
+    with pytest.MonkeyPatch.context() as patch:  # a module fixture: set up as the function fixtures would
+        patch.setenv("HPCTRAIN_CACHE_DIR", str(tmp_path_factory.mktemp("hpctrain-cache")))
+        for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
+            patch.delenv(key, raising=False)
+        # Adam: SGD with momentum in replicas is the xfail of test_replicas_equal_one_process.
+        reference = fit_twice(_local_model("adam"))
+        with tf.distribute.MirroredStrategy(devices=["cpu:0", "cpu:1"]).scope():
+            model = _local_model("adam")
+        return fit_twice(model), reference
+
+
+def test_local_spawn_without_shuffling_brings_back_what_one_process_trains(without_shuffling):
+    """Weights, History, predictions and Adam's state come back equal to one process's."""
+    ours, reference = without_shuffling
+    assert ours["history"].epoch == [0, 1, 2]
+    for key, values in reference["history"].history.items():
+        np.testing.assert_allclose(ours["history"].history[key], values, atol=1e-5)
+    for a, b in zip(ours["weights"], reference["weights"]):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours["predictions"], reference["predictions"], atol=1e-5)
+    assert ours["iterations"] == reference["iterations"] == 3 * 10 + 11  # 182, then 203 rows
+
+
+def test_spawned_replicas_bring_back_the_rate_callbacks_set_and_the_history_params(without_shuffling):
+    ours, reference = without_shuffling
+    assert ours["rate"] == pytest.approx(reference["rate"]) and reference["rate"] == pytest.approx(0.01 * 0.1 ** 2)
+    assert ours["history"].params == reference["history"].params == {"verbose": 0, "epochs": 3, "steps": 10}
+    for a, b in zip(ours["weights"], reference["weights"]):  # after the second fit, at the reduced rate
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
 
@@ -256,7 +257,7 @@ def test_batch_norm_statistics_are_the_replicas_mean_on_every_replica(monkeypatc
     from hpctrain.keras.models import Sequential
     from replica_callbacks import SaveWeightsPerRank
 
-    monkeypatch.setenv("PYTHONPATH", os.path.join(REPO, "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("PYTHONPATH", HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(key, raising=False)
     x, y = _local_data()
@@ -281,7 +282,7 @@ def test_a_failing_spawned_replica_stops_training_and_is_named(monkeypatch, how,
     from hpctrain.errors import ReplicaFailed
     from replica_callbacks import FailOnRank
 
-    monkeypatch.setenv("PYTHONPATH", os.path.join(REPO, "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("PYTHONPATH", HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
     x, y = _local_data()
     with tf.distribute.MirroredStrategy(devices=["cpu:0", "cpu:1"]).scope():
         model = _local_model()

@@ -14,10 +14,9 @@ import uuid
 import numpy as np
 import pytest
 
-from conftest import REPO
 from test_distribute import _clean_env, load, single_process  # noqa: F401 (fixture)
 
-PROGRAM = os.path.join(REPO, "tests", "dp_program.py")
+PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dp_program.py")
 NODE_ADDRESSES = ("10.231.77.1", "10.231.77.2")
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import hpctrain as tf
-from conftest import REPO
 from hpctrain.distribute.partition import balanced_cut_points, split_model
 from hpctrain.distribute.pipeline import PipelineConfig, microbatches_for
 from hpctrain.distribute.spawn import free_local_port
@@ -18,7 +17,8 @@ from hpctrain.errors import ConfigError
 from pipeline_case import FIT, NATIVE, data, native_network
 from test_distribute import _clean_env
 
-PROGRAM = os.path.join(REPO, "tests", "pp_program.py")
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROGRAM = os.path.join(HERE, "pp_program.py")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def run_launched(tmp_path, stages, replicas, microbatches, schedules, keras_kind
                f"--master-port={free_local_port()}", PROGRAM, out, str(stages), str(replicas), str(microbatches),
                ",".join(schedules), *([keras_kind] if keras_kind else [])]
     env = _clean_env()
-    env["PYTHONPATH"] = os.path.join(REPO, "tests") + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = HERE + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("Epoch 1/2") == len(schedules)  # one voice: rank 0

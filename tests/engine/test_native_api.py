@@ -13,7 +13,7 @@ from hpctrain.engine.data import ResidentData
 from hpctrain.engine.losses import CrossEntropy
 
 
-REPO_SRC = __import__("pathlib").Path(__file__).resolve().parents[1] / "src"
+REPO_SRC = __import__("pathlib").Path(__file__).resolve().parents[2] / "src"
 
 # Tests that compare with a reference computed on the CPU train on the CPU too.
 CPU = hpctrain.make_plan(device="cpu")

@@ -7,9 +7,8 @@ import textwrap
 
 import numpy as np
 
+from conftest import REPO
 from hpctrain import cli
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TUTORIAL_SCRIPT = """
 import sys

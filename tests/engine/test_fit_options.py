@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, small_classification
+from conftest import small_classification
 from hpctrain.errors import ConfigError, HpctrainWarning, InputError, ReplicaFailed
 from hpctrain.keras import optimizers
 from hpctrain.keras.callbacks import LambdaCallback
 from hpctrain.keras.layers import Dense
 from hpctrain.keras.models import Sequential
 from hpctrain.keras.utils import to_categorical
+
+HERE = os.path.dirname(os.path.abspath(__file__))  # replica_metrics.py, for the replicas too
 
 
 def _model(learning_rate=0.1, loss="sparse_categorical_crossentropy", features=5, metrics=()):
@@ -212,7 +214,7 @@ def _two_replicas_against_one_process(monkeypatch, rng, metrics, shuffle=False):
 
     for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("PYTHONPATH", os.path.join(REPO, "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("PYTHONPATH", HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
     x, y = small_classification(rng, n=80, features=5)  # 4 batches of 20: epochs take 2, 2, then a new pass
     weights = rng.uniform(0.0, 2.0, size=80)
 
@@ -251,6 +253,7 @@ def test_two_replicas_train_weighted_scheduled_steps_as_one_process(monkeypatch,
     "a Keras model compiled with a custom metric class is sent to spawned replicas pickled (Keras saves it "
     "whole), and reading it back Keras cannot locate the class: 'Could not locate class CorrectFraction'"))
 def test_a_custom_metric_class_sums_its_state_over_spawned_replicas(monkeypatch, rng):
+    monkeypatch.syspath_prepend(HERE)
     from replica_metrics import CorrectFraction
 
     history = _two_replicas_against_one_process(monkeypatch, rng, lambda: ["accuracy", CorrectFraction()])
