@@ -159,9 +159,6 @@ def test_hpctrain_loads_and_trains_on_from_a_keras_on_jax_file(round_trip):
 
     model = keras.models.load_model(str(round_trip["folder"] / "jax.keras"))
     assert model.compiled
-    # One thread: measuring thread counts would compile the step once per count (the file's
-    # jit_compile=True, Keras on JAX's "auto" as saved, is torch.compile here), and the file, not the
-    # count, is what this test checks.
     session_of(model).use_plan(hpctrain.make_plan(threads=1))
     assert _compared(model.get_compile_config()) == _compared(facts["compile_config"])
     np.testing.assert_allclose(model.predict(x, batch_size=BATCH, verbose=0), arrays["predictions"],
@@ -171,7 +168,9 @@ def test_hpctrain_loads_and_trains_on_from_a_keras_on_jax_file(round_trip):
 
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
     assert session_of(model).trainer is not None
-    assert dict(model.plan.reasons)["compile"] == "True (jit_compile=True in compile)"
+    # The file's jit_compile=True (Keras on JAX's "auto" as saved) leaves compiling to the plan: a
+    # short fit is not worth torch.compile's seconds.
+    assert model._hpctrain_compile["jit_compile"] is True and model.plan.compile is False
     assert int(model.optimizer.iterations.numpy()) == facts["continued_iterations"] == (EPOCHS + 1) * STEPS
     _assert_all_close(model.get_weights(), _numbered(arrays, "continued"), atol=1e-4)
 

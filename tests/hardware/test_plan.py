@@ -237,8 +237,8 @@ def test_explicit_compile_trains_as_eager_does(rng):
     for jit_compile in (False, True):
         hpctrain.keras.utils.set_random_seed(3)
         model = Sequential([Dense(16, activation="relu", input_dim=20), Dense(4, activation="softmax")])
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=jit_compile,
-                      plan=make_plan(threads=1))
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                      plan=make_plan(threads=1, compile=jit_compile))
         model.fit(x, y, epochs=2, batch_size=64, verbose=0, shuffle=False)
         weights[jit_compile] = model.get_weights()
     assert dict(model.plan.reasons)["executor"].startswith("autograd (torch.compile")

@@ -66,8 +66,9 @@ class KerasSession:
             plan = plan.with_choice("executor", "autograd", "run_eagerly=True in compile")
         elif reason is not None:
             plan = plan.with_choice("executor", "autograd", reason)
-        if config["jit_compile"] is True:
-            plan = plan.with_choice("compile", True, "jit_compile=True in compile")
+        # jit_compile=True is not a demand here: torch.compile costs seconds to tens of seconds (and
+        # Keras on JAX saves its "auto" as True in every .keras file); the plan compiles where it
+        # measures that it pays. make_plan(compile=True) forces it.
         module = KerasModule(model, logits=bool(fold))
         self.trainer = Trainer(module, loss=loss, optimizer=self._optimizer_factory(), statistics=module.statistics(),
                                metrics=_metrics_for(model, config, loss),
