@@ -8,7 +8,7 @@ Parts timed alone miss what they do to each other's caches; ``bench_wide_mlp.py`
 epochs. ``--clock cpu`` (the process's CPU time) on one thread counts this process's work only,
 however many others share the cores.
 
-    .venv/bin/python benchmarks/profile_wide_mlp.py [--threads 1 --clock cpu] [--rounds 8] [--output FILE]
+    .venv/bin/python benchmarks/profile_wide_mlp.py [--threads 1 --clock cpu] [--rounds 8] [--backends] [--output FILE]
 """
 
 from __future__ import annotations
@@ -85,6 +85,29 @@ def limit_products(t: dict) -> list:
     return calls
 
 
+def backend_parts(t: dict) -> dict[str, list]:
+    """The step's four large products each on MKL, as the step calls them now on an Intel CPU, and
+    on oneDNN, as it called them before (``hardware/gemm.py``): a new tensor, copied into place,
+    or for a weight gradient handed to the update as it is."""
+    onednn = torch.ops.mkldnn._linear_pointwise
+    linear = lambda a, weight: onednn(a, weight, None, "none", [], "")  # noqa: E731  a @ weight.T
+    products = {
+        "forward 256 x 785 x 1024": (lambda: torch.mm(t["x"], t["KB0"], out=t["O0"]),
+                                     lambda: t["O0"].copy_(linear(t["x"], t["KB0"].t()))),
+        "forward 256 x 1025 x 1024": (lambda: torch.mm(t["OB0"], t["KB2"], out=t["O2"]),
+                                      lambda: t["O2"].copy_(linear(t["OB0"], t["KB2"].t()))),
+        "weight gradient 1025 x 256 x 1024": (
+            lambda: torch.addmm(t["GWB2"], t["OB0"].t(), t["G2"], beta=0, alpha=SCALE, out=t["GWB2"]),
+            lambda: linear(t["OB0"].t(), t["G2"].t())),
+        "input gradient 256 x 1024 x 1024": (lambda: torch.mm(t["G2"], t["KB2"][:HIDDEN].t(), out=t["G0"]),
+                                             lambda: t["G0"].copy_(linear(t["G2"], t["KB2"][:HIDDEN]))),
+    }
+    parts = {}
+    for name, (mkl, dnn) in products.items():
+        parts[f"{name}, MKL"], parts[f"{name}, oneDNN"] = [mkl], [dnn]
+    return parts
+
+
 def update_parts(t: dict) -> dict[str, list]:
     """The non-finite check and the Adam update on the step's 1.87 M parameters (the loop's kernels)."""
     params = [t["KB0"], t["KB2"], t["KB4"]]
@@ -100,8 +123,8 @@ def update_parts(t: dict) -> dict[str, list]:
                                            True)]}
 
 
-def time_parts(parts: dict[str, list], rounds: int, clock, repeats: int = 5) -> dict[str, float]:
-    """Median over rounds of each part's best time per call of all its calls, microseconds."""
+def time_parts(parts: dict[str, list], rounds: int, clock, repeats: int = 5) -> dict[str, tuple[float, float]]:
+    """Per part, the median and the least over rounds of its best time for all its calls, microseconds."""
     best = {name: [] for name in parts}
     for _ in range(rounds):
         for name, calls in parts.items():
@@ -114,7 +137,7 @@ def time_parts(parts: dict[str, list], rounds: int, clock, repeats: int = 5) -> 
                     call()
                 times.append(clock() - start)
             best[name].append(min(times) * 1e6)
-    return {name: statistics.median(values) for name, values in best.items()}
+    return {name: (statistics.median(values), min(values)) for name, values in best.items()}
 
 
 def main(argv=None) -> None:
@@ -122,6 +145,8 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    parser.add_argument("--backends", action="store_true",
+                        help="also the four large products each on MKL and on oneDNN")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     from hpctrain.engine import native
@@ -132,13 +157,16 @@ def main(argv=None) -> None:
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     t = step_tensors()
     parts = {**program_parts(t), **update_parts(t), "the GEMM limit's products (MKL)": limit_products(t)}
+    if args.backends:
+        parts.update(backend_parts(t))
     measured = time_parts(parts, args.rounds, clock)
     command = " ".join([".venv/bin/python benchmarks/profile_wide_mlp.py", *(argv or sys.argv[1:])])
     lines = [f"mlp1024 step, parts timed alone, {args.threads} threads, {clock.__name__}, median over {args.rounds} "
-             f"rounds of each part's best (command: {command})", f"{'part':52s} {'us/step':>9s}"]
-    lines += [f"{name:52s} {value:9.0f}" for name, value in measured.items()]
-    step = sum(value for name, value in measured.items() if not name.startswith("the GEMM limit"))
-    lines.append(f"{'sum of the step parts':52s} {step:9.0f}")
+             f"rounds of each part's best, and the least (command: {command})",
+             f"{'part':52s} {'us/step':>9s} {'least':>9s}"]
+    lines += [f"{name:52s} {median:9.0f} {least:9.0f}" for name, (median, least) in measured.items()]
+    in_step = [value for name, value in measured.items() if name in program_parts(t) or name in update_parts(t)]
+    lines.append(f"{'sum of the step parts':52s} {sum(m for m, _ in in_step):9.0f} {sum(l for _, l in in_step):9.0f}")
     print_and_save("\n".join(lines), args.output)
 
 
