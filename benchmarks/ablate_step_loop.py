@@ -143,7 +143,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def gemm_limit_us(workload, backend: str, clock, epochs: int = 3) -> float:
     """impl_gemm_limit.py's epoch (the step's products alone, as the limit runs them), its best
     of ``epochs``, per step."""
-    from impl_gemm_limit import allocate_operands, epoch_schedule, fastest_products, run_epoch, run_epoch_of_calls
+    from impl_gemm_limit import (
+        allocate_operands,
+        epoch_schedule,
+        fastest_products,
+        run_epoch,
+        run_epoch_of_calls,
+    )
 
     schedule = epoch_schedule(workload, allocate_operands(workload))
     calls = fastest_products(schedule) if backend == "fastest" else None

@@ -24,7 +24,13 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from common import WORKLOADS, make_dataset  # noqa: E402
-from impl_gemm_limit import allocate_operands, epoch_schedule, fastest_products, run_epoch, run_epoch_of_calls  # noqa: E402
+from impl_gemm_limit import (  # noqa: E402
+    allocate_operands,
+    epoch_schedule,
+    fastest_products,
+    run_epoch,
+    run_epoch_of_calls,
+)
 from reporting import print_and_save  # noqa: E402
 from torch_common import build_mlp, hpctrain_mlp  # noqa: E402
 
@@ -79,8 +85,8 @@ def trainer_epoch(trainer, x, y, batch_size: int):
     return run
 
 
-def contenders(workload, threads: int) -> tuple[dict, list[str]]:
-    """name -> a call running one epoch and returning its seconds; and each trained model's plan."""
+def contenders(workload, threads: int) -> tuple[dict, dict]:
+    """name -> a call running one epoch and returning its seconds; and label -> each model, for its plan."""
     import torch
 
     import hpctrain
@@ -89,7 +95,7 @@ def contenders(workload, threads: int) -> tuple[dict, list[str]]:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    x, labels, y_onehot = make_dataset(workload)
+    x, _labels, y_onehot = make_dataset(workload)
     plan = hpctrain.make_plan(threads=threads)
     keras_model = hpctrain_mlp(workload, plan=plan)
     trainer = hpctrain.Trainer(build_mlp(workload), loss=CrossEntropy(sparse=False, from_logits=True),

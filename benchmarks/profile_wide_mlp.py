@@ -22,7 +22,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from reporting import print_and_save  # noqa: E402
 
 B, IN, HIDDEN, OUT, SAMPLES = 256, 784, 1024, 10, 10_240
