@@ -11,28 +11,30 @@ from common import make_dataset
 from torch_common import hpctrain_mlp
 
 
-def train_variants(workload, variants: dict, apply_variant, rounds: int):
+def train_variants(workload, variants: dict, apply_variant, rounds: int, *, threads: int = 2,
+                   clock=time.perf_counter):
     """``(measured, model)``: per variant, its µs per step in each round, one fit of 2 epochs per
     round (the faster kept) after ``apply_variant(*variants[name])``, NaN where the fit diverged
-    at once; and the model trained."""
+    at once; and the model trained. ``clock``: wall time, or ``time.process_time`` (CPU time: on
+    one thread, this process's work however many others share the cores)."""
     import hpctrain as tf
     from hpctrain.errors import NonFiniteLossError
     from hpctrain.keras.callbacks import Callback
 
     x, _, y = make_dataset(workload)
     steps = -(-len(x) // workload.batch_size)
-    # Two threads throughout: a variant must not move the thread count the others run on.
-    model = hpctrain_mlp(workload, plan=tf.make_plan(threads=2))
+    # A fixed thread count: a variant must not move the thread count the others run on.
+    model = hpctrain_mlp(workload, plan=tf.make_plan(threads=threads))
     apply_variant(*next(iter(variants.values())))
     model.fit(x, y, batch_size=workload.batch_size, epochs=1, verbose=0)
     times = []
 
     class EpochTimes(Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
+            self.start = clock()
 
         def on_epoch_end(self, epoch, logs=None):
-            times.append((time.perf_counter() - self.start) / steps * 1e6)
+            times.append((clock() - self.start) / steps * 1e6)
 
     measured = {name: [] for name in variants}
     for _ in range(rounds):

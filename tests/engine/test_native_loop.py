@@ -80,8 +80,14 @@ def test_loop_matches_unshuffled_and_adamw(monkeypatch, rng):
     _assert_identical(monkeypatch, make_net, loss, x, y, shuffle=False, optimizer=adamw)
 
 
-def test_loop_hands_onednn_gradients_like_the_python_step(monkeypatch, rng):
-    """Batches of 256 through a 785x1024 layer: the weight gradient is oneDNN's and handed to Adam."""
+@pytest.mark.parametrize("large_products", ["onednn", "chosen for this CPU"])
+def test_loop_hands_onednn_gradients_like_the_python_step(monkeypatch, rng, large_products):
+    """Batches of 256 through a 785x1024 layer: the weight gradient is oneDNN's and handed to Adam
+    (where oneDNN takes large products; on an Intel CPU MKL writes it into the gradient buffer)."""
+    from hpctrain.hardware import gemm
+
+    if large_products == "onednn":
+        monkeypatch.setattr(gemm, "large_product_linear", gemm.onednn_linear)
     x, y = rng.normal(size=(600, 784)).astype("float32"), rng.integers(0, 10, size=600)
     make_net = _mlp(torch.nn.ReLU(), features=784, hidden=1024, outputs=10)
     _assert_identical(monkeypatch, make_net, CrossEntropy(sparse=True, from_logits=True), x, y, batch_size=256,

@@ -10,7 +10,8 @@ import torch
 from hpctrain.engine.flat import flat_view
 from hpctrain.engine.native import code as native_code
 from hpctrain.engine.static_layers import _NATIVE_LOSS_KINDS, Linear
-from hpctrain.hardware.gemm import ONEDNN_MIN_MACS, onednn_linear
+from hpctrain.hardware import gemm
+from hpctrain.hardware.gemm import ONEDNN_MIN_MACS
 
 if TYPE_CHECKING:
     from hpctrain.engine.static_step import StaticStep
@@ -104,7 +105,7 @@ class _ProgramWriter:
 
     def __init__(self, step: StaticStep, buffers: _BatchBuffers, input_with_ones: bool):
         self.step, self.buffers, self.input_with_ones = step, buffers, input_with_ones
-        self.onednn = onednn_linear() if step.device.type == "cpu" else None
+        self.onednn = gemm.large_product_linear() if step.device.type == "cpu" else None
         self.names = {"mm": torch.mm, "addmm": torch.addmm, "addmv": torch.addmv, "mul": torch.mul,
                       "onednn": self.onednn, "output_gradient": step.output_gradient,
                       "handed": step.update.grads if step.handed else None}

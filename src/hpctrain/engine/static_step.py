@@ -34,7 +34,8 @@ from hpctrain.engine.static_program import (
     _LinearParts,
     _ProgramWriter,
 )
-from hpctrain.hardware.gemm import ONEDNN_MIN_MACS, onednn_linear
+from hpctrain.hardware import gemm
+from hpctrain.hardware.gemm import ONEDNN_MIN_MACS
 
 
 class StaticStep:
@@ -119,7 +120,7 @@ class StaticStep:
         buffer stays for everything else (replicas' all-reduce, penalties, other optimizers), so
         this is only done without those; ``.grad`` is brought up to date by :meth:`sync_gradients`.
         """
-        if (self.device.type != "cpu" or onednn_linear() is None or self.communicator is not None
+        if (self.device.type != "cpu" or gemm.large_product_linear() is None or self.communicator is not None
                 or self.penalized or not is_direct_fused_update(self.update)):
             return {}
         candidates = [index for index, part in enumerate(self.parts)

@@ -24,7 +24,7 @@ from hpctrain.engine.optim import as_torch_optimizer
 from hpctrain.engine.static_step import StaticStep, why_not_static as why_layers_not_static
 from hpctrain.engine.step import AutogradStep
 from hpctrain.errors import ConfigError
-from hpctrain.hardware.gemm import ONEDNN_MIN_MACS
+from hpctrain.hardware.gemm import backend_reason
 
 
 def make_step(trainer, data, batch_size: int, hooks):
@@ -157,7 +157,4 @@ def defines_train_step(trainer) -> bool:
 
 
 def matmul_reason(onednn: int, products: int) -> str:
-    if onednn:
-        return (f"oneDNN for {onednn} of the step's {products} products (those of >= {ONEDNN_MIN_MACS:,} "
-                "multiply-adds, where it beat MKL), MKL's torch.mm for the rest")
-    return f"MKL's torch.mm for all {products} products (oneDNN pays from {ONEDNN_MIN_MACS:,} multiply-adds)"
+    return backend_reason(onednn, products)
