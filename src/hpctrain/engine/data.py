@@ -205,6 +205,10 @@ class ResidentData:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    def with_rows_flattened(self) -> "ResidentData":
+        """The same rows, each flattened to one vector: a view of ``x`` where it is contiguous."""
+        return ResidentData(self.x.reshape(len(self.x), -1), self.y)
+
     def batches(self, batch_size: int, *, order: torch.Tensor | None = None, ones_column: bool = False):
         """Yield ``(x_batch, y_batch)`` in row order, or for the rows ``order`` lists (a permutation of
         all rows, or a part of one); shuffled batches are gathered a few at a time, and their ``x``

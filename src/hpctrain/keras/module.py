@@ -24,6 +24,7 @@ class KerasModule(torch.nn.Module):
     def forward(self, x):
         if isinstance(x, (list, tuple)) and len(x) == 1:
             x = x[0]
+        x = self._rows_as_the_model_takes_them(x)
         if not self.logits:
             return self.keras_model(x, training=self.training)
         *body, last = self.keras_model.layers
@@ -76,6 +77,21 @@ class KerasModule(torch.nn.Module):
         """What the forward pass updates besides gradients: BatchNormalization's moving statistics."""
         return [v.value for v in self.keras_model.non_trainable_variables
                 if v.value.is_floating_point() and "moving" in v.path]
+
+    def _rows_as_the_model_takes_them(self, x):
+        """Rows the static step took flattened (a training batch replayed to find a non-finite
+        output) back in the shape of the model's input."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or not self.flattens_rows():
+            return x
+        row_shape = tuple(self.keras_model.inputs[0].shape[1:])
+        return x.reshape(len(x), *row_shape) if len(row_shape) > 1 else x
+
+    def flattens_rows(self) -> bool:
+        """Whether the model is a Sequential whose first layer only flattens each input row: the
+        static step then takes the rows flattened once (:func:`translate.flattens_rows`)."""
+        layers = [layer for layer in getattr(self.keras_model, "layers", [])
+                  if not isinstance(layer, keras.layers.InputLayer)]
+        return isinstance(self.keras_model, keras.Sequential) and bool(layers) and translate.flattens_rows(layers[0])
 
     def takes_ids(self) -> bool:
         """Whether some layer looks integer ids up (its inputs must stay integers)."""

@@ -42,6 +42,8 @@ def static_layers(model, *, fold_last_activation: bool):
         return None
     found = []
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if layers and flattens_rows(layers[0]):
+        layers = layers[1:]  # the engine hands the static step each input row flattened
     for position, layer in enumerate(layers):
         last = position == len(layers) - 1
         described = _static_layer(layer, keep_activation=not (last and fold_last_activation))
@@ -49,6 +51,11 @@ def static_layers(model, *, fold_last_activation: bool):
             return None
         found += described
     return found
+
+
+def flattens_rows(layer) -> bool:
+    """Whether ``layer`` is a ``Flatten`` that only reshapes each row (channels-last: no transpose)."""
+    return type(layer) is keras.layers.Flatten and layer.data_format == "channels_last"
 
 
 def _static_layer(layer, *, keep_activation: bool):

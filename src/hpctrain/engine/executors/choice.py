@@ -38,6 +38,8 @@ def make_step(trainer, data, batch_size: int, hooks):
     if reason is not None:
         return _autograd_step(trainer, data, reason)
     trainer.plan = trainer.plan.with_choice("executor", "static", "every layer and the loss have a known backward")
+    if data.train.x.dim() > 2:  # the model's first layer flattens each row: done once, as a view
+        data.train = data.train.with_rows_flattened()
     step = StaticStep(trainer.module, trainer.loss, trainer.optimizer, batch_size=batch_size,
                       output_activation=trainer.output_activation, communicator=trainer.communicator)
     if trainer.plan.device.type == "cpu":
@@ -144,9 +146,14 @@ def why_not_static(trainer, data) -> str | None:
         return "a custom penalty function needs autograd"
     if fit_options.has_weights(data.train):
         return "sample or class weights scale each sample's loss"
-    if not isinstance(data.train.x, torch.Tensor) or data.train.x.dim() != 2:
+    if not isinstance(data.train.x, torch.Tensor) or data.train.x.dim() != 2 and not _flattens_rows(trainer.module):
         return "the inputs are not a matrix of rows; Dense over more axes runs under autograd"
     return why_layers_not_static(trainer.module, trainer.loss)
+
+
+def _flattens_rows(module) -> bool:
+    """Whether the module's first layer only flattens each input row (a Keras ``Flatten``)."""
+    return bool(getattr(module, "flattens_rows", lambda: False)())
 
 
 def defines_train_step(trainer) -> bool:
