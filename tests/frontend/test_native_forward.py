@@ -64,7 +64,7 @@ def _conv1d():
 
 CASES = {
     "convnet": (_compiled(_convnet(dropout=False)), (28, 28, 1), 10),
-    "convnet-dropout": (_compiled(_convnet(dropout=True)), (28, 28, 1), 10),
+    "convnet-dropout-categorical": (_compiled(_convnet(dropout=True), loss="categorical_crossentropy"), (28, 28, 1), 10),
     "strided-same-padding": (_compiled(_strided_same), (13, 13, 3), 5),
     "conv1d-global-average": (_compiled(_conv1d), (20, 5), 3),
     "custom-residual-layers": (_compiled(lambda: [layers.Input((24,)), layers.Dense(16, activation="relu"),
@@ -81,6 +81,8 @@ CASES = {
 def test_fit_and_predict_equal_keras(case):
     build, shape, classes = CASES[case]
     x, y = _images(shape, classes)
+    if "categorical" in case:
+        y = np.eye(classes, dtype="float32")[y]
     assert nf.native_forward(build()) is not None
     (ours, history), (reference, reference_history) = twin_fits(build, x, y, epochs=2, batch_size=16)
     assert max_difference(ours.get_weights(), reference.get_weights()) < 1e-5
@@ -93,6 +95,9 @@ def test_fit_and_predict_equal_keras(case):
         reference_predictions = reference.predict(x, verbose=0)
     np.testing.assert_allclose(predictions, keras_predictions, atol=1e-6)
     np.testing.assert_allclose(predictions, reference_predictions, atol=1e-4)  # weights within 1e-5
+    with keras_own_loop():
+        keras_evaluation = ours.evaluate(x, y, verbose=0)
+    np.testing.assert_allclose(ours.evaluate(x, y, verbose=0), keras_evaluation, rtol=1e-5)
 
 
 def test_known_layers_run_natively_and_others_through_keras():
