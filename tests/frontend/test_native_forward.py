@@ -48,6 +48,19 @@ def _residual_dense_class():
     return ResidualDense
 
 
+def _block_with_inner_dropout_class():
+    class Block(layers.Layer):  # its call takes no training argument: the inner Dropout reads the context
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = layers.Dense(16, activation="relu")
+            self.dropout = layers.Dropout(0.3)
+
+        def call(self, inputs):
+            return self.dropout(self.dense(inputs))
+
+    return Block
+
+
 def _strided_same():
     return [layers.Input((13, 13, 3)), layers.Conv2D(8, 4, strides=2, padding="same"), layers.ReLU(),
             layers.AveragePooling2D(3, strides=2, padding="same"),
@@ -70,6 +83,8 @@ CASES = {
     "custom-residual-layers": (_compiled(lambda: [layers.Input((24,)), layers.Dense(16, activation="relu"),
                                                   _residual_dense_class()(), _residual_dense_class()(),
                                                   layers.Dense(4, activation="softmax")]), (24,), 4),
+    "custom-layer-with-inner-dropout": (_compiled(lambda: [layers.Input((24,)), _block_with_inner_dropout_class()(),
+                                                           layers.Dense(4, activation="softmax")]), (24,), 4),
     "tf-beginner-flatten": (_compiled(lambda: [layers.Flatten(input_shape=(28, 28)), layers.Dense(32, activation="relu"),
                                                layers.Dropout(0.2), layers.Dense(10)],
                                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)),

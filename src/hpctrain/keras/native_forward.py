@@ -22,6 +22,8 @@ shape. Anything else takes Keras's own call.
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import torch
 import torch.nn.functional as F
@@ -54,15 +56,22 @@ def to_keras_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 class KerasCall:
-    """A layer the engine has no op for: called as Keras calls it, in Keras's layout."""
+    """A layer the engine has no op for: called as Keras calls it, in Keras's layout.
+
+    ``training`` is passed only where something reads it: the layer's call takes it, or a
+    sublayer may find it in the call context. Without keyword arguments Keras's ``__call__``
+    skips converting its arguments one by one (measured: about a third of its overhead)."""
 
     layout = KERAS_LAYOUT
 
     def __init__(self, layer):
         self.layer = layer
+        parameters = inspect.signature(layer.call).parameters.values()
+        self.reads_training = (any(p.name == "training" or p.kind is p.VAR_KEYWORD for p in parameters)
+                               or bool(layer._flatten_layers(include_self=False)))
 
     def __call__(self, x, training):
-        return self.layer(x, training=training)
+        return self.layer(x, training=training) if self.reads_training else self.layer(x)
 
 
 class Elementwise:
