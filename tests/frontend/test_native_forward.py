@@ -131,6 +131,25 @@ def test_forward_equals_the_keras_call_bit_for_bit(training):
     assert torch.equal(module(x), model(x, training=training))
 
 
+def test_batch_normalization_frozen_and_nested_layers_between_native_ones_equal_keras():
+    def make_layers():
+        frozen = layers.Conv2D(4, 3, padding="same", use_bias=False)
+        frozen.trainable = False
+        nested = keras.Sequential([layers.Dense(12, activation="relu"), layers.Dropout(0.25)])
+        return [layers.Input((12, 12, 2)), frozen, layers.BatchNormalization(), layers.Activation("relu"),
+                layers.Conv2D(6, 3, strides=2), layers.AveragePooling2D(2), layers.Flatten(), nested,
+                layers.Dense(3, activation="softmax")]
+
+    build = _compiled(make_layers)
+    kinds = [type(step).__name__ for step in nf.native_forward(build()).steps]
+    assert kinds == ["Convolution", "KerasCall", "Elementwise", "Convolution", "Pooling", "Reshape", "KerasCall", "Dense"]
+    x, y = _images((12, 12, 2), 3)
+    (ours, history), (reference, reference_history) = twin_fits(build, x, y, epochs=2, batch_size=16)
+    assert max_difference(ours.get_weights(), reference.get_weights()) < 1e-5  # moving statistics included
+    assert max_difference(optimizer_values(ours), optimizer_values(reference)) < 1e-5
+    np.testing.assert_allclose(history.history["loss"], reference_history.history["loss"], rtol=1e-5)
+
+
 def test_folded_softmax_on_the_autograd_path_equals_keras():
     # run_eagerly puts a Dense stack on autograd with the softmax folded into the loss (logits=True).
     build = _compiled(lambda: [layers.Input((12,)), layers.Dense(16, activation="relu"),
