@@ -87,6 +87,39 @@ def _nchw_copies(module):
         module.to_torch_layout, module.to_keras_layout = to_torch, to_keras
 
 
+def layout_comparison(rounds: int, repeats: int = 5) -> dict:
+    """The convnet's forward and backward alone (batch 128, training mode, no optimizer), native
+    forward with channels-last views against contiguous NCHW copies, interleaved per round."""
+    from hpctrain.keras import native_forward
+    from hpctrain.keras.module import KerasModule
+
+    workload = WORKLOADS["convnet"]
+    tf, Sequential, layers, ops, _Adam, _Callback = import_frontend("hpctrain")
+    module = KerasModule(build_model(workload, Sequential, layers, ops)).train()
+    x = torch.from_numpy(make_dataset(dataclasses.replace(workload, num_samples=workload.batch_size))[0])
+
+    def step():
+        start = time.perf_counter()
+        for _ in range(repeats):
+            module(x).sum().backward()
+        return (time.perf_counter() - start) / repeats * 1e3
+
+    def with_copies():
+        with _nchw_copies(native_forward):
+            return step()
+
+    KerasModule.uses_native_forward = True
+    times = {"channels_last_views": [], "nchw_copies": []}
+    step(), with_copies()  # warm-up
+    for _ in range(rounds):
+        times["channels_last_views"].append(step())
+        times["nchw_copies"].append(with_copies())
+    return {"median_ms_forward_backward": {k: statistics.median(v) for k, v in times.items()},
+            "median_ratio_copies/views": statistics.median(c / v for c, v in zip(times["nchw_copies"],
+                                                                                  times["channels_last_views"])),
+            "ms_forward_backward": times}
+
+
 def torch_variant(workload, samples):
     x, labels, _ = make_dataset(workload)
     x, labels = torch.from_numpy(x[:samples]), torch.from_numpy(labels[:samples])
@@ -135,6 +168,8 @@ def main() -> None:
     results = {"torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
                "models": [measure(name, args.rounds) for name in args.models]}
     results["torch_threads_after"] = torch.get_num_threads()
+    if "convnet" in args.models:
+        results["convnet_layouts"] = layout_comparison(3 * args.rounds)
     text = json.dumps(results, indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -142,6 +177,10 @@ def main() -> None:
     for model in results["models"]:
         print(model["model"], {k: round(v, 2) for k, v in model["median_ms_per_step"].items()},
               {k: round(v, 2) for k, v in model["median_ratio"].items()})
+    if "convnet_layouts" in results:
+        layouts = results["convnet_layouts"]
+        print("convnet forward+backward", {k: round(v, 2) for k, v in layouts["median_ms_forward_backward"].items()},
+              "copies/views", round(layouts["median_ratio_copies/views"], 3))
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def _block_with_inner_dropout_class():
 def _strided_same():
     return [layers.Input((13, 13, 3)), layers.Conv2D(8, 4, strides=2, padding="same"), layers.ReLU(),
             layers.AveragePooling2D(3, strides=2, padding="same"),
-            layers.Conv2D(6, 3, padding="same", dilation_rate=2, activation="tanh", use_bias=False),
+            layers.Conv2D(6, 3, padding="same", dilation_rate=2, groups=2, activation="tanh", use_bias=False),
             layers.MaxPooling2D(2, padding="same"), layers.GlobalMaxPooling2D(keepdims=True),
             layers.Reshape((6,)), layers.Dense(5, activation="softmax")]
 
