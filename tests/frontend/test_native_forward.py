@@ -183,3 +183,18 @@ def test_models_that_make_masks_or_take_other_inputs_keep_keras_call():
     assert native.takes(torch.zeros(3, 6, 4))
     assert not native.takes(torch.zeros(3, 6, 4, dtype=torch.float64))
     assert not native.takes(torch.zeros(3, 7, 4))  # Keras's call reports the wrong shape itself
+
+
+def test_regression_with_the_engine_mse_kernel_equals_keras():
+    def build():
+        model = keras.Sequential([layers.Input((20, 5)), layers.Conv1D(6, 3, activation="relu"),
+                                  layers.GlobalMaxPooling1D(), layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+        return model
+
+    x, _ = _images((20, 5))
+    y = x[:, :, 0].sum(axis=1, keepdims=True)
+    (ours, history), (reference, reference_history) = twin_fits(build, x, y, epochs=2, batch_size=16)
+    assert max_difference(ours.get_weights(), reference.get_weights()) < 1e-5
+    for key in ("loss", "mae"):
+        np.testing.assert_allclose(history.history[key], reference_history.history[key], rtol=1e-5)
