@@ -12,8 +12,8 @@ Layout: image activations between known layers keep torch's NCHW logical shape w
 memory, which is Keras's NHWC memory order, so entering and leaving that layout (``permute``) is a
 view, never a copy; torch's CPU conv and pooling kernels take channels-last directly. Measured on
 the Keras MNIST convnet (batch 128, forward and backward, 1 thread, a shared 2-core AVX-512 Xeon,
-interleaved rounds; benchmarks/bench_native_forward.py): 75.9 ms with these views against 76.5 ms
-with contiguous NCHW copies at each move (median ratio 0.98-1.03 over runs: the copies are lost in
+interleaved rounds; benchmarks/bench_native_forward.py): 53.1 ms with these views against 52.7 ms
+with contiguous NCHW copies at each move (median ratios 0.98-1.03 over runs: the copies are lost in
 the convolutions' time here), so the views are kept: they allocate nothing.
 
 A model qualifies when no layer makes a Keras mask (masks would ride on the tensors the native ops
