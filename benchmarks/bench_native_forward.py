@@ -94,7 +94,7 @@ def layout_comparison(rounds: int, repeats: int = 5) -> dict:
     from hpctrain.keras.module import KerasModule
 
     workload = WORKLOADS["convnet"]
-    tf, Sequential, layers, ops, _Adam, _Callback = import_frontend("hpctrain")
+    _tf, Sequential, layers, ops, _Adam, _Callback = import_frontend("hpctrain")
     module = KerasModule(build_model(workload, Sequential, layers, ops)).train()
     x = torch.from_numpy(make_dataset(dataclasses.replace(workload, num_samples=workload.batch_size))[0])
 

@@ -129,14 +129,16 @@ class Convolution:
         return z if self.activation is None else self.activation(z)
 
 
+_POOLING_OPS = {("max", 1): F.max_pool1d, ("max", 2): F.max_pool2d,
+                ("average", 1): F.avg_pool1d, ("average", 2): F.avg_pool2d}
+
+
 class Pooling:
     layout = TORCH_LAYOUT
-    _OPS = {("max", 1): F.max_pool1d, ("max", 2): F.max_pool2d,
-            ("average", 1): F.avg_pool1d, ("average", 2): F.avg_pool2d}
 
     def __init__(self, layer):
         self.layer = layer
-        self.op = self._OPS[(layer.pool_mode, len(layer.pool_size))]
+        self.op = _POOLING_OPS[(layer.pool_mode, len(layer.pool_size))]
         # Keras's torch average pool leaves the padding out of each mean.
         self.options = {} if layer.pool_mode == "max" else {"count_include_pad": False}
 
