@@ -6,6 +6,7 @@ import keras
 import torch
 
 from hpctrain.keras import translate
+from hpctrain.keras.native_forward import native_forward
 
 
 class KerasModule(torch.nn.Module):
@@ -14,17 +15,38 @@ class KerasModule(torch.nn.Module):
     ``logits=True`` (a Sequential whose last Dense ends in softmax/sigmoid, trained with the
     matching cross-entropy) returns that layer's output before its activation; the engine then
     applies the activation for ``predict`` and for metrics that read probabilities.
+
+    Where the model qualifies, the call runs as torch ops on the layers' variables
+    (:mod:`hpctrain.keras.native_forward`): the same numbers without Keras's per-layer call
+    machinery and its NHWC/NCHW copies.
     """
+
+    # Class-wide so that a benchmark can time Keras's own call against the native one.
+    uses_native_forward = True
 
     def __init__(self, model, *, logits: bool = False):
         super().__init__()
         self.keras_model = model
         self.logits = logits
+        self._native = None  # (layers it was made for, NativeForward or None)
 
     def forward(self, x):
         if isinstance(x, (list, tuple)) and len(x) == 1:
             x = x[0]
         x = self._rows_as_the_model_takes_them(x)
+        native = self._native_forward() if self.uses_native_forward else None
+        if native is not None and native.takes(x):
+            return native(x, self.training)
+        return self._keras_forward(x)
+
+    def _native_forward(self):
+        """Made once per set of layers: a layer added after compiling makes it again."""
+        layers = tuple(self.keras_model.layers) if isinstance(self.keras_model, keras.Sequential) else ()
+        if self._native is None or self._native[0] != layers:
+            self._native = layers, native_forward(self.keras_model, logits=self.logits)
+        return self._native[1]
+
+    def _keras_forward(self, x):
         if not self.logits:
             return self.keras_model(x, training=self.training)
         *body, last = self.keras_model.layers

@@ -20,6 +20,7 @@ from hpctrain.hardware import make_plan
 from hpctrain.keras import metric_state, optimizer_map, shuffle_order, translate
 from hpctrain.keras.callback_bridge import RateReader, StateWriter, UserVerbose, adapt_callbacks, watches
 from hpctrain.keras.module import KerasModule
+from hpctrain.keras.native_forward import native_forward
 from hpctrain.keras.progress_bridge import ProgressBars
 from hpctrain.keras.replicas import gather_shards
 
@@ -52,7 +53,8 @@ class KerasSession:
         config = model._hpctrain_compile
         loss = translate.engine_loss(config["loss"])
         fold = translate.foldable_output_activation(model, loss)
-        if translate.static_layers(model, fold_last_activation=bool(fold)) is None:
+        if (translate.static_layers(model, fold_last_activation=bool(fold)) is None
+                and not (KerasModule.uses_native_forward and native_forward(model, logits=bool(fold)))):
             # Autograd runs Keras's forward; Keras's own loss object then keeps its exact rounding.
             loss, fold = None, None
         if loss is None:
