@@ -68,8 +68,9 @@ def load_rank(out, schedule, rank):
         return np.load(f"{out}.{schedule}.rank{rank}.npz"), json.load(f)
 
 
-@pytest.mark.parametrize("stages, replicas, microbatches, schedules", [
-    (2, 1, 4, ("gpipe", "1f1b")), (3, 1, 4, ("gpipe", "1f1b")), (2, 2, 2, ("1f1b",))])
+# Two stages (both schedules) and 2 stages x 2 replicas run the same schedule and executor for a
+# Keras model in tests/distribute/test_keras_pipeline.py; the native module here takes three stages.
+@pytest.mark.parametrize("stages, replicas, microbatches, schedules", [(3, 1, 4, ("gpipe", "1f1b"))])
 def test_launched_stages_train_as_one_process(tmp_path, reference, stages, replicas, microbatches, schedules):
     out = run_launched(tmp_path, stages, replicas, microbatches, schedules)
     for schedule in schedules:
