@@ -28,23 +28,30 @@ class KerasModule(torch.nn.Module):
         super().__init__()
         self.keras_model = model
         self.logits = logits
-        self._native = None  # (layers it was made for, NativeForward or None)
+        # (layers it was made for, NativeForward or None, the input row shape where the first layer
+        # only flattens rows, else None)
+        self._made_for = None
 
     def forward(self, x):
         if isinstance(x, (list, tuple)) and len(x) == 1:
             x = x[0]
-        x = self._rows_as_the_model_takes_them(x)
-        native = self._native_forward() if self.uses_native_forward else None
-        if native is not None and native.takes(x):
+        _, native, row_shape = self._per_layers()
+        if row_shape is not None and isinstance(x, torch.Tensor) and x.dim() == 2:
+            # Rows the static step took flattened (a training batch replayed to find a
+            # non-finite output), back in the shape of the model's input.
+            x = x.reshape(len(x), *row_shape)
+        if native is not None and self.uses_native_forward and native.takes(x):
             return native(x, self.training)
         return self._keras_forward(x)
 
-    def _native_forward(self):
+    def _per_layers(self):
         """Made once per set of layers: a layer added after compiling makes it again."""
         layers = tuple(self.keras_model.layers) if isinstance(self.keras_model, keras.Sequential) else ()
-        if self._native is None or self._native[0] != layers:
-            self._native = layers, native_forward(self.keras_model, logits=self.logits)
-        return self._native[1]
+        if self._made_for is None or self._made_for[0] != layers:
+            row_shape = self._input_row_shape() if self.flattens_rows() else ()
+            self._made_for = (layers, native_forward(self.keras_model, logits=self.logits),
+                              row_shape if len(row_shape) > 1 else None)
+        return self._made_for
 
     def _keras_forward(self, x):
         if not self.logits:
@@ -100,13 +107,11 @@ class KerasModule(torch.nn.Module):
         return [v.value for v in self.keras_model.non_trainable_variables
                 if v.value.is_floating_point() and "moving" in v.path]
 
-    def _rows_as_the_model_takes_them(self, x):
-        """Rows the static step took flattened (a training batch replayed to find a non-finite
-        output) back in the shape of the model's input."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or not self.flattens_rows():
-            return x
-        row_shape = tuple(self.keras_model.inputs[0].shape[1:])
-        return x.reshape(len(x), *row_shape) if len(row_shape) > 1 else x
+    def _input_row_shape(self) -> tuple:
+        try:
+            return tuple(self.keras_model.inputs[0].shape[1:])
+        except (AttributeError, ValueError, IndexError):  # not built yet: no input to flatten for
+            return ()
 
     def flattens_rows(self) -> bool:
         """Whether the model is a Sequential whose first layer only flattens each input row: the
