@@ -88,9 +88,12 @@ CASES = {
     "tf-beginner-flatten": (_compiled(lambda: [layers.Flatten(input_shape=(28, 28)), layers.Dense(32, activation="relu"),
                                                layers.Dropout(0.2), layers.Dense(10)],
                                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                                      run_eagerly=True),  # on autograd: the static step draws its own dropout
+                                      run_eagerly=True),  # on autograd, with the native forward
                             (28, 28), 10),
 }
+# Models whose unseeded Dropout the native forward runs with the engine's mask: the reference
+# fit (Keras's own) draws that mask too.
+ENGINE_MASK_CASES = {"convnet-dropout-categorical", "tf-beginner-flatten"}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -100,7 +103,8 @@ def test_fit_and_predict_equal_keras(case):
     if "categorical" in case:
         y = np.eye(classes, dtype="float32")[y]
     assert nf.native_forward(build()) is not None
-    (ours, history), (reference, reference_history) = twin_fits(build, x, y, epochs=2, batch_size=16)
+    (ours, history), (reference, reference_history) = twin_fits(
+        build, x, y, epochs=2, batch_size=16, engine_mask=case in ENGINE_MASK_CASES)
     assert max_difference(ours.get_weights(), reference.get_weights()) < 1e-5
     assert max_difference(optimizer_values(ours), optimizer_values(reference)) < 1e-5
     np.testing.assert_allclose(history.history["loss"], reference_history.history["loss"], rtol=1e-5)
@@ -120,8 +124,75 @@ def test_known_layers_run_natively_and_others_through_keras():
     model = _compiled(_convnet(dropout=True))()
     steps = nf.native_forward(model).steps
     assert [type(step).__name__ for step in steps] == [
-        "Convolution", "Pooling", "Convolution", "Pooling", "Reshape", "KerasCall", "Dense"]
-    assert steps[5].layer is model.layers[5]  # Dropout: Keras's call keeps its seed stream
+        "Convolution", "Pooling", "Elementwise", "Convolution", "Pooling", "Elementwise", "Reshape", "Dropout", "Dense"]
+    assert steps[0].activation is None and steps[2].function is torch.relu_  # ReLU moved after the pooling
+
+
+def _penalized_leaf_class():
+    class PenalizedScale(layers.Layer):  # add_loss in call, and a training argument
+        def build(self, input_shape):
+            self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="scale")
+
+        def call(self, inputs, training=None):
+            self.add_loss(1e-2 * keras.ops.sum(keras.ops.square(self.scale)))
+            return inputs * self.scale if training else inputs * self.scale * 1.0
+
+    return PenalizedScale
+
+
+def _masked_leaf_class():
+    class TakesMask(layers.Layer):
+        def call(self, inputs, mask=None):
+            return inputs * 2.0
+
+    return TakesMask
+
+
+def test_user_leaf_layers_are_called_at_their_call_and_keep_their_add_loss():
+    PenalizedScale, TakesMask, ResidualDense = _penalized_leaf_class(), _masked_leaf_class(), _residual_dense_class()
+    build = _compiled(lambda: [layers.Input((24,)), layers.Dense(16, activation="relu"), PenalizedScale(),
+                               ResidualDense(), TakesMask(), _block_with_inner_dropout_class()(),
+                               layers.Dense(4, activation="softmax")])
+    kinds = [type(step).__name__ for step in nf.native_forward(build()).steps]
+    # A mask argument or sublayers (the block's Dropout reads the call context) keep Keras's __call__.
+    assert kinds == ["Dense", "DirectCall", "DirectCall", "KerasCall", "KerasCall", "Dense"]
+    x, y = _images((24,), 4)
+    (ours, history), (reference, reference_history) = twin_fits(build, x, y, epochs=2, batch_size=16)
+    assert max_difference(ours.get_weights(), reference.get_weights()) < 1e-5
+    # The add_loss term counts once per step, as under Keras's __call__, not once per step so far.
+    np.testing.assert_allclose(history.history["loss"], reference_history.history["loss"], rtol=1e-5)
+    assert len(ours.losses) == 1
+
+
+def test_a_direct_call_given_another_dtype_goes_through_keras_call():
+    layer = _residual_dense_class()()
+    model = keras.Sequential([layers.Input((6,)), layers.Dense(6), layer])
+    step = nf.native_forward(model).steps[1]
+    assert isinstance(step, nf.DirectCall)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    assert step(x, training=False).dtype == torch.float32  # Keras's __call__ converted the input
+
+
+def test_seeded_dropout_keeps_keras_call_and_stream():
+    build = _compiled(lambda: [layers.Input((24,)), layers.Dense(16, activation="relu"), layers.Dropout(0.4, seed=3),
+                               layers.Dense(4, activation="softmax")])
+    steps = nf.native_forward(build()).steps
+    assert [type(step).__name__ for step in steps] == ["Dense", "KerasCall", "Dense"]
+    x, y = _images((24,), 4)
+    (ours, _), (reference, _) = twin_fits(build, x, y, epochs=2, batch_size=16)
+    assert "static" not in ours._hpctrain_session.plan.executor  # nor does the static step draw it
+    assert max_difference(ours.get_weights(), reference.get_weights()) < 1e-5
+
+
+def test_engine_mask_keeps_each_value_with_probability_one_minus_rate():
+    model = keras.Sequential([layers.Input((4000,)), layers.Dropout(0.3), layers.Dense(1)])
+    step = nf.native_forward(model).steps[0]
+    x = torch.ones(50, 4000)
+    dropped = step(x, training=True)
+    kept = dropped != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005  # 200,000 draws: 5 standard deviations is 0.005
+    assert torch.allclose(dropped[kept], torch.tensor(1 / 0.7))
+    assert step(x, training=False) is x
 
 
 @pytest.mark.parametrize("training", [False, True])

@@ -1,8 +1,10 @@
 import contextlib
 
 import numpy as np
+import torch
 import hpctrain.keras as hk
 from hpctrain import keras
+from hpctrain.engine.dropout import dropout as engine_dropout
 
 
 @contextlib.contextmanager
@@ -30,13 +32,30 @@ def classification_data():
     return x, y
 
 
-def twin_fits(build, x, y, **fit_arguments):
-    """The same model (same seed) fitted by hpctrain's engine and by Keras's own loop."""
+@contextlib.contextmanager
+def engine_dropout_mask():
+    """Keras's unseeded dropout (``F.dropout``) drawing the engine's mask, as the native forward
+    does, so that a reference run drops the same values."""
+    original = torch.nn.functional.dropout
+
+    def same_mask(input, p=0.5, training=True, inplace=False):
+        return engine_dropout(input, p) if training else input
+
+    torch.nn.functional.dropout = same_mask
+    try:
+        yield
+    finally:
+        torch.nn.functional.dropout = original
+
+
+def twin_fits(build, x, y, *, engine_mask=False, **fit_arguments):
+    """The same model (same seed) fitted by hpctrain's engine and by Keras's own loop;
+    ``engine_mask``: Keras's unseeded dropout in the reference draws the engine's mask."""
     keras.utils.set_random_seed(7)
     ours = build()
     ours_history = ours.fit(x, y, verbose=0, shuffle=False, **fit_arguments)
     keras.utils.set_random_seed(7)
     reference = build()
-    with keras_own_loop():
+    with keras_own_loop(), engine_dropout_mask() if engine_mask else contextlib.nullcontext():
         reference_history = reference.fit(x, y, verbose=0, shuffle=False, **fit_arguments)
     return (ours, ours_history), (reference, reference_history)

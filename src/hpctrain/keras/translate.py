@@ -13,6 +13,7 @@ from keras.src.losses.losses import LossFunctionWrapper  # not exported by keras
 
 from hpctrain.engine import losses as engine_losses
 from hpctrain.engine.static_step import Activation, Dropout, Linear
+from hpctrain.keras.native_forward import draws_engine_mask
 
 _ACTIVATION_NAMES = {keras.activations.relu: "relu", keras.activations.tanh: "tanh",
                      keras.activations.sigmoid: "sigmoid", keras.activations.softmax: "softmax",
@@ -65,7 +66,9 @@ def _static_layer(layer, *, keep_activation: bool):
     if kind is keras.layers.Dense:
         return _dense(layer, keep_activation)
     if kind is keras.layers.Dropout:
-        return [Dropout(float(layer.rate))] if layer.rate else []
+        if not layer.rate:
+            return []
+        return [Dropout(float(layer.rate))] if draws_engine_mask(layer) else None
     if kind is keras.layers.Activation:
         name = activation_name(layer.activation)
         if name is False or name == "softmax" and keep_activation:
