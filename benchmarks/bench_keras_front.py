@@ -33,7 +33,6 @@ from machine import machine_info, package_version  # noqa: E402
 from reporting import finished, format_or_na, print_notes, write_json  # noqa: E402
 
 KERAS_STYLE = "impl_keras_style.py"
-DENSE = ("mlp", "residual")
 ALL_MODELS = ("mlp", "convnet", "residual")
 
 IMPLEMENTATIONS: tuple[Implementation, ...] = (
@@ -42,7 +41,8 @@ IMPLEMENTATIONS: tuple[Implementation, ...] = (
     Implementation("keras_torch", "project", KERAS_STYLE, ("--frontend", "keras_torch", "--name", "keras_torch"),
                    "keras", "the same Keras model, Keras 3 on torch, its own fit", ALL_MODELS),
     Implementation("gemm_limit", "project", "impl_gemm_limit.py", (), "torch",
-                   "only the step's matrix multiplies, each on the faster of MKL and oneDNN", DENSE),
+                   "only the step's matrix multiplies, each on the faster of MKL and oneDNN; for the convnet "
+                   "its convolutions and products (forward, backward, validation forward)", ALL_MODELS),
     Implementation("keras_tf", "tf", KERAS_STYLE, ("--frontend", "keras", "--name", "keras_tf"),
                    "tensorflow", "Keras 3 on TensorFlow, default fit", ALL_MODELS),
     Implementation("keras_tf_spe32", "tf", KERAS_STYLE,

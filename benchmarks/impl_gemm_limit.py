@@ -1,5 +1,8 @@
 """GEMM-only limit: just the matrix multiplies of the training steps, back to back.
 
+For the convnet workload, its convolutions and matrix products (``conv_limit.py``); the rest of
+this text is about the dense models.
+
 A lower bound for any implementation that computes the same dense layers with
 PyTorch's matrix multiplies on the same threads: per step and Linear layer i, with input a
 (B x in), weight W (in x out) and output gradient g (B x out),
@@ -24,7 +27,6 @@ counts, no copy does). ``--backend mkl`` (``gemm_limit_mkl``): ``torch.mm`` only
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import EpochClock, Workload, child_arg_parser, emit_result, selected_workload  # noqa: E402
-from torch_common import configure_torch, torch_details  # noqa: E402
+from conv_limit import convnet_schedule  # noqa: E402
+from torch_common import configure_torch, fastest_call, torch_details  # noqa: E402
 
 # (left operand, right operand, output buffer) of one torch.mm call.
 Gemm = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -103,26 +106,11 @@ def fastest_products(schedule: list[list[Gemm]]) -> list[list]:
         dnn = lambda: onednn(left, weight, None, "none", [], "")  # noqa: E731
         key = (left.shape, left.stride(), right.shape, right.stride())
         if key not in chosen:
-            chosen[key] = _faster(mkl, dnn)
+            chosen[key] = fastest_call(mkl, dnn)
         return mkl if chosen[key] == 0 else dnn
 
     steps = {}
     return [steps.setdefault(id(gemms), [choose(*gemm) for gemm in gemms]) for gemms in schedule]
-
-
-def _faster(*calls, rounds: int = 3, min_seconds: float = 0.01) -> int:
-    """Index of the call with the lowest time per call: each timed over at least ``min_seconds``
-    per round, the calls taking turns for ``rounds`` rounds, each keeping its best round."""
-    best = [float("inf")] * len(calls)
-    for _ in range(rounds):
-        for index, call in enumerate(calls):
-            call()
-            done, start = 0, time.perf_counter()
-            while time.perf_counter() - start < min_seconds:
-                call()
-                done += 1
-            best[index] = min(best[index], (time.perf_counter() - start) / done)
-    return best.index(min(best))
 
 
 def run_epoch_of_calls(schedule: list[list]) -> None:
@@ -143,6 +131,8 @@ def main() -> None:
     args = parser.parse_args()
     workload = selected_workload(args)
     threads = configure_torch()
+    if workload.model == "convnet":
+        return run_kernel_calls(args, workload, convnet_schedule(workload), threads)
     schedule = epoch_schedule(workload, allocate_operands(workload))
     calls = fastest_products(schedule) if args.backend == "fastest" else None
 
@@ -166,6 +156,16 @@ def main() -> None:
         gemm_flops_per_epoch=gemm_flops(schedule),
         **torch_details(threads),
     )
+
+
+def run_kernel_calls(args, workload: Workload, schedule: list[list], threads: int) -> None:
+    clock = EpochClock()
+    for _ in range(args.epochs):
+        clock.begin_epoch()
+        run_epoch_of_calls(schedule)
+        clock.end_epoch()
+    emit_result(args.name, workload, clock, None, None, kernel_calls_per_step=len(schedule[0]),
+                **torch_details(threads))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -80,3 +82,18 @@ def hpctrain_mlp(workload: Workload, plan=None):
     model.compile(optimizer=tf.keras.optimizers.Adam(workload.learning_rate), loss="categorical_crossentropy",
                   metrics=["accuracy"], plan=plan)
     return model
+
+
+def fastest_call(*calls, rounds: int = 3, min_seconds: float = 0.01) -> int:
+    """Index of the call with the lowest time per call: each timed over at least ``min_seconds``
+    per round, the calls taking turns for ``rounds`` rounds, each keeping its best round."""
+    best = [float("inf")] * len(calls)
+    for _ in range(rounds):
+        for index, call in enumerate(calls):
+            call()
+            done, start = 0, time.perf_counter()
+            while time.perf_counter() - start < min_seconds:
+                call()
+                done += 1
+            best[index] = min(best[index], (time.perf_counter() - start) / done)
+    return best.index(min(best))
