@@ -11,6 +11,9 @@ residual layers, batch 64). Each round trains one epoch per variant, the order r
   Keras's own loss object on the softmax output;
 - ``native``: the forward as torch ops (hpctrain.keras.native_forward), the last softmax folded into
   the engine's cross-entropy on the logits;
+- ``native_without_rewrites``: as ``native`` but without the native forward's rewrites: Dropout
+  through Keras's call (its ``bernoulli_`` mask), ReLU before max pooling, and user layers through
+  Keras's ``__call__`` rather than at their ``call``;
 - ``native_nchw_copies`` (convnet): as ``native`` but each move between Keras's NHWC and torch's NCHW
   makes a contiguous copy, the layout alternative the native forward does not take;
 - ``torch_handtuned``: impl_torch_handtuned.py's loop (channels-last model and images, fused Adam).
@@ -55,7 +58,7 @@ def keras_variants(workload, samples):
     x, y = x[:samples], y[:samples]
     timer = make_epoch_timer_class(Callback)()
 
-    def trained(native: bool):
+    def trained(native: bool, rewrites: bool = True):
         tf.keras.utils.set_random_seed(0)
         model = build_model(workload, Sequential, layers, ops)
         model.compile(optimizer=Adam(learning_rate=workload.learning_rate), loss="categorical_crossentropy",
@@ -63,14 +66,16 @@ def keras_variants(workload, samples):
 
         def epoch(copies: bool = False):
             KerasModule.uses_native_forward = native
-            with _nchw_copies(native_forward) if copies else contextlib.nullcontext():
+            with (_nchw_copies(native_forward) if copies else contextlib.nullcontext(),
+                  contextlib.nullcontext() if rewrites else _without_rewrites(native_forward)):
                 model.fit(x, y, epochs=1, batch_size=workload.batch_size, shuffle=True, verbose=0,
                           callbacks=[timer])
             return timer.clock.epoch_seconds[-1]
         return epoch
 
     native = trained(True)
-    variants = {"keras_call": trained(False), "native": native}
+    variants = {"keras_call": trained(False), "native": native,
+                "native_without_rewrites": trained(True, rewrites=False)}
     if workload.model == "convnet":
         variants["native_nchw_copies"] = lambda: native(copies=True)
     return variants
@@ -85,6 +90,19 @@ def _nchw_copies(module):
         yield
     finally:
         module.to_torch_layout, module.to_keras_layout = to_torch, to_keras
+
+
+@contextlib.contextmanager
+def _without_rewrites(module):
+    """The native forward as built before its rewrites (the forward is built at a model's first
+    fit, inside this context, and kept)."""
+    saved = module.pool_before_relu, module.draws_engine_mask, module.calls_directly
+    module.pool_before_relu = lambda steps: steps
+    module.draws_engine_mask = module.calls_directly = lambda layer: False
+    try:
+        yield
+    finally:
+        module.pool_before_relu, module.draws_engine_mask, module.calls_directly = saved
 
 
 def layout_comparison(rounds: int, repeats: int = 5) -> dict:
@@ -151,7 +169,7 @@ def measure(name: str, rounds: int) -> dict:
         for variant in names[round_index % len(names):] + names[:round_index % len(names)]:
             times[variant].append(variants[variant]() / steps * 1e3)
     ratios = {f"{a}/{b}": statistics.median(x / y for x, y in zip(times[a], times[b]))
-              for a, b in (("keras_call", "native"), ("native", "torch_handtuned"),
+              for a, b in (("keras_call", "native"), ("native_without_rewrites", "native"), ("native", "torch_handtuned"),
                            ("keras_call", "torch_handtuned"), ("native_nchw_copies", "native"))
               if a in times}
     return {"model": name, "batch_size": workload.batch_size, "steps_per_epoch": steps, "rounds": rounds,
