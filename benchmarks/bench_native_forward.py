@@ -12,8 +12,9 @@ residual layers, batch 64). Each round trains one epoch per variant, the order r
 - ``native``: the forward as torch ops (hpctrain.keras.native_forward), the last softmax folded into
   the engine's cross-entropy on the logits;
 - ``native_without_rewrites``: as ``native`` but without the native forward's rewrites: Dropout
-  through Keras's call (its ``bernoulli_`` mask), ReLU before max pooling, and user layers through
-  Keras's ``__call__`` rather than at their ``call``;
+  through Keras's call (its ``bernoulli_`` mask), ReLU before max pooling, ATen's max pooling
+  instead of hpctrain's 2x2 kernels, and user layers through Keras's ``__call__`` rather than at
+  their ``call``;
 - ``native_nchw_copies`` (convnet): as ``native`` but each move between Keras's NHWC and torch's NCHW
   makes a contiguous copy, the layout alternative the native forward does not take;
 - ``torch_handtuned``: impl_torch_handtuned.py's loop (channels-last model and images, fused Adam).
@@ -32,6 +33,7 @@ import json
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -96,13 +98,14 @@ def _nchw_copies(module):
 def _without_rewrites(module):
     """The native forward as built before its rewrites (the forward is built at a model's first
     fit, inside this context, and kept)."""
-    saved = module.pool_before_relu, module.draws_engine_mask, module.calls_directly
+    saved = module.pool_before_relu, module.draws_engine_mask, module.calls_directly, module.native
     module.pool_before_relu = lambda steps: steps
     module.draws_engine_mask = module.calls_directly = lambda layer: False
+    module.native = types.SimpleNamespace(kernels=lambda: None)
     try:
         yield
     finally:
-        module.pool_before_relu, module.draws_engine_mask, module.calls_directly = saved
+        module.pool_before_relu, module.draws_engine_mask, module.calls_directly, module.native = saved
 
 
 def layout_comparison(rounds: int, repeats: int = 5) -> dict:
@@ -178,6 +181,9 @@ def measure(name: str, rounds: int) -> dict:
 
 
 def main() -> None:
+    from hpctrain.engine import native
+
+    native.build()  # the library with the pooling kernels, as a user's later runs have it
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))

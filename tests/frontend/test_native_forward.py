@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hpctrain import keras
+from hpctrain.engine import native
 from hpctrain.keras import native_forward as nf
 from hpctrain.keras.module import KerasModule
 from twins import keras_own_loop, max_difference, optimizer_values, twin_fits
@@ -126,6 +127,8 @@ def test_known_layers_run_natively_and_others_through_keras():
     assert [type(step).__name__ for step in steps] == [
         "Convolution", "Pooling", "Elementwise", "Convolution", "Pooling", "Elementwise", "Reshape", "Dropout", "Dense"]
     assert steps[0].activation is None and steps[2].function is torch.relu_  # ReLU moved after the pooling
+    if native.kernels() is not None:  # the session built the native library where it can
+        assert steps[1].kernels is not None and steps[4].kernels is not None  # 2x2 pooling on its kernels
 
 
 def _penalized_leaf_class():

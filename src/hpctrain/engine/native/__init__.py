@@ -5,7 +5,8 @@ Python each call costs 1-2 us of interpreter time and argument parsing on top of
 a fifth of the seed step. ``step_loop.cpp`` runs the same calls, in the same order with the same
 arguments, for a run of batches per call from Python (bit-identical weights: tested); two of them,
 the Adam update and the non-finite check, are kernels of its own with the same results (the update
-flushes subnormals; see the file).
+flushes subnormals; see the file). ``pooling.cpp``, built into the same library, holds kernels
+the autograd path calls where they are faster than ATen's (:func:`kernels`).
 
 It is built by ``torch.utils.cpp_extension.load`` (the compiler flags and ABI of the installed
 PyTorch, its lock and its rebuild-when-changed) into ``native/`` in hpctrain's cache directory, in
@@ -33,6 +34,7 @@ import torch
 from hpctrain.engine.native import code as _code, compile_job
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "step_loop.cpp")
+SOURCES = [SOURCE, os.path.join(os.path.dirname(SOURCE), "pooling.cpp")]
 HEADER = "step_loop_opcodes.h"  # code.py's tables as C++, written into the build directory
 NAME = "hpctrain_step_loop"
 # Its AVX-512 kernels are built for any x86-64 CPU and run where ATen runs its AVX-512 build.
@@ -40,7 +42,7 @@ EXTRA_CFLAGS = ["-O2", "-ffp-contract=off", "-fopenmp", "-w"]  # fusing is expli
 EXTRA_LDFLAGS = ["-fopenmp"]
 
 _lock = threading.Lock()
-_state = {"op": None, "error": None, "warned": False}
+_state = {"op": None, "error": None, "warned": False, "looked": False, "asked": False}
 
 
 class StepLoopUnavailable(UserWarning):
@@ -109,6 +111,30 @@ def step_loop():
     if _state["error"]:
         _warn_once()
     return _state["op"]
+
+
+def kernels():
+    """``torch.ops.hpctrain_native`` where the library is built (loaded on first use), else ``None``
+    and, where it can be built, a build asked for after the fit (:func:`build_if_asked`). No
+    warning: a caller has ATen's op to fall back on. Looked for once per process."""
+    if not enabled():
+        return None
+    if _state["op"] is None and not _state["looked"]:
+        _state["looked"] = True
+        if unavailable_reason() is None and _failure() is None:
+            if _built():
+                _load()
+            else:
+                _state["asked"] = True
+    return torch.ops.hpctrain_native if _state["op"] is not None else None
+
+
+def build_if_asked() -> None:
+    """The background build, where :func:`kernels` found the library missing; called when a fit
+    ends, as for the step loop."""
+    if _state["asked"]:
+        _state["asked"] = False
+        build_in_background()
 
 
 def build_in_background() -> None:
@@ -292,7 +318,7 @@ def _write_header() -> None:
 
 def _load_arguments() -> dict:
     """``torch.utils.cpp_extension.load``'s arguments."""
-    return dict(name=NAME, sources=[SOURCE], extra_cflags=EXTRA_CFLAGS, extra_ldflags=EXTRA_LDFLAGS,
+    return dict(name=NAME, sources=SOURCES, extra_cflags=EXTRA_CFLAGS, extra_ldflags=EXTRA_LDFLAGS,
                 extra_include_paths=[build_dir()], build_directory=build_dir(), is_python_module=False,
                 verbose=False)
 
