@@ -8,15 +8,17 @@ Activation/ReLU) runs as the same torch op on ``variable.value`` (the torch Para
 updates in place, so nothing is copied); every other layer (BatchNormalization, custom layers, a
 Dropout with its own seed, ...) is called as Keras calls it, ``layer(x, training=...)``.
 
-Two rewrites that change no value:
+Rewrites of what runs (benchmarks/bench_native_forward.py times the model without them):
 - An unseeded Dropout draws its mask as the engine does (``engine.dropout``: a uniform sample
   compared to the rate, from torch's global generator as Keras's unseeded dropout): the same
-  keep probability, about 4x cheaper than ``bernoulli_`` (2.9 ms a step on the MNIST convnet).
-  The mask is drawn in another way than Keras's own, so a fit differs from Keras's own fit by
-  which values are dropped; a seeded Dropout keeps Keras's call and stream.
+  keep probability at about a third of ``bernoulli_``'s cost (0.9 against 2.9 ms a step on the
+  MNIST convnet under the profiler). The mask is drawn in another way than Keras's own, so a fit
+  drops other values than Keras's own fit; a seeded Dropout keeps Keras's call and stream.
 - A convolution with ReLU followed by max pooling pools first: max and ReLU commute (ReLU is
   monotone), so the values and the gradients are the same, and the ReLU and its backward pass
-  touch a quarter of the values (about 5 ms a step on the MNIST convnet).
+  touch a quarter of the values (3.4 ms a step on the MNIST convnet before, ~0.4 after).
+- 2x2 max pooling runs on hpctrain's own kernels where the native library is built
+  (:class:`MaxPool2x2`), and a user's leaf layer is called at its ``call`` (:class:`DirectCall`).
 
 Layout: image activations between known layers keep torch's NCHW logical shape with channels-last
 memory, which is Keras's NHWC memory order, so entering and leaving that layout (``permute``) is a
@@ -94,7 +96,8 @@ class DirectCall:
     Around ``call``, Keras's ``__call__`` converts inputs, opens a call context and a name scope,
     and records masks: for a built float32 layer given a float32 tensor, without masks, sublayers
     or rematerialization, none of it changes the result, and it costs about as much again as the
-    call (measured on the benchmarks' residual layer: 255 us a call against 118 us for ``call``).
+    call (the benchmarks' residual layer: 241 us a call against 118 us for ``call``;
+    benchmarks/bench_layer_call.py).
     What it does that matters is kept: an entry layer's ``add_loss`` terms are cleared at each
     call, and any other input (another dtype, under autocast) goes through ``__call__``."""
 
@@ -189,7 +192,8 @@ _POOLING_OPS = {("max", 1): F.max_pool1d, ("max", 2): F.max_pool2d,
 
 class MaxPool2x2(torch.autograd.Function):
     """2x2 max pooling, stride 2, on channels-last float32 images by hpctrain's own kernels
-    (engine/native/pooling.cpp): ATen's values and gradients, about 3x faster each way."""
+    (engine/native/pooling.cpp): ATen's values and gradients, at about half its time
+    (benchmarks/results/keras_models_profile.txt)."""
 
     @staticmethod
     def forward(ctx, x, kernels):
