@@ -2,17 +2,21 @@
 compute, computed in one process (the reference for the replica tests).
 
 The replicas' definition, followed step by step: every replica continues the fitting process's torch
-RNG (so each draws its own dropout masks, from its own copy of that stream, for its own rows); takes
+RNG (so each draws its own dropout masks, from its own copy of that stream, for its own rows, as
+the engine draws them: hpctrain's native forward runs an unseeded Dropout with the engine's mask); takes
 a contiguous share of every global batch; weights its mean loss by its share of the batch; the
 gradients are summed over the replicas and every replica applies the same update. Batch
 normalization normalizes each replica's rows by their own statistics and its moving statistics
 follow that replica's rows; at each epoch's end they become their mean over the replicas.
 """
 
+from unittest import mock
+
 import numpy as np
 import torch
 
 from hpctrain import keras
+from hpctrain.engine.dropout import dropout as engine_dropout
 
 ROWS, FEATURES, CLASSES = 99, 12, 3  # the last global batch of 3 rows splits into 1 and 2
 BATCH, EPOCHS, WORLD = 32, 2, 2
@@ -43,8 +47,18 @@ def trainable_weights(model) -> list[np.ndarray]:
     return [v.numpy() for v in model.trainable_variables]
 
 
+def _engine_mask(input, p=0.5, training=True, inplace=False):
+    """Keras's unseeded dropout (``F.dropout``) drawing the engine's mask, as the replicas do."""
+    return engine_dropout(input, p) if training else input
+
+
 def reference_fit(model, x, y) -> None:
     """``model`` trained as WORLD replicas train it, in this process, with Keras's own loss and optimizer."""
+    with mock.patch("torch.nn.functional.dropout", _engine_mask):
+        _reference_fit(model, x, y)
+
+
+def _reference_fit(model, x, y) -> None:
     statistics = [v for v in model.non_trainable_variables if "moving" in v.path]
     variables = model.trainable_variables
     streams = [torch.get_rng_state() for _ in range(WORLD)]
