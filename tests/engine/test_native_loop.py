@@ -14,7 +14,7 @@ pytestmark = pytest.mark.native_loop
 
 
 def _step_loop_line(trainer) -> str:
-    return next(line for line in trainer.plan.explain().splitlines() if line.startswith("step_loop"))
+    return next((line for line in trainer.plan.explain().splitlines() if line.startswith("step_loop")), "")
 
 
 def _fit(monkeypatch, use_loop, make_net, loss, x, y, *, optimizer="adam", epochs=2, batch_size=16, shuffle=True,
@@ -47,6 +47,29 @@ def _mlp(*middle, features=9, hidden=12, outputs=4):
     return lambda: torch.nn.Sequential(torch.nn.Linear(features, hidden), *middle, torch.nn.Linear(hidden, outputs))
 
 
+class _ResidualNet(torch.nn.Module):
+    """``relu(first x)``, then ``h + relu(branch h)``, then ``last``: told to the engine as static layers."""
+
+    def __init__(self, features=9, hidden=12, outputs=4):
+        super().__init__()
+        self.first = torch.nn.Linear(features, hidden)
+        self.branch = torch.nn.Linear(hidden, hidden)
+        self.last = torch.nn.Linear(hidden, outputs)
+
+    def forward(self, x):
+        h = torch.relu(self.first(x))
+        return self.last(h + torch.relu(self.branch(h)))
+
+    def static_layers(self):
+        from hpctrain.engine.static_layers import Activation, Linear, ResidualAdd, ResidualStart
+
+        def linear(layer):
+            return Linear(layer.weight, layer.bias, transposed=True)
+
+        return [linear(self.first), Activation("relu"), ResidualStart(), linear(self.branch), Activation("relu"),
+                ResidualAdd(), linear(self.last)]
+
+
 CASES = {  # model, loss, targets
     "relu_sparse_ce": (_mlp(torch.nn.ReLU()), CrossEntropy(sparse=True, from_logits=True), "labels"),
     "tanh_sigmoid_mse": (lambda: torch.nn.Sequential(torch.nn.Linear(9, 12), torch.nn.Tanh(), torch.nn.Linear(12, 6),
@@ -55,6 +78,7 @@ CASES = {  # model, loss, targets
     "mae": (_mlp(torch.nn.ReLU(), hidden=5, outputs=3), MeanAbsoluteError(), "values"),
     "binary_ce": (_mlp(torch.nn.ReLU(), hidden=8, outputs=1), BinaryCrossentropy(from_logits=True), "binary"),
     "one_hot_ce": (_mlp(torch.nn.ReLU(), hidden=8), CrossEntropy(sparse=False, from_logits=True), "one_hot"),
+    "residual_ce": (_ResidualNet, CrossEntropy(sparse=True, from_logits=True), "labels"),
 }
 
 
@@ -123,6 +147,20 @@ def test_loop_equals_a_plain_pytorch_training_loop(monkeypatch, rng):
     for got, expected in zip(weights, reference.parameters(), strict=True):
         torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-5)
     assert history["loss"][1] < history["loss"][0]
+
+
+def test_a_residual_branch_in_the_loop_equals_autograd(monkeypatch, rng):
+    """The static layers' residual sum and its backward, on the C++ loop, give autograd's weights."""
+    x, y = rng.normal(size=(100, 9)).astype("float32"), rng.integers(0, 4, size=100)
+    loss = CrossEntropy(sparse=True, from_logits=True)
+    loop, history, step_loop = _fit(monkeypatch, True, _ResidualNet, loss, x, y)
+    assert step_loop.startswith("step_loop: C++"), step_loop
+    monkeypatch.setattr(_ResidualNet, "static_layers", lambda self: None)  # no static layers: autograd
+    reference, reference_history, step_loop = _fit(monkeypatch, False, _ResidualNet, loss, x, y)
+    assert step_loop == ""  # autograd: no step loop
+    for got, expected in zip(loop, reference, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(history["loss"], reference_history["loss"], rtol=1e-5)
 
 
 class _EveryBatch(Callback):

@@ -1,7 +1,7 @@
 """The layers the static executor understands, and the loss gradients it computes in closed form.
 
-A model whose layers read as these primitives (linear layers, element-wise activations, dropout)
-and whose loss has a closed-form gradient at the logits trains on the static step
+A model whose layers read as these primitives (linear layers, element-wise activations, dropout,
+residual branches around them) and whose loss has a closed-form gradient at the logits trains on the static step
 (:mod:`hpctrain.engine.static_step`).
 """
 
@@ -62,6 +62,16 @@ class Dropout:
     torch_mask: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class ResidualStart:
+    """Where a residual branch begins: its input is kept, to be added to the branch's output."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualAdd:
+    """The branch's output plus the input kept by the innermost open :class:`ResidualStart`."""
+
+
 # In-place forward, and backward from the activation's *output*, so z need not be kept.
 # The backward overwrites the incoming gradient buffer: it is not read again, and no allocation.
 ACTIVATIONS = {
@@ -114,7 +124,26 @@ def why_not_static(module, loss: Loss) -> str | None:
         return f"the loss {loss.name} has no closed-form gradient here"
     if not isinstance(layers[0], Linear):
         return "the model does not start with a linear layer"
-    return None
+    return _why_residuals_not_static(layers)
+
+
+def _why_residuals_not_static(layers) -> str | None:
+    """Each residual branch must start with a linear layer (an in-place activation there would
+    overwrite the input kept for the sum) and keep its input's width (no broadcast in the sum)."""
+    kept, width = [], layers[0].kernel().shape[0]
+    for index, layer in enumerate(layers):
+        if isinstance(layer, Linear):
+            width = layer.out_features
+        elif isinstance(layer, ResidualStart):
+            if not isinstance(layers[index + 1], Linear):
+                return "a residual branch does not start with a linear layer"
+            kept.append(width)
+        elif isinstance(layer, ResidualAdd):
+            if not kept:
+                return "a residual sum has no branch start"
+            if kept.pop() != width:
+                return "a residual branch changes its input's width"
+    return "a residual branch is not closed" if kept else None
 
 
 # ---- the loss gradient at the logits ---------------------------------------------------------

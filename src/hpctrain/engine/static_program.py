@@ -9,14 +9,14 @@ import torch
 
 from hpctrain.engine.flat import flat_view
 from hpctrain.engine.native import code as native_code
-from hpctrain.engine.static_layers import _NATIVE_LOSS_KINDS, Linear
+from hpctrain.engine.static_layers import _NATIVE_LOSS_KINDS, Linear, ResidualAdd
 from hpctrain.hardware import gemm
 from hpctrain.hardware.gemm import ONEDNN_MIN_MACS
 
 if TYPE_CHECKING:
     from hpctrain.engine.static_step import StaticStep
 
-LINEAR, ACTIVATION, DROPOUT = 0, 1, 2
+LINEAR, ACTIVATION, DROPOUT, RESIDUAL_START, RESIDUAL_ADD = 0, 1, 2, 3, 4
 
 
 class _LinearParts:
@@ -62,17 +62,32 @@ class _LinearParts:
 
 
 def _folded_linears(kinds, parts) -> set[int]:
-    """Linear layers whose input is a buffer of the step's own with only in-place activations
-    between: that buffer can carry the ones column. The first layer's input is the batch itself."""
+    """Linear layers whose input is a buffer of the step's own (a linear layer's output or a
+    residual sum) with only in-place activations between: that buffer can carry the ones column.
+    The first layer's input is the batch itself."""
     folded, previous = set(), None
     for index, kind in enumerate(kinds):
         if kind == LINEAR:
             if previous is not None and parts[index].foldable:
                 folded.add(index)
             previous = index
+        elif kind == RESIDUAL_ADD:
+            previous = index
         elif kind == DROPOUT and parts[index].rate:
             previous = None  # dropout writes a new tensor
     return folded
+
+
+def previous_producers(kinds) -> dict[int, int]:
+    """``{linear layer: the layer before it that wrote its input's buffer}`` (a linear layer or a
+    residual sum); the backward writes the gradient for that input into that layer's buffer."""
+    producers, last = {}, None
+    for index, kind in enumerate(kinds):
+        if kind == LINEAR and last is not None:
+            producers[index] = last
+        if kind in (LINEAR, RESIDUAL_ADD):
+            last = index
+    return producers
 
 
 class _BatchBuffers:
@@ -80,17 +95,23 @@ class _BatchBuffers:
 
     def __init__(self, layers, rows: int, device: torch.device, with_ones_column=()):
         self.rows = rows
-        self.outputs, self.augmented = [], {}
+        self.outputs, self.augmented, self.grads, self.branch_grads = [], {}, [], {}
+        width = None
         for index, layer in enumerate(layers):
-            if not isinstance(layer, Linear):
+            if isinstance(layer, Linear):
+                width = layer.out_features
+            elif not isinstance(layer, ResidualAdd):
                 self.outputs.append(None)
-            elif index in with_ones_column:
-                self.augmented[index] = torch.ones(rows, layer.out_features + 1, device=device)
-                self.outputs.append(self.augmented[index][:, :layer.out_features])
+                self.grads.append(None)
+                continue
+            if index in with_ones_column:
+                self.augmented[index] = torch.ones(rows, width + 1, device=device)
+                self.outputs.append(self.augmented[index][:, :width])
             else:
-                self.outputs.append(torch.empty(rows, layer.out_features, device=device))
-        self.grads = [torch.empty(rows, layer.out_features, device=device) if isinstance(layer, Linear) else None
-                      for layer in layers]
+                self.outputs.append(torch.empty(rows, width, device=device))
+            self.grads.append(torch.empty(rows, width, device=device))
+            if isinstance(layer, ResidualAdd):  # the branch's copy of the sum's gradient
+                self.branch_grads[index] = torch.empty(rows, width, device=device)
         self.minus_ones = torch.full((rows, 1), -1.0, device=device)
         self.ones = torch.ones(rows, device=device)  # bias gradients as a GEMV: sum and scale in one call
 
@@ -106,7 +127,7 @@ class _ProgramWriter:
     def __init__(self, step: StaticStep, buffers: _BatchBuffers, input_with_ones: bool):
         self.step, self.buffers, self.input_with_ones = step, buffers, input_with_ones
         self.onednn = gemm.large_product_linear() if step.device.type == "cpu" else None
-        self.names = {"mm": torch.mm, "addmm": torch.addmm, "addmv": torch.addmv, "mul": torch.mul,
+        self.names = {"mm": torch.mm, "addmm": torch.addmm, "addmv": torch.addmv, "mul": torch.mul, "add": torch.add,
                       "onednn": self.onednn, "output_gradient": step.output_gradient,
                       "handed": step.update.grads if step.handed else None}
         self.lines = []
@@ -137,6 +158,7 @@ class _ProgramWriter:
         """Emits the forward; per layer, the name of what its backward needs (input, output or mask)."""
         step, buffers, lines = self.step, self.buffers, self.lines
         saved, a, a_with_ones = [], "x", "x" if self.input_with_ones else None
+        kept = []  # the inputs of the open residual branches, innermost last
         for index, (kind, part) in enumerate(zip(step.kinds, step.parts)):
             folded = a_with_ones is not None and (index in step.folded or index == 0)
             if kind == LINEAR:
@@ -154,9 +176,16 @@ class _ProgramWriter:
                     self._gemm(out, a, self.bind(f"K{index}", part.kernel), macs)
                 else:
                     self._gemm(out, a, self.bind(f"K{index}", part.kernel), macs, bias=self.bind(f"B{index}", part.bias))
-                a = out
-                augmented = buffers.augmented.get(index)
-                a_with_ones = None if augmented is None else self.bind(f"OB{index}", augmented)
+                a, a_with_ones = out, self._with_ones(index)
+            elif kind == RESIDUAL_START:
+                kept.append(a)
+                saved.append(None)
+            elif kind == RESIDUAL_ADD:
+                out = self.bind(f"O{index}", buffers.outputs[index])
+                lines.append(f"add({a}, {kept[-1]}, out={out})")
+                self.native.emit(native_code.ADD, out, a, kept.pop())
+                a, a_with_ones = out, self._with_ones(index)
+                saved.append(None)
             elif kind == ACTIVATION:
                 lines.append(f"{self.bind(f'act{index}', part[0])}({a})")  # in place
                 self.native.emit(native_code.ACTIVATION, native_code.ACTIVATION_KINDS[step.layers[index].name], a)
@@ -171,6 +200,11 @@ class _ProgramWriter:
             else:
                 saved.append(None)
         return saved
+
+    def _with_ones(self, index: int) -> str | None:
+        """The name of layer ``index``'s output with its column of ones, where it has one."""
+        augmented = self.buffers.augmented.get(index)
+        return None if augmented is None else self.bind(f"OB{index}", augmented)
 
     def _gemm(self, out: str, left: str, right: str, macs: int, *, bias: str | None = None,
               scaled: bool = False) -> None:
@@ -202,7 +236,7 @@ class _ProgramWriter:
         """Emits the backward. The output gradient is carried unscaled; ``scale`` is folded into each
         parameter gradient's GEMM/GEMV as its alpha (beta=0: the old contents are ignored)."""
         step, buffers, lines = self.step, self.buffers, self.lines
-        grad = "G_out"
+        grad, sums = "G_out", []  # sums: the gradients of the open residual sums, innermost last
         for index in range(len(step.kinds) - 1, -1, -1):
             kind, part = step.kinds[index], step.parts[index]
             if kind == LINEAR:
@@ -227,10 +261,19 @@ class _ProgramWriter:
                         self.native.emit(native_code.HAND, native_code.Number(slot), f"GWB{index}")
                 if index == 0:
                     return
-                previous = step.previous_linear[index]
+                previous = step.previous_producer[index]
                 new_grad = self.bind(f"G{previous}", buffers.grads[previous])
                 self._gemm(new_grad, grad, self.bind(f"KT{index}", part.kernel_t), macs)
                 grad = new_grad
+            elif kind == RESIDUAL_ADD:  # the branch's backward works in place on a copy of the sum's gradient
+                branch = self.bind(f"GR{index}", buffers.branch_grads[index])
+                lines.append(f"{branch}.copy_({grad})")
+                self.native.emit(native_code.COPY, branch, grad)
+                sums.append(grad)
+                grad = branch
+            elif kind == RESIDUAL_START:  # the kept input's gradient: through the branch plus the sum's own
+                lines.append(f"{grad}.add_({sums[-1]})")
+                self.native.emit(native_code.ADD_TO, grad, sums.pop())
             elif kind == ACTIVATION:
                 lines.append(f"{self.bind(f'act_backward{index}', part[1])}({grad}, {saved[index]})")
                 self.native.emit(native_code.ACTIVATION_BACKWARD,

@@ -1,6 +1,7 @@
 """The static executor: a known stack of layers trained without building an autograd graph.
 
-For a model made of linear layers, element-wise activations and dropout, trained with a loss
+For a model made of linear layers, element-wise activations, dropout and residual sums around
+them, trained with a loss
 whose gradient at the logits has a closed form, forward and backward are a fixed sequence of
 PyTorch kernels writing into buffers allocated once. Per step that is ~13 kernel calls for a
 two-layer MLP, against ~40 for autograd plus its graph bookkeeping and the optimizer's Python.
@@ -20,6 +21,8 @@ from hpctrain.engine.static_layers import (  # noqa: F401 (the layers are import
     Activation,
     Dropout,
     Linear,
+    ResidualAdd,
+    ResidualStart,
     _output_gradient,
     static_layers_of,
     torch_sequential_layers,
@@ -29,10 +32,13 @@ from hpctrain.engine.static_program import (
     ACTIVATION,
     DROPOUT,
     LINEAR,
+    RESIDUAL_ADD,
+    RESIDUAL_START,
     _BatchBuffers,
     _folded_linears,
     _LinearParts,
     _ProgramWriter,
+    previous_producers,
 )
 from hpctrain.hardware import gemm
 from hpctrain.hardware.gemm import ONEDNN_MIN_MACS
@@ -55,15 +61,13 @@ class StaticStep:
         self.device = self.layers[0].weight.device
         self.communicator = communicator
         self.flat_grad = self._attach_gradient_buffers()
-        self.kinds = [LINEAR if isinstance(l, Linear) else ACTIVATION if isinstance(l, Activation) else DROPOUT
-                      for l in self.layers]
+        self.kinds = [_KINDS[type(layer)] for layer in self.layers]
         self.parts = [_LinearParts(l) if isinstance(l, Linear) else _layer_callables(l) for l in self.layers]
         self.last_linear = max(i for i, kind in enumerate(self.kinds) if kind == LINEAR)
         self.output_width = self.layers[self.last_linear].out_features
-        linear_indices = [i for i, kind in enumerate(self.kinds) if kind == LINEAR]
-        self.previous_linear = dict(zip(linear_indices[1:], linear_indices[:-1]))
+        self.previous_producer = previous_producers(self.kinds)
         self.folded = _folded_linears(self.kinds, self.parts)
-        self._with_ones_column = {self.previous_linear[index] for index in self.folded}
+        self._with_ones_column = {self.previous_producer[index] for index in self.folded}
         self.in_features = self.parts[0].kernel.shape[0]
         # Batches may come with a column of ones appended (``ResidentData.batches(ones_column=True)``):
         # the first layer then takes its bias inside the GEMM like the others.
@@ -249,8 +253,14 @@ class _DropoutPart:
         return grad.mul_(mask)  # the incoming gradient buffer is not read again
 
 
+_KINDS = {Linear: LINEAR, Activation: ACTIVATION, Dropout: DROPOUT, ResidualStart: RESIDUAL_START,
+          ResidualAdd: RESIDUAL_ADD}
+
+
 def _layer_callables(layer):
-    return ACTIVATIONS[layer.name] if isinstance(layer, Activation) else _DropoutPart(layer)
+    if isinstance(layer, Activation):
+        return ACTIVATIONS[layer.name]
+    return _DropoutPart(layer) if isinstance(layer, Dropout) else None
 
 
 def _runs_of_equal(sizes):

@@ -32,6 +32,9 @@ INSTRUCTIONS = {
     "ADDMV_SCALED": ("out a v", "addmv(out, a, v, beta=0, alpha=scale, out=out)"),
     "DROPOUT": ("out mask a torch_mask rate", "out, mask = dropout(a), new tensors"),
     "DROPOUT_BACKWARD": ("out grad mask torch_mask scale", "out = dropout backward of grad"),
+    "ADD": ("out a b", "add(a, b, out=out)"),
+    "ADD_TO": ("a b", "a += b"),
+    "COPY": ("out a", "out.copy_(a)"),
 }
 OPCODES = {name: opcode for opcode, name in enumerate(INSTRUCTIONS)}
 OPERANDS = tuple(len(operands.split()) for operands, _ in INSTRUCTIONS.values())

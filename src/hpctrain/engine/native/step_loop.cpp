@@ -157,6 +157,9 @@ struct Interpreter {
           table[a[0] >> 1] = a[3] ? at::native_dropout_backward(grad, mask, real(a[4])) : grad.mul_(mask);
           break;
         }
+        case kAdd: { at::Tensor out = operand(a[0]); at::add_out(out, operand(a[1]), operand(a[2])); break; }
+        case kAddTo: operand(a[0]).add_(operand(a[1])); break;
+        case kCopy: operand(a[0]).copy_(operand(a[1])); break;
         default: TORCH_CHECK(false, "hpctrain step loop: unknown opcode ", op);
       }
     }
