@@ -77,7 +77,7 @@ def build_convnet(workload, Sequential, layers):
 
 def residual_layer_class(layers, ops):
     """A layer as a user writes it: its own weights, and a call in keras.ops that no built-in
-    layer matches (so hpctrain trains it on its autograd path)."""
+    layer matches (hpctrain reads it from a traced call as a residual linear layer)."""
 
     class ResidualDense(layers.Layer):
         def build(self, input_shape):

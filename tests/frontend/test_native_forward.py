@@ -9,7 +9,7 @@ from hpctrain import keras
 from hpctrain.engine import native
 from hpctrain.keras import native_forward as nf
 from hpctrain.keras.module import KerasModule
-from twins import keras_own_loop, max_difference, optimizer_values, twin_fits
+from twins import keras_own_loop, max_difference, optimizer_values, residual_dense_class, twin_fits
 
 layers = keras.layers
 
@@ -34,19 +34,6 @@ def _convnet(dropout):
                     layers.MaxPooling2D(pool_size=(2, 2)), layers.Conv2D(16, (3, 3), activation="relu"),
                     layers.MaxPooling2D(pool_size=(2, 2)), layers.Flatten(),
                     *([layers.Dropout(0.5)] if dropout else []), layers.Dense(10, activation="softmax")]
-
-
-def _residual_dense_class():
-    class ResidualDense(layers.Layer):
-        def build(self, input_shape):
-            width = input_shape[-1]
-            self.kernel = self.add_weight(shape=(width, width), initializer="glorot_uniform", name="kernel")
-            self.bias = self.add_weight(shape=(width,), initializer="zeros", name="bias")
-
-        def call(self, inputs):
-            return inputs + keras.ops.relu(keras.ops.matmul(inputs, self.kernel) + self.bias)
-
-    return ResidualDense
 
 
 def _block_with_inner_dropout_class():
@@ -82,7 +69,7 @@ CASES = {
     "strided-same-padding": (_compiled(_strided_same), (13, 13, 3), 5),
     "conv1d-global-average": (_compiled(_conv1d), (20, 5), 3),
     "custom-residual-layers": (_compiled(lambda: [layers.Input((24,)), layers.Dense(16, activation="relu"),
-                                                  _residual_dense_class()(), _residual_dense_class()(),
+                                                  residual_dense_class()(), residual_dense_class()(),
                                                   layers.Dense(4, activation="softmax")]), (24,), 4),
     "custom-layer-with-inner-dropout": (_compiled(lambda: [layers.Input((24,)), _block_with_inner_dropout_class()(),
                                                            layers.Dense(4, activation="softmax")]), (24,), 4),
@@ -152,7 +139,7 @@ def _masked_leaf_class():
 
 
 def test_user_leaf_layers_are_called_at_their_call_and_keep_their_add_loss():
-    PenalizedScale, TakesMask, ResidualDense = _penalized_leaf_class(), _masked_leaf_class(), _residual_dense_class()
+    PenalizedScale, TakesMask, ResidualDense = _penalized_leaf_class(), _masked_leaf_class(), residual_dense_class()
     build = _compiled(lambda: [layers.Input((24,)), layers.Dense(16, activation="relu"), PenalizedScale(),
                                ResidualDense(), TakesMask(), _block_with_inner_dropout_class()(),
                                layers.Dense(4, activation="softmax")])
@@ -168,7 +155,7 @@ def test_user_leaf_layers_are_called_at_their_call_and_keep_their_add_loss():
 
 
 def test_a_direct_call_given_another_dtype_goes_through_keras_call():
-    layer = _residual_dense_class()()
+    layer = residual_dense_class()()
     model = keras.Sequential([layers.Input((6,)), layers.Dense(6), layer])
     step = nf.native_forward(model).steps[1]
     assert isinstance(step, nf.DirectCall)

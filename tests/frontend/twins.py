@@ -59,3 +59,18 @@ def twin_fits(build, x, y, *, engine_mask=False, **fit_arguments):
     with keras_own_loop(), engine_dropout_mask() if engine_mask else contextlib.nullcontext():
         reference_history = reference.fit(x, y, verbose=0, shuffle=False, **fit_arguments)
     return (ours, ours_history), (reference, reference_history)
+
+
+def residual_dense_class():
+    """The benchmarks' user-written residual layer, ``x + relu(x @ W + b)`` in ``keras.ops``."""
+
+    class ResidualDense(keras.layers.Layer):
+        def build(self, input_shape):
+            width = input_shape[-1]
+            self.kernel = self.add_weight(shape=(width, width), initializer="glorot_uniform", name="kernel")
+            self.bias = self.add_weight(shape=(width,), initializer="zeros", name="bias")
+
+        def call(self, inputs):
+            return inputs + keras.ops.relu(keras.ops.matmul(inputs, self.kernel) + self.bias)
+
+    return ResidualDense

@@ -7,6 +7,8 @@ on this path because, where TensorFlow is installed, it imports part of it on fi
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras.src.losses.loss import Loss as _KerasLossBase  # noqa: F401
 from keras.src.losses.losses import LossFunctionWrapper  # not exported by keras.losses
@@ -14,6 +16,7 @@ from keras.src.losses.losses import LossFunctionWrapper  # not exported by keras
 from hpctrain.engine import losses as engine_losses
 from hpctrain.engine.static_step import Activation, Dropout, Linear
 from hpctrain.keras.native_forward import draws_engine_mask
+from hpctrain.keras.traced_layers import traced_static_layers
 
 _ACTIVATION_NAMES = {keras.activations.relu: "relu", keras.activations.tanh: "tanh",
                      keras.activations.sigmoid: "sigmoid", keras.activations.softmax: "softmax",
@@ -38,20 +41,35 @@ def activation_name(function) -> str | None | bool:
 
 
 def static_layers(model, *, fold_last_activation: bool):
-    """A Sequential of Dense/Dropout/Activation as the static executor's primitives, else ``None``."""
+    """A Sequential of Dense/Dropout/Activation, and of the user's own layers that read as those
+    (:mod:`hpctrain.keras.traced_layers`), as the static executor's primitives, else ``None``."""
     if not isinstance(model, keras.Sequential):
         return None
     found = []
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    if layers and flattens_rows(layers[0]):
+    flattened = bool(layers) and flattens_rows(layers[0])
+    if flattened:
         layers = layers[1:]  # the engine hands the static step each input row flattened
+    width = _row_width(model, flattened)
     for position, layer in enumerate(layers):
         last = position == len(layers) - 1
-        described = _static_layer(layer, keep_activation=not (last and fold_last_activation))
+        described = _static_layer(layer, keep_activation=not (last and fold_last_activation), width=width)
         if described is None:
             return None
         found += described
+        width = next((part.out_features for part in reversed(found) if isinstance(part, Linear)), width)
     return found
+
+
+def _row_width(model, flattened: bool) -> int | None:
+    """Features per input row (after a leading Flatten), where the model's input says."""
+    try:
+        shape = tuple(model.inputs[0].shape[1:])
+    except (AttributeError, ValueError, IndexError, TypeError):
+        return None
+    if not shape or not all(isinstance(size, int) for size in shape) or len(shape) > 1 and not flattened:
+        return None
+    return math.prod(shape)
 
 
 def flattens_rows(layer) -> bool:
@@ -59,7 +77,7 @@ def flattens_rows(layer) -> bool:
     return type(layer) is keras.layers.Flatten and layer.data_format == "channels_last"
 
 
-def _static_layer(layer, *, keep_activation: bool):
+def _static_layer(layer, *, keep_activation: bool, width: int | None):
     if not layer.trainable and layer.weights:
         return None
     kind = type(layer)
@@ -76,7 +94,7 @@ def _static_layer(layer, *, keep_activation: bool):
         return [Activation(name)] if name and keep_activation else []
     if kind is keras.layers.ReLU and layer.max_value is None and not layer.negative_slope and not layer.threshold:
         return [Activation("relu")]
-    return None
+    return None if width is None else traced_static_layers(layer, width)
 
 
 def _dense(layer, keep_activation: bool):
