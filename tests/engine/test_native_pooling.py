@@ -1,5 +1,6 @@
-"""hpctrain's 2x2 max pooling kernels (engine/native/pooling.cpp) against ATen's max_pool2d:
-the same values and the same gradients, bit for bit, ties and NaN included."""
+"""hpctrain's 2x2 max pooling kernels (engine/native/pooling.cpp) against ATen's max_pool2d (and
+ReLU after it, for the fused kernel): the same values and the same gradients, bit for bit, ties
+and NaN included."""
 
 import pytest
 import torch
@@ -16,12 +17,13 @@ def _images(n, height, width, channels, *, seed=0):
     return torch.randn(n, height, width, channels, generator=generator).permute(0, 3, 1, 2)
 
 
-def _pooled_both_ways(x):
+def _pooled_both_ways(x, relu=False):
     """(ours, ATen's) forward values and input gradients for the same output gradient."""
     grads = torch.randn(x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2).contiguous(
         memory_format=torch.channels_last)
     results = []
-    for pool in (lambda t: MaxPool2x2.apply(t, native.kernels()), lambda t: F.max_pool2d(t, 2)):
+    aten = (lambda t: F.relu(F.max_pool2d(t, 2))) if relu else (lambda t: F.max_pool2d(t, 2))
+    for pool in (lambda t: MaxPool2x2.apply(t, native.kernels(), relu), aten):
         leaf = x.detach().clone(memory_format=torch.channels_last).requires_grad_()
         out = pool(leaf)
         out.backward(grads)
@@ -29,9 +31,10 @@ def _pooled_both_ways(x):
     return results
 
 
+@pytest.mark.parametrize("relu", [False, True], ids=["pool", "pool_relu"])
 @pytest.mark.parametrize("shape", [(3, 26, 26, 32), (2, 11, 11, 64), (2, 7, 10, 5), (4, 6, 6, 1)])
-def test_values_and_gradients_equal_atens(shape):
-    (ours, our_grad), (aten, aten_grad) = _pooled_both_ways(_images(*shape))
+def test_values_and_gradients_equal_atens(shape, relu):
+    (ours, our_grad), (aten, aten_grad) = _pooled_both_ways(_images(*shape), relu)
     assert torch.equal(ours, aten) and torch.equal(our_grad, aten_grad)
     assert ours.is_contiguous(memory_format=torch.channels_last)
     assert our_grad.is_contiguous(memory_format=torch.channels_last)
@@ -39,12 +42,14 @@ def test_values_and_gradients_equal_atens(shape):
         assert not our_grad[:, :, -1].any()
 
 
-def test_ties_go_to_the_first_maximum_and_nan_wins_as_in_aten():
+@pytest.mark.parametrize("relu", [False, True], ids=["pool", "pool_relu"])
+def test_ties_go_to_the_first_maximum_and_nan_wins_as_in_aten(relu):
     x = _images(2, 8, 8, 3)
     x[:, :, :4, :4] = 0.0  # whole windows of equal values, as ReLU'd or blank image regions give
     x[0, 1, 4, 5] = x[0, 1, 5, 4] = 9.0  # a tie between two corners of one window
     x[1, 2, 6, 7] = float("nan")
-    (ours, our_grad), (aten, aten_grad) = _pooled_both_ways(x)
+    x[1, 0, 2:4, 2:4] = -1.0  # a window ReLU zeroes
+    (ours, our_grad), (aten, aten_grad) = _pooled_both_ways(x, relu)
     assert torch.equal(ours.isnan(), aten.isnan()) and torch.equal(ours.nan_to_num(), aten.nan_to_num())
     assert torch.equal(our_grad, aten_grad)
 

@@ -112,10 +112,10 @@ def test_known_layers_run_natively_and_others_through_keras():
     model = _compiled(_convnet(dropout=True))()
     steps = nf.native_forward(model).steps
     assert [type(step).__name__ for step in steps] == [
-        "Convolution", "Pooling", "Elementwise", "Convolution", "Pooling", "Elementwise", "Reshape", "Dropout", "Dense"]
-    assert steps[0].activation is None and steps[2].function is torch.relu_  # ReLU moved after the pooling
+        "Convolution", "Pooling", "Convolution", "Pooling", "Reshape", "Dropout", "Dense"]
+    assert steps[0].activation is None and steps[1].relu  # ReLU moved after the pooling, into it
     if native.kernels() is not None:  # the session built the native library where it can
-        assert steps[1].kernels is not None and steps[4].kernels is not None  # 2x2 pooling on its kernels
+        assert steps[1].kernels is not None and steps[3].kernels is not None  # 2x2 pooling on its kernels
 
 
 def _penalized_leaf_class():

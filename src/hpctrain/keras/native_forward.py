@@ -193,11 +193,12 @@ _POOLING_OPS = {("max", 1): F.max_pool1d, ("max", 2): F.max_pool2d,
 class MaxPool2x2(torch.autograd.Function):
     """2x2 max pooling, stride 2, on channels-last float32 images by hpctrain's own kernels
     (engine/native/pooling.cpp): ATen's values and gradients, at about half its time
-    (benchmarks/results/keras_models_profile.txt)."""
+    (benchmarks/results/keras_models_profile.txt); with ``relu``, ReLU of the pooled values in
+    the same pass forward and backward."""
 
     @staticmethod
-    def forward(ctx, x, kernels):
-        out, winner = kernels.max_pool2x2(x)
+    def forward(ctx, x, kernels, relu):
+        out, winner = kernels.max_pool2x2_relu(x) if relu else kernels.max_pool2x2(x)
         ctx.save_for_backward(winner)
         ctx.kernels, ctx.size = kernels, x.shape[2:]
         return out
@@ -206,14 +207,16 @@ class MaxPool2x2(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (winner,) = ctx.saved_tensors
-        return ctx.kernels.max_pool2x2_backward(grad, winner, *ctx.size), None
+        return ctx.kernels.max_pool2x2_backward(grad, winner, *ctx.size), None, None
 
 
 class Pooling:
+    """A Keras pooling layer; with ``relu``, ReLU applied to its output (see :func:`pool_before_relu`)."""
+
     layout = TORCH_LAYOUT
 
-    def __init__(self, layer):
-        self.layer = layer
+    def __init__(self, layer, relu: bool = False):
+        self.layer, self.relu = layer, relu
         self.op = _POOLING_OPS[(layer.pool_mode, len(layer.pool_size))]
         # Keras's torch average pool leaves the padding out of each mean.
         self.options = {} if layer.pool_mode == "max" else {"count_include_pad": False}
@@ -224,12 +227,15 @@ class Pooling:
     def __call__(self, x, training):
         if self.kernels is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4 \
                 and x.is_contiguous(memory_format=torch.channels_last):
-            return MaxPool2x2.apply(x, self.kernels)
+            return MaxPool2x2.apply(x, self.kernels, self.relu)
         layer = self.layer
         padding = 0
         if layer.padding == "same":
             x, padding = same_padding(x, layer.pool_size, layer.strides, 1, "replicate")
-        return self.op(x, layer.pool_size, layer.strides, padding, **self.options)
+        out = self.op(x, layer.pool_size, layer.strides, padding, **self.options)
+        # ReLU in place: the pooled tensor is new, and max pooling's backward reads its input and
+        # indices, never its output.
+        return torch.relu_(out) if self.relu else out
 
 
 class GlobalPooling:
@@ -346,17 +352,16 @@ def draws_engine_mask(layer) -> bool:
 
 
 def pool_before_relu(steps):
-    """Conv+ReLU then max pooling as conv, pooling, ReLU: the same values and gradients (max and
-    ReLU commute), with ReLU on the pooled values (a quarter of them for 2x2 pooling)."""
+    """Conv+ReLU then max pooling as conv, then pooling with ReLU: the same values and gradients
+    (max and ReLU commute), with ReLU on the pooled values (a quarter of them for 2x2 pooling),
+    in the pooling kernel's own pass where hpctrain's kernel pools."""
     rewritten = []
     for step in steps:
         previous = rewritten[-1] if rewritten else None
         if (isinstance(step, Pooling) and step.layer.pool_mode == "max" and isinstance(previous, Convolution)
                 and previous.activation is torch.relu):
-            # ReLU in place: the pooled tensor is new, and max pooling's backward reads its input
-            # and indices, never its output.
             rewritten[-1] = Convolution(previous.layer, None)
-            rewritten += [step, Elementwise(torch.relu_)]
+            rewritten.append(Pooling(step.layer, relu=True))
         else:
             rewritten.append(step)
     return rewritten

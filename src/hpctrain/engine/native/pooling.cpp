@@ -9,6 +9,11 @@
 // (benchmarks/results/keras_models_profile.txt). The values and gradients are ATen's exactly: the first
 // of equal maxima in the window's row-major order wins, and a NaN wins as in ATen.
 //
+// ``max_pool2x2_relu`` is ReLU of the pooled values in the same pass (the native forward pools a
+// conv+ReLU's output before its ReLU: max and ReLU commute). An output ReLU zeroes gets winner 4,
+// which the backward matches to no input: ReLU's backward (zero where the output is <= 0) and the
+// pooling's in one write. A NaN output keeps its winner, as ReLU's backward passes NaN's gradient.
+//
 // Layout: x is (N, C, H, W) in channels-last memory, i.e. (N, H, W, C) contiguous; outputs use
 // the same layout. H or W odd: the last row or column is left out (floor), as Keras's "valid"
 // pooling does, and its gradient is zero.
@@ -26,8 +31,10 @@ namespace {
 #define HPCTRAIN_POOL_KERNEL __attribute__((target_clones("arch=skylake-avx512", "avx2", "default"), optimize("O3")))
 
 // One output row: ``top`` is the first of the window's two input rows.
+constexpr uint8_t kNoWinner = 4;  // ReLU zeroed the output: no input gets its gradient
+
 HPCTRAIN_POOL_KERNEL void pool_row(const float* top, float* out, uint8_t* winner, int64_t width, int64_t out_width,
-                                   int64_t channels) {
+                                   int64_t channels, bool relu) {
   for (int64_t wo = 0; wo < out_width; ++wo) {
     const float* a = top + 2 * wo * channels;
     const float* b = a + channels;
@@ -42,8 +49,9 @@ HPCTRAIN_POOL_KERNEL void pool_row(const float* top, float* out, uint8_t* winner
       if (b[k] > best || b[k] != b[k]) { best = b[k]; which = 1; }
       if (c[k] > best || c[k] != c[k]) { best = c[k]; which = 2; }
       if (d[k] > best || d[k] != d[k]) { best = d[k]; which = 3; }
-      o[k] = best;
-      w[k] = which;
+      const bool zeroed = relu && best <= 0.0f;
+      o[k] = zeroed ? 0.0f : best;
+      w[k] = zeroed ? kNoWinner : which;
     }
   }
 }
@@ -72,7 +80,7 @@ at::Tensor nhwc(const at::Tensor& x, const char* what) {
   return view;
 }
 
-std::tuple<at::Tensor, at::Tensor> max_pool2x2(const at::Tensor& input) {
+std::tuple<at::Tensor, at::Tensor> pool(const at::Tensor& input, bool relu) {
   const at::Tensor x = nhwc(input, "max_pool2x2's input");
   const int64_t n = x.size(0), height = x.size(1), width = x.size(2), channels = x.size(3);
   const int64_t out_height = height / 2, out_width = width / 2;
@@ -88,11 +96,15 @@ std::tuple<at::Tensor, at::Tensor> max_pool2x2(const at::Tensor& input) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t image = r / out_height, ho = r % out_height;
       pool_row(source + (image * height + 2 * ho) * width * channels, target + r * row, winners + r * row, width,
-               out_width, channels);
+               out_width, channels, relu);
     }
   });
   return {out, winner};
 }
+
+std::tuple<at::Tensor, at::Tensor> max_pool2x2(const at::Tensor& input) { return pool(input, false); }
+
+std::tuple<at::Tensor, at::Tensor> max_pool2x2_relu(const at::Tensor& input) { return pool(input, true); }
 
 at::Tensor max_pool2x2_backward(const at::Tensor& grad_output, const at::Tensor& winner, int64_t height,
                                 int64_t width) {
@@ -126,10 +138,12 @@ at::Tensor max_pool2x2_backward(const at::Tensor& grad_output, const at::Tensor&
 
 TORCH_LIBRARY_FRAGMENT(hpctrain_native, m) {
   m.def("max_pool2x2(Tensor input) -> (Tensor, Tensor)");
+  m.def("max_pool2x2_relu(Tensor input) -> (Tensor, Tensor)");
   m.def("max_pool2x2_backward(Tensor grad_output, Tensor winner, int height, int width) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hpctrain_native, CPU, m) {
   m.impl("max_pool2x2", max_pool2x2);
+  m.impl("max_pool2x2_relu", max_pool2x2_relu);
   m.impl("max_pool2x2_backward", max_pool2x2_backward);
 }
