@@ -58,7 +58,7 @@ class Activation:
 class Dropout:
     rate: float
     # ``torch.nn.Dropout``'s mask (``native_dropout``), so that the step drops what autograd would;
-    # otherwise the cheaper uniform mask of ``engine.dropout``, which hpctrain's layers draw.
+    # otherwise the cheaper mask of ``engine.dropout``, which hpctrain's layers draw.
     torch_mask: bool = False
 
 

@@ -9,10 +9,10 @@ updates in place, so nothing is copied); every other layer (BatchNormalization, 
 Dropout with its own seed, ...) is called as Keras calls it, ``layer(x, training=...)``.
 
 Rewrites of what runs (benchmarks/bench_native_forward.py times the model without them):
-- An unseeded Dropout draws its mask as the engine does (``engine.dropout``: a uniform sample
-  compared to the rate, from torch's global generator as Keras's unseeded dropout): the same
-  keep probability at about a third of ``bernoulli_``'s cost (0.9 against 2.9 ms a step on the
-  MNIST convnet under the profiler). The mask is drawn in another way than Keras's own, so a fit
+- An unseeded Dropout draws its mask as the engine does (``engine.dropout``: 15-bit uniform
+  levels compared to the rate, from torch's global generator as Keras's unseeded dropout): the
+  same keep probability (within 2**-15) at a seventh of ``bernoulli_``'s cost (0.41 against
+  2.9 ms on the MNIST convnet, benchmarks/results/dropout_mask.txt). The mask is drawn in another way than Keras's own, so a fit
   drops other values than Keras's own fit; a seeded Dropout keeps Keras's call and stream.
 - A convolution with ReLU followed by max pooling pools first: max and ReLU commute (ReLU is
   monotone), so the values and the gradients are the same, and the ReLU and its backward pass

@@ -13,6 +13,8 @@ import struct
 
 import torch
 
+from hpctrain.engine.dropout import LEVELS as DROPOUT_LEVELS
+
 # The instruction set, defined here once: name -> (operands, what the instruction does). Opcodes
 # number the instructions in this order; each instruction is [opcode, operands...]. A tensor
 # operand is 2 * (its slot in the table) + (1 where taken transposed). step_loop.cpp is compiled
@@ -65,7 +67,8 @@ def cpp_header() -> str:
     slots = ", ".join(f"k{name.upper()} = {slot}" for slot, name in enumerate(PER_BATCH))
     lines += [enum("Op", OPCODES), f"constexpr int64_t kOperands[] = {{{', '.join(map(str, OPERANDS))}}};",
               enum("Activation", {name.upper(): kind for name, kind in ACTIVATION_KINDS.items()}),
-              enum("Loss", LOSS_KINDS), f"constexpr int64_t {slots};", ""]
+              enum("Loss", LOSS_KINDS), f"constexpr int64_t {slots};",
+              f"constexpr int64_t kDropoutLevels = {DROPOUT_LEVELS};  // engine/dropout.py's LEVELS", ""]
     return "\n".join(lines)
 
 

@@ -145,7 +145,13 @@ struct Interpreter {
           if (a[3]) {
             std::tie(table[a[0] >> 1], table[a[1] >> 1]) = at::native_dropout(input, rate, true);
           } else {
-            at::Tensor mask = at::rand(input.sizes(), input.options().dtype(at::kFloat)).ge_(rate).mul_(1.0 / (1.0 - rate));
+            const int64_t count = input.numel();
+            const at::Tensor words = at::empty({(count + 1) / 2}, input.options().dtype(at::kInt)).random_();
+            const at::Tensor levels =
+                words.view(at::kShort).slice(0, 0, count).view(input.sizes()).bitwise_and_(kDropoutLevels - 1);
+            at::Tensor mask = at::empty(input.sizes(), input.options().dtype(at::kFloat));
+            at::ge_out(mask, levels, static_cast<int64_t>(std::ceil(rate * kDropoutLevels)));
+            mask.mul_(1.0 / (1.0 - rate));
             table[a[0] >> 1] = input * mask;
             table[a[1] >> 1] = mask;
           }
