@@ -84,11 +84,17 @@ ACTIVATIONS = {
 
 
 def torch_sequential_layers(module: torch.nn.Module):
-    """Static layers of a plain ``nn.Sequential`` of Linear/ReLU/Tanh/Sigmoid/Identity/Dropout."""
+    """Static layers of an ``nn.Sequential`` of Linear/ReLU/Tanh/Sigmoid/Identity/Dropout and of
+    modules of the user's own whose forward reads as linear layers, activations and a residual
+    sum (:func:`~hpctrain.engine.traced_layers.traced_module_layers`)."""
+    from hpctrain.engine.traced_layers import (
+        traced_module_layers,  # it builds on this module's layers
+    )
+
     if not isinstance(module, torch.nn.Sequential):
         return None
     names = {torch.nn.ReLU: "relu", torch.nn.Tanh: "tanh", torch.nn.Sigmoid: "sigmoid"}
-    layers = []
+    layers, width = [], None
     for child in module:
         if type(child) is torch.nn.Linear:
             layers.append(Linear(child.weight, child.bias, transposed=True))
@@ -97,7 +103,11 @@ def torch_sequential_layers(module: torch.nn.Module):
         elif type(child) is torch.nn.Dropout:
             layers.append(Dropout(child.p, torch_mask=True))
         elif type(child) is not torch.nn.Identity:
-            return None
+            traced = None if type(child).__module__.startswith("torch.") else traced_module_layers(child, width)
+            if traced is None:
+                return None
+            layers += traced
+        width = next((layer.out_features for layer in reversed(layers) if isinstance(layer, Linear)), None)
     return layers
 
 
