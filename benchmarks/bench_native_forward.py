@@ -63,8 +63,10 @@ def keras_variants(workload, samples):
     def trained(native: bool, rewrites: bool = True):
         tf.keras.utils.set_random_seed(0)
         model = build_model(workload, Sequential, layers, ops)
+        # Autograd for every variant: this compares forwards, and a fit would otherwise give the
+        # custom layer (read from a traced call) to the static executor, which runs no forward.
         model.compile(optimizer=Adam(learning_rate=workload.learning_rate), loss="categorical_crossentropy",
-                      metrics=["accuracy"])
+                      metrics=["accuracy"], plan=tf.make_plan(executor="autograd"))
 
         def epoch(copies: bool = False):
             KerasModule.uses_native_forward = native
