@@ -101,3 +101,36 @@ def test_a_sequential_with_residual_modules_trains_static_as_autograd(rng, block
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.tensor(results["static"][1]), torch.tensor(results["autograd"][1]), rtol=1e-5,
                                atol=0)
+
+
+class _Mutating(torch.nn.Module):
+    """A forward that writes into its weight: through an alias (``.data``), or in place."""
+
+    def __init__(self, how, width=6):
+        super().__init__()
+        self.fc = torch.nn.Linear(width, width)
+        self.how = how
+
+    def forward(self, x):
+        if self.how == "alias":
+            self.fc.weight.data.mul_(2.0)
+        elif self.how == "in_place":
+            with torch.no_grad():
+                self.fc.bias.add_(1.0)
+        else:  # the error the probe raises, caught: nothing after it runs either
+            try:
+                x.mean()
+            except Exception:  # noqa: BLE001
+                pass
+            with torch.no_grad():
+                self.fc.weight.zero_()
+        return x + torch.relu(self.fc(x))
+
+
+@pytest.mark.parametrize("how", ["alias", "in_place", "after_a_caught_refusal"])
+def test_the_probe_never_writes_into_the_weights(how):
+    block = _Mutating(how)
+    before = [p.detach().clone() for p in block.parameters()]
+    assert traced_module_layers(block, 6) is None
+    for got, expected in zip(block.parameters(), before, strict=True):
+        assert torch.equal(got, expected)

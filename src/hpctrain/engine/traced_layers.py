@@ -6,8 +6,10 @@ activations and a residual sum, whatever ops spell it (``keras.ops``, torch func
 ``nn.Linear`` submodules). The call is run once on a small constant batch under a
 ``TorchFunctionMode`` that records every torch function it reaches, and the recorded data flow is
 matched to those forms. Anything else touching the data (another op, a dtype change, reading a
-value into Python, which branching on data needs) or a weight left unused or used twice, and the
-call is not described: the model trains on the autograd path, which runs the call itself.
+value into Python, which branching on data needs, writing into a tensor) or a weight left unused
+or used twice, and the call is not described: the model trains on the autograd path, which runs
+the call itself. The probe stops the call at the first op it cannot read, before that op runs,
+so it leaves the weights as it found them; a call's Python-side effects (a counter) happen once.
 
 The front ends decide which layers may be probed (:mod:`hpctrain.keras.traced_layers` for a
 Keras layer of the user's own; :func:`traced_module_layers` for a torch module).
@@ -49,17 +51,27 @@ class _Recorder(TorchFunctionMode):
         self.failure = None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        # The first op the matcher cannot describe ends the call (and any op after it, should the
+        # call catch the error): the probe runs nothing it did not read, so it cannot write into
+        # the weights, or through an alias of them, and leaves them as it found them.
         kwargs = kwargs or {}
+        if self.failure is None and _writes_in_place(func, kwargs) and self._touches_traced(args, kwargs):
+            self.failure = f"{_name(func)} writes in place"
+        if self.failure is not None:
+            raise _Untraceable(self.failure)
         result = func(*args, **kwargs)
-        if self.failure is None:
-            try:
-                self._record(func, args, kwargs, result)
-            except _Untraceable as failure:
-                self.failure = str(failure)
+        try:
+            self._record(func, args, kwargs, result)
+        except _Untraceable as failure:
+            self.failure = str(failure)
+            raise
         return result
 
+    def _touches_traced(self, args, kwargs) -> bool:
+        return any(id(a) in self.nodes for a in (*args, *kwargs.values()))
+
     def _record(self, func, args, kwargs, result) -> None:
-        if not any(id(a) in self.nodes for a in (*args, *kwargs.values())):
+        if not self._touches_traced(args, kwargs):
             return
         if not isinstance(result, torch.Tensor):
             if getattr(func, "__name__", "") == "__get__" or func in _SHAPE_READS:
@@ -82,6 +94,13 @@ class _Recorder(TorchFunctionMode):
         if not kwargs and len(args) == 2 and None not in operands and (func in _MATMUL or func in _ADD):
             return ("matmul" if func in _MATMUL else "add", *operands)
         raise _Untraceable(f"{_name(func)} is not a product, sum or activation")
+
+
+def _writes_in_place(func, kwargs) -> bool:
+    """``x.add_(...)``, ``x += ...``, ``x[...] = ...`` and ``out=``: torch's names for writing into a tensor."""
+    name = getattr(func, "__name__", "")
+    return ("out" in kwargs or name == "__setitem__" or name.endswith("_") and not name.endswith("__")
+            or name.startswith("__i") and name.endswith("__") and name not in ("__init__", "__index__", "__int__"))
 
 
 def _name(func) -> str:
@@ -112,10 +131,12 @@ def describe_call(call, width: int, weights: dict[int, torch.Tensor]):
 
 def traced_module_layers(module: torch.nn.Module, width: int | None):
     """A torch module of the user's own, in a ``Sequential``, as static primitives, or ``None``:
-    its forward must read as the forms above, with no buffers (running statistics are state)."""
-    if width is None or any(True for _ in module.buffers()):
+    its forward must read as the forms above, with no buffers (running statistics are state) and
+    every parameter a trained weight."""
+    parameters = list(module.parameters())
+    if width is None or any(True for _ in module.buffers()) or not all(p.requires_grad for p in parameters):
         return None
-    return describe_call(module, width, {id(p): p for p in module.parameters()})
+    return describe_call(module, width, {id(p): p for p in parameters})
 
 
 def _residual(node):
