@@ -8,6 +8,7 @@ import torch
 import hpctrain
 from hpctrain.engine.callbacks import Callback
 from hpctrain.engine.losses import BinaryCrossentropy, CrossEntropy, MeanAbsoluteError, MeanSquaredError
+from hpctrain.engine.static_layers import Activation, Linear, ResidualAdd, ResidualStart
 from hpctrain.errors import NonFiniteLossError
 
 pytestmark = pytest.mark.native_loop
@@ -61,8 +62,6 @@ class _ResidualNet(torch.nn.Module):
         return self.last(h + torch.relu(self.branch(h)))
 
     def static_layers(self):
-        from hpctrain.engine.static_layers import Activation, Linear, ResidualAdd, ResidualStart
-
         def linear(layer):
             return Linear(layer.weight, layer.bias, transposed=True)
 

@@ -134,3 +134,12 @@ def test_the_probe_never_writes_into_the_weights(how):
     assert traced_module_layers(block, 6) is None
     for got, expected in zip(block.parameters(), before, strict=True):
         assert torch.equal(got, expected)
+
+
+def test_the_plan_names_the_module_the_trace_did_not_describe_and_why(rng):
+    net = torch.nn.Sequential(torch.nn.Linear(9, 6), DECLINED["gelu"](), torch.nn.Linear(6, 4))
+    trainer = hpctrain.Trainer(net, loss=CrossEntropy(sparse=True, from_logits=True), optimizer="adam")
+    trainer.fit(rng.normal(size=(32, 9)).astype("float32"), rng.integers(0, 4, size=32), verbose=0)
+    assert dict(trainer.plan.reasons)["executor"] == (
+        "autograd (some layer has no backward the engine knows: layer 1 (Forward): "
+        "torch.nn.functional.gelu is not a product, sum or activation)")

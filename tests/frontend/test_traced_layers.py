@@ -144,5 +144,7 @@ def test_a_layer_the_trace_does_not_describe_trains_on_autograd_as_keras_fits():
     x, y = _data()
     (ours, _), (reference, _) = twin_fits(lambda: _residual_model(lambda: _Weighted(squared)), x, y, epochs=2,
                                           batch_size=16)
-    assert dict(ours.plan.reasons)["executor"].startswith("autograd (some layer has no backward the engine knows")
+    assert dict(ours.plan.reasons)["executor"].startswith("autograd (some layer has no backward the engine knows: "
+                                                          "layer '__weighted")
+    assert dict(ours.plan.reasons)["executor"].endswith("(_Weighted): torch.square is not a product, sum or activation)")
     assert max_difference(ours.get_weights(), reference.get_weights()) < 1e-5

@@ -86,16 +86,20 @@ ACTIVATIONS = {
 def torch_sequential_layers(module: torch.nn.Module):
     """Static layers of an ``nn.Sequential`` of Linear/ReLU/Tanh/Sigmoid/Identity/Dropout and of
     modules of the user's own whose forward reads as linear layers, activations and a residual
-    sum (:func:`~hpctrain.engine.traced_layers.traced_module_layers`)."""
-    from hpctrain.engine.traced_layers import (
-        traced_module_layers,  # it builds on this module's layers
-    )
+    sum (:func:`~hpctrain.engine.traced_layers.trace_module`)."""
+    return _read_torch_sequential(module)[0]
+
+
+def _read_torch_sequential(module: torch.nn.Module) -> tuple[list | None, str]:
+    """``(layers, "")``, or ``(None, which child is not a static layer and why)``."""
+    # Imported here: traced_layers builds on this module's primitives.
+    from hpctrain.engine.traced_layers import trace_module
 
     if not isinstance(module, torch.nn.Sequential):
-        return None
+        return None, ""
     names = {torch.nn.ReLU: "relu", torch.nn.Tanh: "tanh", torch.nn.Sigmoid: "sigmoid"}
     layers, width = [], None
-    for child in module:
+    for position, child in enumerate(module):
         if type(child) is torch.nn.Linear:
             layers.append(Linear(child.weight, child.bias, transposed=True))
         elif type(child) in names:
@@ -103,12 +107,13 @@ def torch_sequential_layers(module: torch.nn.Module):
         elif type(child) is torch.nn.Dropout:
             layers.append(Dropout(child.p, torch_mask=True))
         elif type(child) is not torch.nn.Identity:
-            traced = None if type(child).__module__.startswith("torch.") else traced_module_layers(child, width)
+            traced, why = ((None, "no static form")
+                           if type(child).__module__.startswith("torch.") else trace_module(child, width))
             if traced is None:
-                return None
+                return None, f"layer {position} ({type(child).__name__}): {why}"
             layers += traced
         width = next((layer.out_features for layer in reversed(layers) if isinstance(layer, Linear)), None)
-    return layers
+    return layers, ""
 
 
 def static_layers_of(module: torch.nn.Module):
@@ -118,11 +123,19 @@ def static_layers_of(module: torch.nn.Module):
     return torch_sequential_layers(module)
 
 
+def _why_not_static_layers(module) -> str:
+    """Which layer is not a static primitive and why, where the module can say ("" elsewhere)."""
+    if hasattr(module, "why_not_static_layers"):
+        return module.why_not_static_layers()
+    return _read_torch_sequential(module)[1]
+
+
 def why_not_static(module, loss: Loss) -> str | None:
     """``None`` when the static executor can run this model and loss, else the reason it cannot."""
     layers = static_layers_of(module)
     if layers is None:
-        return "some layer has no backward the engine knows"
+        which = _why_not_static_layers(module)
+        return "some layer has no backward the engine knows" + (f": {which}" if which else "")
     if any(not p.requires_grad for layer in layers if isinstance(layer, Linear)
            for p in (layer.weight, layer.bias) if p is not None):
         return "some weights are frozen"

@@ -103,12 +103,28 @@ def _writes_in_place(func, kwargs) -> bool:
             or name.startswith("__i") and name.endswith("__") and name not in ("__init__", "__index__", "__int__"))
 
 
+_OWNERS = {"_VariableFunctionsClass": "torch", "TensorBase": "Tensor", "_TensorBase": "Tensor"}
+_MODULES = {"torch._C._nn": "torch.nn.functional", "torch.nn.functional": "torch.nn.functional"}
+
+
 def _name(func) -> str:
-    return getattr(func, "__qualname__", None) or repr(func)
+    """``torch.square``, ``Tensor.mean``, ``torch.nn.functional.gelu``: the name a user wrote."""
+    qualified = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    owner, _, name = qualified.rpartition(".")
+    if owner:
+        return f"{_OWNERS.get(owner, owner)}.{name}"
+    module = _MODULES.get(getattr(func, "__module__", None) or "")
+    return f"{module}.{name}" if module else name
 
 
 def describe_call(call, width: int, weights: dict[int, torch.Tensor]):
-    """The static primitives ``call`` computes on rows of ``width`` features, or ``None``.
+    """The static primitives ``call`` computes on rows of ``width`` features, or ``None``."""
+    return trace_call(call, width, weights)[0]
+
+
+def trace_call(call, width: int, weights: dict[int, torch.Tensor]) -> tuple[list | None, str]:
+    """``(primitives, "")`` for what ``call`` computes on rows of ``width`` features, else
+    ``(None, why not)``.
 
     ``weights`` maps the id of every object that stands for a weight in the call (a parameter, a
     front end's variable wrapping it) to the parameter; each must be used exactly once. The probe
@@ -118,25 +134,39 @@ def describe_call(call, width: int, weights: dict[int, torch.Tensor]):
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad(), recorder:
             output = call(batch)
-    except Exception:  # noqa: BLE001 - a call that fails on the probe is left to its own path
-        return None
+    except Exception as error:  # noqa: BLE001 - a call that fails on the probe is left to its own path
+        return None, recorder.failure or f"its call fails on {ROWS} rows of {width} features ({error})"
     node = recorder.nodes.get(id(output)) if isinstance(output, torch.Tensor) else None
-    if recorder.failure is not None or node is None or tuple(output.shape) != (ROWS, width):
-        return None
+    if recorder.failure is not None:
+        return None, recorder.failure
+    if node is None or output.dim() != 2 or output.shape[0] != ROWS:
+        return None, "its output is not a row per input row"
     described = _residual(node) or _chain(node)
-    if not described or not _uses_each_weight_once(described, weights.values()):
-        return None
-    return described if _shapes_fit(described, width) else None
+    if not described:
+        return None, "its call is not linear layers and activations, nor x plus them"
+    if not _uses_each_weight_once(described, weights.values()):
+        return None, "a weight is used twice or not at all"
+    if not _shapes_fit(described, width):
+        return None, "a product or sum broadcasts"
+    return described, ""
 
 
 def traced_module_layers(module: torch.nn.Module, width: int | None):
-    """A torch module of the user's own, in a ``Sequential``, as static primitives, or ``None``:
-    its forward must read as the forms above, with no buffers (running statistics are state) and
-    every parameter a trained weight."""
+    """A torch module of the user's own, in a ``Sequential``, as static primitives, or ``None``."""
+    return trace_module(module, width)[0]
+
+
+def trace_module(module: torch.nn.Module, width: int | None) -> tuple[list | None, str]:
+    """As :func:`trace_call` for a module's forward: it must have no buffers (running statistics
+    are state), and every parameter must be a trained weight."""
     parameters = list(module.parameters())
-    if width is None or any(True for _ in module.buffers()) or not all(p.requires_grad for p in parameters):
-        return None
-    return describe_call(module, width, {id(p): p for p in parameters})
+    if width is None:
+        return None, "it comes before any linear layer"
+    if any(True for _ in module.buffers()):
+        return None, "it has buffers"
+    if not all(p.requires_grad for p in parameters):
+        return None, "some of its parameters are frozen"
+    return trace_call(module, width, {id(p): p for p in parameters})
 
 
 def _residual(node):

@@ -102,6 +102,9 @@ class KerasModule(torch.nn.Module):
     def static_layers(self):
         return translate.static_layers(self.keras_model, fold_last_activation=self.logits)
 
+    def why_not_static_layers(self) -> str:
+        return translate.why_not_static_layers(self.keras_model, fold_last_activation=self.logits)
+
     def statistics(self) -> list[torch.Tensor]:
         """What the forward pass updates besides gradients: BatchNormalization's moving statistics."""
         return [v.value for v in self.keras_model.non_trainable_variables

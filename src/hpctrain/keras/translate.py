@@ -16,7 +16,7 @@ from keras.src.losses.losses import LossFunctionWrapper  # not exported by keras
 from hpctrain.engine import losses as engine_losses
 from hpctrain.engine.static_step import Activation, Dropout, Linear
 from hpctrain.keras.native_forward import draws_engine_mask
-from hpctrain.keras.traced_layers import traced_static_layers
+from hpctrain.keras.traced_layers import traced_static_layers_and_why
 
 _ACTIVATION_NAMES = {keras.activations.relu: "relu", keras.activations.tanh: "tanh",
                      keras.activations.sigmoid: "sigmoid", keras.activations.softmax: "softmax",
@@ -43,8 +43,17 @@ def activation_name(function) -> str | None | bool:
 def static_layers(model, *, fold_last_activation: bool):
     """A Sequential of Dense/Dropout/Activation, and of the user's own layers that read as those
     (:mod:`hpctrain.keras.traced_layers`), as the static executor's primitives, else ``None``."""
+    return _read_static_layers(model, fold_last_activation)[0]
+
+
+def why_not_static_layers(model, *, fold_last_activation: bool) -> str:
+    """Which layer keeps the model off the static executor, and why ("" where none does)."""
+    return _read_static_layers(model, fold_last_activation)[1]
+
+
+def _read_static_layers(model, fold_last_activation: bool) -> tuple[list | None, str]:
     if not isinstance(model, keras.Sequential):
-        return None
+        return None, "the model is not a Sequential"
     found = []
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     flattened = bool(layers) and flattens_rows(layers[0])
@@ -53,12 +62,12 @@ def static_layers(model, *, fold_last_activation: bool):
     width = _row_width(model, flattened)
     for position, layer in enumerate(layers):
         last = position == len(layers) - 1
-        described = _static_layer(layer, keep_activation=not (last and fold_last_activation), width=width)
+        described, why = _static_layer(layer, keep_activation=not (last and fold_last_activation), width=width)
         if described is None:
-            return None
+            return None, f"layer '{layer.name}' ({type(layer).__name__}): {why}"
         found += described
         width = next((part.out_features for part in reversed(found) if isinstance(part, Linear)), width)
-    return found
+    return found, ""
 
 
 def _row_width(model, flattened: bool) -> int | None:
@@ -77,43 +86,49 @@ def flattens_rows(layer) -> bool:
     return type(layer) is keras.layers.Flatten and layer.data_format == "channels_last"
 
 
-def _static_layer(layer, *, keep_activation: bool, width: int | None):
+def _static_layer(layer, *, keep_activation: bool, width: int | None) -> tuple[list | None, str]:
+    """``(primitives, "")`` for one layer, or ``(None, why not)``."""
     if not layer.trainable and layer.weights:
-        return None
+        return None, "its weights are frozen"
     kind = type(layer)
     if kind is keras.layers.Dense:
         return _dense(layer, keep_activation)
     if kind is keras.layers.Dropout:
         if not layer.rate:
-            return []
-        return [Dropout(float(layer.rate))] if draws_engine_mask(layer) else None
+            return [], ""
+        return ([Dropout(float(layer.rate))], "") if draws_engine_mask(layer) else (
+            None, "a seed, a noise shape or rate 1: Keras's own mask")
     if kind is keras.layers.Activation:
-        name = activation_name(layer.activation)
-        if name is False or name == "softmax" and keep_activation:
-            return None
-        return [Activation(name)] if name and keep_activation else []
+        return _activation(layer.activation, keep_activation, [])
     if kind is keras.layers.ReLU and layer.max_value is None and not layer.negative_slope and not layer.threshold:
-        return [Activation("relu")]
-    return None if width is None else traced_static_layers(layer, width)
+        return [Activation("relu")], ""
+    if type(layer).__module__.split(".")[0] == "keras":
+        return None, "no static form"
+    if width is None:
+        return None, "a layer of the user's own before any Dense"
+    return traced_static_layers_and_why(layer, width)
 
 
-def _dense(layer, keep_activation: bool):
+def _activation(function, keep_activation: bool, described: list) -> tuple[list | None, str]:
+    name = activation_name(function)
+    if name is False or name == "softmax" and keep_activation:
+        return None, f"activation {getattr(function, '__name__', function)}"
+    return (described + [Activation(name)] if name and keep_activation else described), ""
+
+
+def _dense(layer, keep_activation: bool) -> tuple[list | None, str]:
     if (layer.kernel_constraint is not None or layer.bias_constraint is not None
-            or layer.activity_regularizer is not None or getattr(layer, "lora_enabled", False)
-            or len(layer.kernel.shape) != 2 or layer.dtype_policy.name != "float32"):
-        return None
+            or layer.activity_regularizer is not None or getattr(layer, "lora_enabled", False)):
+        return None, "a constraint, an activity regularizer or LoRA"
+    if len(layer.kernel.shape) != 2 or layer.dtype_policy.name != "float32":
+        return None, "a kernel of more axes or a dtype policy other than float32"
     penalties = _penalty(layer.kernel_regularizer), _penalty(layer.bias_regularizer)
     if None in penalties:
-        return None
+        return None, "a regularizer other than L1/L2"
     (l1, l2), (bias_l1, bias_l2) = penalties
-    described = [Linear(layer.kernel.value, layer.bias.value if layer.use_bias else None, transposed=False,
-                        l1=l1, l2=l2, bias_l1=bias_l1, bias_l2=bias_l2)]
-    name = activation_name(layer.activation)
-    if name is False or name == "softmax" and keep_activation:
-        return None
-    if name and keep_activation:
-        described.append(Activation(name))
-    return described
+    linear = Linear(layer.kernel.value, layer.bias.value if layer.use_bias else None, transposed=False,
+                    l1=l1, l2=l2, bias_l1=bias_l1, bias_l2=bias_l2)
+    return _activation(layer.activation, keep_activation, [linear])
 
 
 def _penalty(regularizer):
