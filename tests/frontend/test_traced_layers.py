@@ -4,7 +4,12 @@ the static executor, equal to Keras's own fit; any other call is left to Keras's
 import numpy as np
 import pytest
 import torch
-from twins import max_difference, optimizer_values, residual_dense_class, twin_fits
+from twins import (
+    assert_static_and_equal,
+    max_difference,
+    residual_dense_class,
+    twin_fits,
+)
 
 from hpctrain import keras
 from hpctrain.engine.static_layers import Activation, Linear, ResidualAdd, ResidualStart
@@ -128,13 +133,8 @@ def _data():
 @pytest.mark.parametrize("block", [ResidualDense, TwoLayerBlock])
 def test_residual_layers_train_on_the_static_executor_as_keras_fits(block):
     x, y = _data()
-    (ours, history), (reference, reference_history) = twin_fits(lambda: _residual_model(block), x, y, epochs=3,
-                                                                batch_size=16, validation_split=0.2)
-    assert dict(ours.plan.reasons)["executor"] == "static (every layer and the loss have a known backward)"
-    assert max_difference(ours.get_weights(), reference.get_weights()) < 1e-5
-    assert max_difference(optimizer_values(ours), optimizer_values(reference)) < 1e-5
-    for key, values in reference_history.history.items():
-        np.testing.assert_allclose(history.history[key], values, rtol=1e-5, atol=1e-6)
+    assert_static_and_equal(twin_fits(lambda: _residual_model(block), x, y, epochs=3, batch_size=16,
+                                      validation_split=0.2))
 
 
 def test_a_layer_the_trace_does_not_describe_trains_on_autograd_as_keras_fits():

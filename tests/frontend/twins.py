@@ -74,3 +74,17 @@ def residual_dense_class():
             return inputs + keras.ops.relu(keras.ops.matmul(inputs, self.kernel) + self.bias)
 
     return ResidualDense
+
+
+STATIC = "static (every layer and the loss have a known backward)"
+
+
+def assert_static_and_equal(twins):
+    """``twin_fits``'s result: ours on the static executor, weights, optimizer state and history
+    equal to Keras's own fit."""
+    (ours, history), (reference, reference_history) = twins
+    assert dict(ours.plan.reasons)["executor"] == STATIC
+    assert max_difference(ours.get_weights(), reference.get_weights()) < 1e-5
+    assert max_difference(optimizer_values(ours), optimizer_values(reference)) < 1e-5
+    for key, values in reference_history.history.items():
+        np.testing.assert_allclose(history.history[key], values, rtol=1e-5, atol=1e-6)

@@ -12,9 +12,10 @@ from hpctrain.keras.native_forward import native_forward
 class KerasModule(torch.nn.Module):
     """``forward(x)`` is the Keras model called in the module's training mode.
 
-    ``logits=True`` (a Sequential whose last Dense ends in softmax/sigmoid, trained with the
-    matching cross-entropy) returns that layer's output before its activation; the engine then
-    applies the activation for ``predict`` and for metrics that read probabilities.
+    ``logits=True`` (a Sequential whose last Dense, or last ``Activation`` layer, ends in
+    softmax/sigmoid, trained with the matching cross-entropy) returns the output before that
+    activation; the engine then applies the activation for ``predict`` and for metrics that read
+    probabilities.
 
     Where the model qualifies, the call runs as torch ops on the layers' variables
     (:mod:`hpctrain.keras.native_forward`): the same numbers without Keras's per-layer call
@@ -59,6 +60,8 @@ class KerasModule(torch.nn.Module):
         *body, last = self.keras_model.layers
         for layer in body:
             x = layer(x, training=self.training)
+        if translate.ends_in_activation_layer(self.keras_model):
+            return x  # the activation is the engine's
         z = torch.matmul(x, last.kernel.value)
         return z + last.bias.value if last.use_bias else z
 

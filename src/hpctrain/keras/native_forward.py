@@ -402,7 +402,8 @@ class NativeForward:
 
 def native_forward(model, *, logits: bool = False) -> NativeForward | None:
     """The model's forward as known ops where it qualifies, else ``None`` (Keras's call runs it).
-    ``logits``: the last layer is a Dense whose activation the engine applies itself."""
+    ``logits``: the last layer is a Dense, or an Activation layer, whose activation the engine
+    applies itself."""
     if not isinstance(model, keras.Sequential) or _makes_masks(model):
         return None
     try:
@@ -415,8 +416,11 @@ def native_forward(model, *, logits: bool = False) -> NativeForward | None:
     if not layers:
         return None
     steps = [step_for(layer) for layer in layers[:-1]]
-    steps.append(step_for(layers[-1], keep_activation=not logits))
-    if logits and not isinstance(steps[-1], Dense) or all(isinstance(step, KerasCall) for step in steps):
+    if not (logits and len(layers) > 1 and type(layers[-1]) is keras.layers.Activation):
+        steps.append(step_for(layers[-1], keep_activation=not logits))  # else the activation is the engine's
+        if logits and not isinstance(steps[-1], Dense):
+            return None
+    if all(isinstance(step, KerasCall) for step in steps):
         return None
     return NativeForward(pool_before_relu(steps), tuple(spec.shape[1:]))
 

@@ -141,13 +141,16 @@ def _penalty(regularizer):
 
 
 def foldable_output_activation(model, loss) -> str | None:
-    """``"softmax"``/``"sigmoid"`` when a Sequential's last Dense ends in it and the loss is the
-    matching cross-entropy on probabilities: training then runs on the logits, as Keras does on
-    TensorFlow (cheaper, and never the log of a probability rounded to zero)."""
+    """``"softmax"``/``"sigmoid"`` when a Sequential ends in it (its last Dense's activation, or an
+    ``Activation`` layer after another layer) and the loss is the matching cross-entropy on
+    probabilities: training then runs on the logits, as Keras does on TensorFlow (cheaper, and
+    never the log of a probability rounded to zero)."""
     if not isinstance(model, keras.Sequential) or not model.layers:
         return None
     last = model.layers[-1]
-    if type(last) is not keras.layers.Dense or loss is None or loss.from_logits:
+    if loss is None or loss.from_logits:
+        return None
+    if type(last) is not keras.layers.Dense and not ends_in_activation_layer(model):
         return None
     name = activation_name(last.activation)
     if name == "softmax" and isinstance(loss, engine_losses.CrossEntropy):
@@ -155,6 +158,12 @@ def foldable_output_activation(model, loss) -> str | None:
     if name == "sigmoid" and isinstance(loss, engine_losses.BinaryCrossentropy):
         return name
     return None
+
+
+def ends_in_activation_layer(model) -> bool:
+    """Whether a Sequential's last layer is an ``Activation`` layer following another layer."""
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    return len(layers) > 1 and type(layers[-1]) is keras.layers.Activation
 
 
 # ---- loss ----------------------------------------------------------------------------------------
