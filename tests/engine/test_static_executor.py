@@ -143,6 +143,17 @@ def test_models_outside_the_static_set_fall_back_to_autograd_and_say_why(rng):
         forced.fit(x, y, verbose=0)
 
 
+def test_a_convnet_is_told_its_convolution_keeps_it_off_the_static_executor(rng):
+    """The layer's reason before the input's shape: images are not rows, but the convolution is why."""
+    x, y = rng.random((16, 8, 8, 1)).astype("float32"), rng.integers(0, 2, size=16)
+    model = Sequential([tf.keras.Input((8, 8, 1)), tf.keras.layers.Conv2D(2, 3, name="conv"),
+                        tf.keras.layers.Flatten(), Dense(2)])
+    model.compile(optimizer="adam", loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, verbose=0)
+    assert dict(model.plan.reasons)["executor"] == (
+        "autograd (some layer has no backward the engine knows: layer 'conv' (Conv2D): no static form)")
+
+
 def test_run_eagerly_selects_autograd(rng):
     x, y = rng.normal(size=(20, 3)).astype("float32"), rng.integers(0, 2, size=20)
     model = Sequential([Dense(2, activation="softmax", input_dim=3)])

@@ -102,6 +102,9 @@ def _static_layer(layer, *, keep_activation: bool, width: int | None) -> tuple[l
         return _activation(layer.activation, keep_activation, [])
     if kind is keras.layers.ReLU and layer.max_value is None and not layer.negative_slope and not layer.threshold:
         return [Activation("relu")], ""
+    if kind is keras.layers.Flatten:  # a leading channels-last Flatten is taken before this
+        return None, ("it transposes channels-first data" if layer.data_format != "channels_last"
+                      else "only a leading Flatten is taken")
     if type(layer).__module__.split(".")[0] == "keras":
         return None, "no static form"
     if width is None:

@@ -146,9 +146,13 @@ def why_not_static(trainer, data) -> str | None:
         return "a custom penalty function needs autograd"
     if fit_options.has_weights(data.train):
         return "sample or class weights scale each sample's loss"
-    if not isinstance(data.train.x, torch.Tensor) or data.train.x.dim() != 2 and not _flattens_rows(trainer.module):
+    # The layers' reason first: it names the layer (a convolution), where the input's shape
+    # would only say that images are not rows.
+    reason = why_layers_not_static(trainer.module, trainer.loss)
+    if reason is None and (not isinstance(data.train.x, torch.Tensor)
+                           or data.train.x.dim() != 2 and not _flattens_rows(trainer.module)):
         return "the inputs are not a matrix of rows; Dense over more axes runs under autograd"
-    return why_layers_not_static(trainer.module, trainer.loss)
+    return reason
 
 
 def _flattens_rows(module) -> bool:
