@@ -143,3 +143,21 @@ def test_the_plan_names_the_module_the_trace_did_not_describe_and_why(rng):
     assert dict(trainer.plan.reasons)["executor"] == (
         "autograd (some layer has no backward the engine knows: layer 1 (Forward): "
         "torch.nn.functional.gelu is not a product, sum or activation)")
+
+
+class _NarrowBranch(torch.nn.Module):
+    """``x + relu(fc(x))`` whose branch is one wide: the sum broadcasts it over the row."""
+
+    def __init__(self, width=6):
+        super().__init__()
+        self.fc = torch.nn.Linear(width, 1)
+
+    def forward(self, x):
+        return x + torch.relu(self.fc(x))
+
+
+def test_a_residual_sum_that_broadcasts_keeps_the_model_on_autograd(rng):
+    net = torch.nn.Sequential(torch.nn.Linear(9, 6), _NarrowBranch(), torch.nn.Linear(6, 4))
+    trainer = hpctrain.Trainer(net, loss=CrossEntropy(sparse=True, from_logits=True), optimizer="adam")
+    trainer.fit(rng.normal(size=(32, 9)).astype("float32"), rng.integers(0, 4, size=32), verbose=0)
+    assert dict(trainer.plan.reasons)["executor"] == "autograd (a residual branch changes its input's width)"

@@ -6,7 +6,7 @@ import keras
 import torch
 
 from hpctrain.keras import translate
-from hpctrain.keras.native_forward import native_forward
+from hpctrain.keras.native_forward import ends_in_activation_layer, native_forward
 
 
 class KerasModule(torch.nn.Module):
@@ -60,7 +60,7 @@ class KerasModule(torch.nn.Module):
         *body, last = self.keras_model.layers
         for layer in body:
             x = layer(x, training=self.training)
-        if translate.ends_in_activation_layer(self.keras_model):
+        if ends_in_activation_layer(self.keras_model):
             return x  # the activation is the engine's
         z = torch.matmul(x, last.kernel.value)
         return z + last.bias.value if last.use_bias else z

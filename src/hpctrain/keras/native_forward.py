@@ -12,8 +12,9 @@ Rewrites of what runs (benchmarks/bench_native_forward.py times the model withou
 - An unseeded Dropout draws its mask as the engine does (``engine.dropout``: 15-bit uniform
   levels compared to the rate, from torch's global generator as Keras's unseeded dropout): the
   same keep probability (within 2**-15) at a seventh of ``bernoulli_``'s cost (0.41 against
-  2.9 ms on the MNIST convnet, benchmarks/results/dropout_mask.txt). The mask is drawn in another way than Keras's own, so a fit
-  drops other values than Keras's own fit; a seeded Dropout keeps Keras's call and stream.
+  2.9 ms on the MNIST convnet, benchmarks/results/dropout_mask.txt). The mask is drawn in
+  another way than Keras's own, so a fit drops other values than Keras's own fit; a seeded
+  Dropout keeps Keras's call and stream.
 - A convolution with ReLU followed by max pooling pools first: max and ReLU commute (ReLU is
   monotone), so the values and the gradients are the same, and the ReLU and its backward pass
   touch a quarter of the values (3.4 ms a step on the MNIST convnet before, ~0.4 after).
@@ -416,13 +417,19 @@ def native_forward(model, *, logits: bool = False) -> NativeForward | None:
     if not layers:
         return None
     steps = [step_for(layer) for layer in layers[:-1]]
-    if not (logits and len(layers) > 1 and type(layers[-1]) is keras.layers.Activation):
+    if not (logits and ends_in_activation_layer(model)):
         steps.append(step_for(layers[-1], keep_activation=not logits))  # else the activation is the engine's
         if logits and not isinstance(steps[-1], Dense):
             return None
     if all(isinstance(step, KerasCall) for step in steps):
         return None
     return NativeForward(pool_before_relu(steps), tuple(spec.shape[1:]))
+
+
+def ends_in_activation_layer(model) -> bool:
+    """Whether a Sequential's last layer is an ``Activation`` layer following another layer."""
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    return len(layers) > 1 and type(layers[-1]) is keras.layers.Activation
 
 
 def _makes_masks(model) -> bool:

@@ -15,7 +15,7 @@ from keras.src.losses.losses import LossFunctionWrapper  # not exported by keras
 
 from hpctrain.engine import losses as engine_losses
 from hpctrain.engine.static_step import Activation, Dropout, Linear
-from hpctrain.keras.native_forward import draws_engine_mask
+from hpctrain.keras.native_forward import draws_engine_mask, ends_in_activation_layer
 from hpctrain.keras.traced_layers import traced_static_layers_and_why
 
 _ACTIVATION_NAMES = {keras.activations.relu: "relu", keras.activations.tanh: "tanh",
@@ -161,12 +161,6 @@ def foldable_output_activation(model, loss) -> str | None:
     if name == "sigmoid" and isinstance(loss, engine_losses.BinaryCrossentropy):
         return name
     return None
-
-
-def ends_in_activation_layer(model) -> bool:
-    """Whether a Sequential's last layer is an ``Activation`` layer following another layer."""
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    return len(layers) > 1 and type(layers[-1]) is keras.layers.Activation
 
 
 # ---- loss ----------------------------------------------------------------------------------------
