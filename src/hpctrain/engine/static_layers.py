@@ -1,8 +1,8 @@
 """The layers the static executor understands, and the loss gradients it computes in closed form.
 
 A model whose layers read as these primitives (linear layers, element-wise activations, dropout,
-residual branches around them) and whose loss has a closed-form gradient at the logits trains on the static step
-(:mod:`hpctrain.engine.static_step`).
+residual branches around them) and whose loss has a closed-form gradient at the logits trains on
+the static step (:mod:`hpctrain.engine.static_step`).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 For a model made of linear layers, element-wise activations, dropout and residual sums around
 them, trained with a loss whose gradient at the logits has a closed form, forward and backward
-are a fixed sequence of PyTorch kernels writing into buffers allocated once. Per step that is ~13 kernel calls for a
-two-layer MLP, against ~40 for autograd plus its graph bookkeeping and the optimizer's Python.
+are a fixed sequence of PyTorch kernels writing into buffers allocated once. Per step that is
+~13 kernel calls for a two-layer MLP, against ~40 for autograd plus its graph bookkeeping and the
+optimizer's Python.
 Gradients are checked against autograd in the tests (loss, gradients, updated weights).
 """
 
